@@ -1,0 +1,253 @@
+//! Durable state: the [`Store`] trait and the records it keeps.
+//!
+//! Two backends implement it, each with its own migrations folder: Postgres for production (several
+//! redial instances may share one database, so nothing here may rely on process-local state) and
+//! SQLite, the embedded zero-setup default. Both are held to one conformance suite
+//! (`tests/api/storage.rs`). The store saves values as given: callers mint ids and timestamps.
+
+mod postgres;
+mod sqlite;
+mod types;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record asked for does not exist.
+    #[error("record not found")]
+    NotFound,
+    /// The write conflicts with what is stored (e.g. a stale version).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database URL is not one redial can use.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// A stored value could not be decoded into its record type.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The database failed or could not be reached.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result alias for the storage layer.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store the URL's scheme names (`postgres://`, `postgresql://` or `sqlite:`), without
+/// applying migrations. A SQLite file is created when missing.
+pub async fn connect(
+    url: &str,
+    options: &ConnectOptions,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            PostgresStore::connect(url, options).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(
+            SqliteStore::connect(url, options).await?,
+        ))
+    } else {
+        Err(StoreError::InvalidUrl(
+            "the scheme must be postgres://, postgresql:// or sqlite:".into(),
+        ))
+    }
+}
+
+/// Everything redial keeps durably. Every method is safe to call concurrently from several
+/// processes sharing one database; writes that carry an idempotency or dedupe key may be repeated
+/// without effect.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies the backend's pending migrations. Idempotent.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Cheap round trip proving the database answers (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Closes the pool, waiting for checked-out connections to return.
+    async fn close(&self);
+
+    // ---- callers ------------------------------------------------------------------------------
+
+    /// Finds the caller with this E.164 number, creating it when new; `last_seen_at` becomes `now`.
+    async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller>;
+
+    /// The caller with this id.
+    async fn get_caller(&self, caller_id: Uuid) -> StoreResult<Option<Caller>>;
+
+    /// The caller with this E.164 number.
+    async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>>;
+
+    /// Applies a profile change. A note already present is not added twice (idempotent).
+    async fn update_caller(
+        &self,
+        caller_id: Uuid,
+        patch: &CallerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Caller>;
+
+    // ---- call sessions ------------------------------------------------------------------------
+
+    /// Creates the session for `(platform, call_key)` unless it exists. On creation with a caller,
+    /// in the same transaction, snapshots the caller's previous `call_count` and `last_call_at`
+    /// into the session (`prior_calls`, `prior_call_at`) and then counts this call on the caller
+    /// (`call_count + 1`, `last_call_at = started_at`). Returns the stored session and whether
+    /// this call created it.
+    async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)>;
+
+    /// The session with this id.
+    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>>;
+
+    /// The session of a platform's call, with its caller, in one round trip (the per-turn read).
+    async fn load_call(
+        &self,
+        platform: Platform,
+        call_key: &str,
+    ) -> StoreResult<Option<(CallSession, Option<Caller>)>>;
+
+    /// The newest session of this caller with this assistant, started at or after
+    /// `started_since`, that can be resumed: status `ended` or `dropped`, or `active` with
+    /// `last_activity_at` before `stale_before`. `exclude` (the asking call) is never returned.
+    async fn find_resumable(
+        &self,
+        caller_id: Uuid,
+        assistant_id: &str,
+        started_since: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        exclude: Option<Uuid>,
+    ) -> StoreResult<Option<CallSession>>;
+
+    /// Confirms `field = value` on the session, atomically with respect to concurrent writers
+    /// (version bump). When every name in `required` is then answered, the status becomes
+    /// `completed`. Re-recording the same value changes nothing and reports `changed: false`.
+    async fn record_answer(
+        &self,
+        session_id: Uuid,
+        field: &str,
+        value: &str,
+        required: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<AnswerOutcome>;
+
+    /// Marks the session's last activity and the model that served it.
+    async fn touch_session(
+        &self,
+        session_id: Uuid,
+        model: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// Closes a session from a call-ended signal: sets `ended_at`, the ended reason and merges
+    /// `details` (platform data: cost, transcript, recordings…) into the stored details. A
+    /// `completed` session keeps that status; any other becomes `status`. Closing twice keeps the
+    /// first `ended_at`.
+    async fn close_session(
+        &self,
+        session_id: Uuid,
+        close: &CloseSession,
+    ) -> StoreResult<CallSession>;
+
+    // ---- turns --------------------------------------------------------------------------------
+
+    /// Appends turns to a session's log in order. A turn whose `idempotency_key` is already
+    /// stored for the session is skipped. Returns how many were inserted.
+    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64>;
+
+    /// The session's turns, oldest first.
+    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;
+
+    // ---- webhooks and jobs --------------------------------------------------------------------
+
+    /// Stores a webhook event once per `dedupe_key` and, only when it is new, enqueues `job` in
+    /// the same transaction (a job whose dedupe key exists is not enqueued again).
+    async fn record_webhook(
+        &self,
+        event: &NewWebhookEvent,
+        job: Option<&NewJob>,
+    ) -> StoreResult<Recorded>;
+
+    /// Enqueues a job once per `dedupe_key`.
+    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<Recorded>;
+
+    /// Claims the oldest runnable job: `queued` with `run_at <= now`, or `running` whose lease
+    /// expired (`locked_until < now`, its worker presumed dead). The claim sets it `running`,
+    /// increments `attempts`, and leases it to `worker` until `now + lease`. Concurrent claimers
+    /// never get the same job (Postgres: `FOR UPDATE SKIP LOCKED`).
+    async fn claim_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> StoreResult<Option<Job>>;
+
+    /// Marks a job `done`.
+    async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
+
+    /// Records a failed attempt: back to `queued` at `retry_at`, or `failed` for good when
+    /// `retry_at` is `None`.
+    async fn fail_job(
+        &self,
+        job_id: Uuid,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// The job with this id.
+    async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>>;
+
+    // ---- analyses -----------------------------------------------------------------------------
+
+    /// Stores an analysis once per `(session_id, source)`. When new and `caller_update` is given,
+    /// updates that caller's last summary, sentiment and open action in the same transaction.
+    async fn save_analysis(
+        &self,
+        analysis: &NewAnalysis,
+        caller_update: Option<&CallerAnalysisUpdate>,
+    ) -> StoreResult<Recorded>;
+
+    /// A session's analyses, oldest first.
+    async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>>;
+
+    // ---- audit --------------------------------------------------------------------------------
+
+    /// Appends audit entries.
+    async fn append_audit(&self, entries: &[NewAudit]) -> StoreResult<()>;
+
+    /// A caller's audit trail, newest first, at most `limit` entries.
+    async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>>;
+}

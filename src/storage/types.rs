@@ -1,0 +1,474 @@
+//! The records the store keeps, shared by both backends.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Defines a string-backed enum with `as_str`, `Display` and `FromStr`.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = super::StoreError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(super::StoreError::Corrupt(
+                        format!("unknown {} {other:?}", stringify!($name)),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The voice platform a call came from.
+    Platform {
+        /// Vapi custom LLM.
+        Vapi => "vapi",
+        /// ElevenLabs Agents custom LLM.
+        ElevenLabs => "elevenlabs",
+        /// Retell custom-LLM WebSocket.
+        Retell => "retell",
+        /// Any other OpenAI-compatible client.
+        Generic => "generic",
+    }
+);
+
+string_enum!(
+    /// Where a call session stands.
+    SessionStatus {
+        /// The call is in progress.
+        Active => "active",
+        /// Every required scripted field is confirmed.
+        Completed => "completed",
+        /// The platform reported the call ended.
+        Ended => "ended",
+        /// The call went away without an end signal (e.g. it went silent past the window).
+        Dropped => "dropped",
+    }
+);
+
+string_enum!(
+    /// Who produced a turn.
+    TurnRole {
+        /// The caller.
+        User => "user",
+        /// The agent's spoken reply.
+        Assistant => "assistant",
+        /// A tool call made by the model.
+        ToolCall => "tool_call",
+        /// A tool's result given back to the model.
+        ToolResult => "tool_result",
+    }
+);
+
+string_enum!(
+    /// Where a job stands.
+    JobStatus {
+        /// Waiting for `run_at`.
+        Queued => "queued",
+        /// Leased to a worker.
+        Running => "running",
+        /// Finished successfully.
+        Done => "done",
+        /// Given up after its attempts.
+        Failed => "failed",
+    }
+);
+
+/// One person, keyed by their E.164 phone number, shared across assistants and platforms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Caller {
+    /// Primary key.
+    pub caller_id: Uuid,
+    /// E.164 number.
+    pub phone: String,
+    /// Name as the caller gave it.
+    pub name: Option<String>,
+    /// Preferred language (free text or a BCP 47 tag).
+    pub language: Option<String>,
+    /// Short facts remembered about the caller, oldest first, without duplicates.
+    pub notes: Vec<String>,
+    /// Summary of the last analysed call.
+    pub last_summary: Option<String>,
+    /// Sentiment of the last analysed call.
+    pub last_sentiment: Option<String>,
+    /// Open action from the last analysed call (`none` is stored as `None`).
+    pub last_action: Option<String>,
+    /// When the most recent call started.
+    pub last_call_at: Option<DateTime<Utc>>,
+    /// How many calls this caller has made (each call session counted once).
+    pub call_count: i64,
+    /// First time the caller was seen.
+    pub first_seen_at: DateTime<Utc>,
+    /// Last time the caller was seen.
+    pub last_seen_at: DateTime<Utc>,
+    /// Last change to the row.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A change to a caller's profile; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallerPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New language.
+    pub language: Option<String>,
+    /// A note to add (skipped when already present).
+    pub note: Option<String>,
+}
+
+/// What an analysis changes on the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallerAnalysisUpdate {
+    /// The caller to update.
+    pub caller_id: Uuid,
+    /// New `last_summary`.
+    pub summary: String,
+    /// New `last_sentiment`.
+    pub sentiment: Option<String>,
+    /// New `last_action` (`None` clears it).
+    pub action: Option<String>,
+    /// When the update happened.
+    pub now: DateTime<Utc>,
+}
+
+/// One confirmed scripted answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The value as confirmed.
+    pub value: String,
+    /// When it was confirmed.
+    pub confirmed_at: DateTime<Utc>,
+}
+
+/// Confirmed answers by field name.
+pub type Answers = BTreeMap<String, Answer>;
+
+/// One platform call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallSession {
+    /// Primary key.
+    pub session_id: Uuid,
+    /// The platform that carries the call.
+    pub platform: Platform,
+    /// The platform's call id (unique per platform).
+    pub call_key: String,
+    /// The caller, when identified.
+    pub caller_id: Option<Uuid>,
+    /// The platform's assistant or agent id (`""` when unknown).
+    pub assistant_id: String,
+    /// Where the call stands.
+    pub status: SessionStatus,
+    /// 1 for a fresh call, n for the n-th attempt at a resumed conversation.
+    pub attempt: i32,
+    /// The session this one resumes.
+    pub resumes_session_id: Option<Uuid>,
+    /// Confirmed answers.
+    pub answers: Answers,
+    /// The caller's call count before this call (snapshot at creation).
+    pub prior_calls: i64,
+    /// When the caller's previous call started (snapshot at creation).
+    pub prior_call_at: Option<DateTime<Utc>>,
+    /// The model that last served the call.
+    pub model: Option<String>,
+    /// Why the call ended, as the platform said.
+    pub ended_reason: Option<String>,
+    /// Platform data about the call (cost, transcript, recordings, platform summary…).
+    pub details: serde_json::Value,
+    /// When the call started.
+    pub started_at: DateTime<Utc>,
+    /// Last turn or answer.
+    pub last_activity_at: DateTime<Utc>,
+    /// When the call ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Optimistic-concurrency version, bumped on every change.
+    pub version: i64,
+}
+
+/// A session to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSession {
+    /// Primary key, minted by the caller (`Uuid::now_v7`).
+    pub session_id: Uuid,
+    /// The platform.
+    pub platform: Platform,
+    /// The platform's call id.
+    pub call_key: String,
+    /// The caller, when identified.
+    pub caller_id: Option<Uuid>,
+    /// The assistant id (`""` when unknown).
+    pub assistant_id: String,
+    /// Attempt number (1 unless resuming).
+    pub attempt: i32,
+    /// The session this one resumes.
+    pub resumes_session_id: Option<Uuid>,
+    /// Answers inherited from the resumed session.
+    pub answers: Answers,
+    /// Initial status (`active`, or `completed` when inherited answers already complete it).
+    pub status: SessionStatus,
+    /// The model serving the first turn.
+    pub model: Option<String>,
+    /// When the call started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// The result of [`super::Store::record_answer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerOutcome {
+    /// The session after the write.
+    pub session: CallSession,
+    /// Whether anything changed.
+    pub changed: bool,
+}
+
+/// A call-ended signal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloseSession {
+    /// The status to set unless the session is `completed`.
+    pub status: SessionStatus,
+    /// Why the call ended.
+    pub ended_reason: Option<String>,
+    /// When the call ended.
+    pub ended_at: DateTime<Utc>,
+    /// Platform data to merge into the session's details (top-level keys replace).
+    pub details: serde_json::Value,
+}
+
+/// One entry of a call's conversation log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Turn {
+    /// Monotonic position across the whole store (orders a session's turns).
+    pub seq: i64,
+    /// The session.
+    pub session_id: Uuid,
+    /// Dedupe key within the session.
+    pub idempotency_key: String,
+    /// Who produced it.
+    pub role: TurnRole,
+    /// Text (for tool calls, the arguments JSON; for tool results, the result).
+    pub content: String,
+    /// Tool name, for tool calls and results.
+    pub tool_name: Option<String>,
+    /// Tool call id, for tool calls and results.
+    pub tool_call_id: Option<String>,
+    /// An assistant reply cut short (upstream failure or client gone).
+    pub partial: bool,
+    /// When it happened.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A turn to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTurn {
+    /// Dedupe key within the session.
+    pub idempotency_key: String,
+    /// Who produced it.
+    pub role: TurnRole,
+    /// Text.
+    pub content: String,
+    /// Tool name.
+    pub tool_name: Option<String>,
+    /// Tool call id.
+    pub tool_call_id: Option<String>,
+    /// A reply cut short.
+    pub partial: bool,
+    /// When it happened.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Whether a keyed write was new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored now, with this id.
+    New(Uuid),
+    /// Already stored under the same key; nothing changed.
+    Duplicate,
+}
+
+impl Recorded {
+    /// Whether this write stored something.
+    pub fn is_new(self) -> bool {
+        matches!(self, Self::New(_))
+    }
+}
+
+/// A webhook as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWebhookEvent {
+    /// Primary key.
+    pub event_id: Uuid,
+    /// The sending platform.
+    pub platform: Platform,
+    /// The platform's event type (e.g. `end-of-call-report`).
+    pub event_type: String,
+    /// The call it is about.
+    pub call_key: Option<String>,
+    /// Unique key (platform, event, call): a second delivery is a duplicate.
+    pub dedupe_key: String,
+    /// The raw body, exactly as received.
+    pub payload: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Primary key.
+    pub job_id: Uuid,
+    /// What to run (e.g. `analyze_call`).
+    pub kind: String,
+    /// Unique key: the same work is enqueued once.
+    pub dedupe_key: String,
+    /// Arguments.
+    pub payload: serde_json::Value,
+    /// Earliest start.
+    pub run_at: DateTime<Utc>,
+    /// Attempts before giving up.
+    pub max_attempts: i32,
+}
+
+/// A queued or finished job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Primary key.
+    pub job_id: Uuid,
+    /// What to run.
+    pub kind: String,
+    /// Unique key.
+    pub dedupe_key: String,
+    /// Arguments.
+    pub payload: serde_json::Value,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// Attempts started so far.
+    pub attempts: i32,
+    /// Attempts before giving up.
+    pub max_attempts: i32,
+    /// Earliest (next) start.
+    pub run_at: DateTime<Utc>,
+    /// The worker holding the lease.
+    pub locked_by: Option<String>,
+    /// Lease expiry.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Enqueued at.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A post-call analysis to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAnalysis {
+    /// Primary key.
+    pub analysis_id: Uuid,
+    /// The analysed call.
+    pub session_id: Uuid,
+    /// Who produced it: `redial`, or the platform's own (`retell`, `vapi`, `elevenlabs`).
+    pub source: String,
+    /// Two-line summary.
+    pub summary: String,
+    /// 1 (routine) to 5 (urgent).
+    pub urgency: Option<i32>,
+    /// Follow-up action.
+    pub action: Option<String>,
+    /// Caller sentiment.
+    pub sentiment: Option<String>,
+    /// The full result as produced.
+    pub raw: serde_json::Value,
+    /// The model that produced it.
+    pub model: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored analysis.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    /// Primary key.
+    pub analysis_id: Uuid,
+    /// The analysed call.
+    pub session_id: Uuid,
+    /// Who produced it.
+    pub source: String,
+    /// Two-line summary.
+    pub summary: String,
+    /// 1 to 5.
+    pub urgency: Option<i32>,
+    /// Follow-up action.
+    pub action: Option<String>,
+    /// Caller sentiment.
+    pub sentiment: Option<String>,
+    /// The full result.
+    pub raw: serde_json::Value,
+    /// The model.
+    pub model: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An access to a caller's data, to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAudit {
+    /// The caller whose data was touched.
+    pub caller_id: Option<Uuid>,
+    /// The call in whose context it happened.
+    pub session_id: Option<Uuid>,
+    /// Who or what (`engine`, `webhook:vapi`, `worker`, `admin`…).
+    pub actor: String,
+    /// What (`read`, `create`, `update`, `export`, `erase`…).
+    pub action: String,
+    /// Why (`turn`, `record_answer`, `analysis`…).
+    pub reason: String,
+    /// Extra context (never secrets).
+    pub details: serde_json::Value,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A recorded access.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// Monotonic id.
+    pub audit_id: i64,
+    /// The caller.
+    pub caller_id: Option<Uuid>,
+    /// The call.
+    pub session_id: Option<Uuid>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Why.
+    pub reason: String,
+    /// Extra context.
+    pub details: serde_json::Value,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
