@@ -1,5 +1,14 @@
 //! redial: a custom-LLM gateway for voice agents.
 //!
-//! See `README.md` for what it does and `../shared/DESIGN.md` for the architecture.
+//! See `README.md` for what it does and `../shared/DESIGN.md` for the architecture: platform
+//! adapters at the edge ([`http`]), one conversation engine in the middle, durable state behind
+//! the [`storage::Store`] trait.
 
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod startup;
+pub mod state;
 pub mod storage;
+pub mod telemetry;

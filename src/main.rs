@@ -1,1 +1,55 @@
-fn main() {}
+//! The `redial` binary: parse the command line, load the configuration, dispatch.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use redial::cli::{Cli, Command};
+use redial::config::{self, Settings};
+use redial::{startup, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = match &cli.command {
+        Command::Serve(args) | Command::CheckConfig(args) => args.overrides(),
+        Command::Migrate(args) => args.overrides(),
+    };
+    let settings = match config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(settings) => settings,
+        Err(e) => return fail(&format!("configuration error: {e}")),
+    };
+    let result = match cli.command {
+        Command::CheckConfig(_) => check_config(&settings),
+        Command::Migrate(_) => {
+            telemetry::init(settings.server.log_format);
+            startup::migrate(&settings).await
+        }
+        Command::Serve(_) => {
+            telemetry::init(settings.server.log_format);
+            serve(settings).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = startup::Application::build(settings).await?;
+    app.run_until_stopped(startup::shutdown_signal()).await
+}
+
+fn check_config(settings: &Settings) -> anyhow::Result<()> {
+    let text = toml::to_string_pretty(settings)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# configuration is valid; secrets are masked\n{text}")?;
+    Ok(())
+}
+
+/// Prints a one-line error to stderr and returns a failing exit code.
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "redial: {message}");
+    ExitCode::FAILURE
+}

@@ -298,11 +298,20 @@ mod tests {
 
     #[test]
     fn arguments_are_split_into_at_least_two_fragments_that_rejoin() {
-        for args in ["", "{", "{}", r#"{"date":"2026-09-01","time":"10:00","name":"Zoë"}"#] {
+        for args in [
+            "",
+            "{",
+            "{}",
+            r#"{"date":"2026-09-01","time":"10:00","name":"Zoë"}"#,
+        ] {
             let fragments = split_fragments(args);
             assert!(fragments.len() >= 2, "{args}: {fragments:?}");
             assert_eq!(fragments.concat(), args);
-            assert!(fragments.iter().all(|f| f.chars().count() <= MAX_FRAGMENT_CHARS));
+            assert!(
+                fragments
+                    .iter()
+                    .all(|f| f.chars().count() <= MAX_FRAGMENT_CHARS)
+            );
         }
     }
 

@@ -1,0 +1,175 @@
+//! A small incremental Server-Sent Events parser and a classifier for OpenAI
+//! `chat.completion.chunk` payloads, shared by the load generator and the tests.
+//!
+//! Only `data:` fields matter to chat completions: comment lines (`: ping`) and other fields are
+//! ignored, multi-line data is joined with `\n`, and a blank line ends an event.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// The payload that ends an OpenAI stream.
+pub const DONE: &str = "[DONE]";
+
+/// Feeds on raw body bytes (split anywhere) and yields the `data` of each complete event.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// A parser with empty buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Consumes `bytes` and returns the data of every event completed by them, in order.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut events = Vec::new();
+        for &byte in bytes {
+            if byte == b'\n' {
+                if let Some(event) = self.end_line() {
+                    events.push(event);
+                }
+            } else {
+                self.line.push(byte);
+            }
+        }
+        events
+    }
+
+    /// True when bytes of an unfinished event are buffered.
+    pub fn has_partial_event(&self) -> bool {
+        self.has_data || !self.line.is_empty()
+    }
+
+    fn end_line(&mut self) -> Option<String> {
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        if self.line.is_empty() {
+            return self.dispatch();
+        }
+        if let Some(value) = self.line.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        self.line.clear();
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<String> {
+        if !self.has_data {
+            return None;
+        }
+        self.has_data = false;
+        let data = String::from_utf8_lossy(&self.data).into_owned();
+        self.data.clear();
+        Some(data)
+    }
+}
+
+/// What one `data:` payload of a chat-completion stream carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// `choices[0].delta.content` is a non-empty string.
+    pub has_content: bool,
+    /// The delta carries `tool_calls`.
+    pub has_tool_calls: bool,
+    /// `choices[0].finish_reason`, when set.
+    pub finish_reason: Option<String>,
+}
+
+/// How a `data:` payload of a chat-completion stream reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// `[DONE]`.
+    Done,
+    /// A `chat.completion.chunk` (or anything JSON with a `choices` array).
+    Chunk(ChunkInfo),
+    /// Not JSON, or JSON without the chunk shape.
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WireChunk<'a> {
+    #[serde(borrow)]
+    choices: Vec<WireChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<WireDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// Classifies one event's data.
+pub fn classify(data: &str) -> Payload {
+    if data.trim() == DONE {
+        return Payload::Done;
+    }
+    let Ok(chunk) = serde_json::from_str::<WireChunk<'_>>(data) else {
+        return Payload::Other;
+    };
+    let Some(choice) = chunk.choices.into_iter().next() else {
+        return Payload::Chunk(ChunkInfo::default());
+    };
+    let delta = choice.delta;
+    Payload::Chunk(ChunkInfo {
+        has_content: delta
+            .as_ref()
+            .and_then(|d| d.content.as_deref())
+            .is_some_and(|content| !content.is_empty()),
+        has_tool_calls: delta.is_some_and(|d| d.tool_calls.is_some()),
+        finish_reason: choice.finish_reason.map(Cow::into_owned),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_across_reads_and_comments_are_handled() {
+        let mut parser = SseParser::new();
+        let mut events = parser.feed(b": ping\n\ndata: {\"a\"");
+        assert!(events.is_empty());
+        events.extend(parser.feed(b":1}\r\n\r\ndata: x\ndata: y\n\ndata: [DONE]\n"));
+        assert!(parser.has_partial_event());
+        events.extend(parser.feed(b"\n"));
+        assert_eq!(events, vec!["{\"a\":1}", "x\ny", "[DONE]"]);
+        assert!(!parser.has_partial_event());
+    }
+
+    #[test]
+    fn chunks_are_classified_by_content_tools_and_finish() {
+        let content = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#;
+        let empty = r#"{"choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#;
+        let tools = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#;
+        let finish = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        assert!(matches!(classify(content), Payload::Chunk(c) if c.has_content));
+        assert!(matches!(classify(empty), Payload::Chunk(c) if !c.has_content));
+        assert!(matches!(classify(tools), Payload::Chunk(c) if c.has_tool_calls));
+        assert!(
+            matches!(classify(finish), Payload::Chunk(c) if c.finish_reason.as_deref() == Some("stop"))
+        );
+        assert_eq!(classify("[DONE]"), Payload::Done);
+        assert_eq!(classify("nope"), Payload::Other);
+    }
+}

@@ -1,0 +1,171 @@
+//! Configuration: the [`Settings`] tree and how it is loaded.
+//!
+//! Precedence, highest first: command-line flag, environment (`REDIAL_<SECTION>__<KEY>`, then the
+//! conventional `DATABASE_URL` and `OPENAI_API_KEY`), the TOML file (`--config` / `REDIAL_CONFIG`),
+//! built-in defaults. Unknown keys and bad values are rejected with a message naming the key and
+//! where it came from. Every key is documented in `config.example.toml`.
+
+mod load;
+mod secret;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, Override, load};
+pub use secret::{DatabaseUrl, Secret, redact_url_password};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP listener and access control.
+    pub server: ServerSettings,
+    /// Where state is kept.
+    pub database: DatabaseSettings,
+    /// The LLM provider redial forwards turns to.
+    pub upstream: UpstreamSettings,
+    /// Caller memory and the state summary.
+    pub memory: MemorySettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted from platforms. Empty = dev mode: loopback only.
+    pub api_keys: Vec<Secret>,
+    /// Bearer token for admin endpoints (`/metrics` when set).
+    pub admin_key: Secret,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long in-flight streams and background writes may take to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Log output: `pretty` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_keys: Vec::new(),
+            admin_key: Secret::default(),
+            body_limit_bytes: 2 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Dev mode: no API keys configured, so only loopback clients are served.
+    pub fn dev_mode(&self) -> bool {
+        self.api_keys.is_empty()
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://FILE` (created on first start) or `postgres://…`.
+    pub url: DatabaseUrl,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long to wait for the database before giving up, in seconds.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl::default(),
+            max_connections: 10,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Base URL of an OpenAI-compatible API (`…/v1`); `/chat/completions` is appended.
+    pub base_url: String,
+    /// Bearer key for the upstream; `OPENAI_API_KEY` when empty.
+    pub api_key: Secret,
+    /// When set, replaces the model the platform asked for.
+    pub model: String,
+    /// Tried in order when the upstream fails before its first token.
+    pub fallback_models: Vec<String>,
+    /// Used from the second attempt of a resumed call.
+    pub escalation_model: String,
+    /// What the caller hears when every model fails or a stream dies.
+    pub apology: String,
+    /// TCP/TLS connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the first token of a model before trying the next, in milliseconds.
+    pub first_token_timeout_ms: u64,
+    /// Longest silence between two chunks once streaming, in milliseconds.
+    pub stream_idle_timeout_ms: u64,
+    /// Interval of SSE comment heartbeats sent to the platform while waiting, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: Secret::default(),
+            model: String::new(),
+            fallback_models: Vec::new(),
+            escalation_model: String::new(),
+            apology: "Sorry, I'm having trouble right now. Could you say that again?".into(),
+            connect_timeout_ms: 2_000,
+            first_token_timeout_ms: 10_000,
+            stream_idle_timeout_ms: 15_000,
+            heartbeat_ms: 2_000,
+        }
+    }
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Hard budget of the state summary, in tokens (estimated at four characters a token).
+    pub summary_max_tokens: usize,
+    /// Past this many milliseconds a memory read is abandoned and the turn proceeds without it.
+    pub read_budget_ms: u64,
+    /// How long after a call a redial from the same caller can resume it, in seconds.
+    pub resume_window_secs: u64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            summary_max_tokens: 300,
+            read_budget_ms: 50,
+            resume_window_secs: 86_400,
+        }
+    }
+}

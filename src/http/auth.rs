@@ -1,0 +1,94 @@
+//! Bearer-token authentication of platform requests.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Whether the `Authorization: Bearer` token equals one of `keys`. Each comparison is constant
+/// time, and every key is compared, so timing reveals neither the key nor which one matched.
+pub fn bearer_matches(headers: &HeaderMap, keys: &[Secret]) -> bool {
+    let Some(token) = bearer_token(headers) else {
+        return false;
+    };
+    token_matches(token, keys)
+}
+
+/// Whether `token` equals one of `keys` (constant time per key, all keys compared).
+pub fn token_matches(token: &str, keys: &[Secret]) -> bool {
+    keys.iter().fold(false, |found, key| {
+        let equal: bool = token.as_bytes().ct_eq(key.expose().as_bytes()).into();
+        found | (equal && !key.is_empty())
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Middleware: with `server.api_keys` set, requires one of them as a bearer token; in dev mode
+/// (no keys) accepts loopback clients only.
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check(&state, peer, request.headers())?;
+    Ok(next.run(request).await)
+}
+
+fn check(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    let keys = &state.settings.server.api_keys;
+    if keys.is_empty() {
+        if peer.ip().is_loopback() {
+            return Ok(());
+        }
+        return Err(ApiError::Forbidden(
+            "redial is in dev mode (no server.api_keys) and serves loopback clients only".into(),
+        ));
+    }
+    match bearer_token(headers) {
+        None => Err(ApiError::Unauthorized(
+            "missing API key: send it as `Authorization: Bearer <key>`".into(),
+        )),
+        Some(token) if token_matches(token, keys) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized("incorrect API key".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_match_any_configured_key_only() {
+        let keys = [Secret::new("alpha"), Secret::new("beta")];
+        assert!(bearer_matches(&headers("Bearer beta"), &keys));
+        assert!(bearer_matches(&headers("bearer alpha"), &keys));
+        assert!(!bearer_matches(&headers("Bearer gamma"), &keys));
+        assert!(!bearer_matches(&headers("Bearer alph"), &keys));
+        assert!(!bearer_matches(&headers("Basic alpha"), &keys));
+        assert!(!bearer_matches(&HeaderMap::new(), &keys));
+        assert!(!token_matches("", &[Secret::default()]));
+    }
+}

@@ -1,0 +1,68 @@
+//! Liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::http::auth::bearer_matches;
+use crate::state::AppState;
+
+/// How long readiness waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`, `GET /readyz`, `GET /metrics`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The process is alive.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The store answers and the process is not shutting down.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable("shutting down".into()));
+    }
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(
+            json!({"status": "ready", "store": state.store.backend()}),
+        )),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: store ping failed");
+            Err(ApiError::Unavailable(format!(
+                "{} store is not reachable",
+                state.store.backend()
+            )))
+        }
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "{} store did not answer within {READY_TIMEOUT:?}",
+            state.store.backend()
+        ))),
+    }
+}
+
+/// Prometheus text format. Requires `server.admin_key` as a bearer token when one is set.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let admin = &state.settings.server.admin_key;
+    if !admin.is_empty() && !bearer_matches(&headers, std::slice::from_ref(admin)) {
+        return ApiError::Unauthorized("the metrics endpoint requires the admin key".into())
+            .into_response();
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,144 @@
+//! Building and running the application: store, listener, router, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::state::AppState;
+use crate::storage::{self, ConnectOptions, Store};
+
+/// A bound, ready-to-run gateway. Binding happens in [`Application::build`], so port 0 works
+/// and [`Application::local_addr`] tells the real port.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects the store, applies migrations, and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = open_store(&settings).await?;
+        store
+            .migrate()
+            .await
+            .context("applying database migrations failed")?;
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let state = AppState::new(settings, store);
+        Ok(Self { listener, state })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests and
+    /// streams finish within `server.shutdown_grace_secs`, drains background writes within the
+    /// same budget, and closes the store.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let addr = listener.local_addr()?;
+        let token = state.shutdown.clone();
+        let app =
+            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .into_future();
+        let mut server = tokio::spawn(server);
+        tracing::info!(%addr, store = state.store.backend(), dev_mode = state.settings.server.dev_mode(), "redial listening");
+
+        tokio::select! {
+            result = &mut server => {
+                result.context("server task failed")?.context("server failed")?;
+            }
+            () = shutdown => tracing::info!("shutdown signal received; draining"),
+        }
+        token.cancel();
+        let grace = state.settings.server.shutdown_grace();
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish in time; closing them"
+            );
+            server.abort();
+        }
+        drain(&state, grace).await;
+        state.store.close().await;
+        tracing::info!("redial stopped");
+        Ok(())
+    }
+}
+
+/// Waits for background writes, at most `grace`.
+async fn drain(state: &AppState, grace: Duration) {
+    state.tasks.close();
+    if tokio::time::timeout(grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            pending = state.tasks.len(),
+            "background writes did not finish before the shutdown deadline"
+        );
+    }
+}
+
+/// Opens the configured store, with an error that names the (password-masked) URL.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let db = &settings.database;
+    let options = ConnectOptions {
+        max_connections: db.max_connections,
+        connect_timeout: Duration::from_secs(db.connect_timeout_secs),
+    };
+    storage::connect(db.url.expose(), &options)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", db.url.redacted()))
+}
+
+/// `redial migrate`: applies pending migrations and exits.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    store
+        .migrate()
+        .await
+        .context("applying database migrations failed")?;
+    store.close().await;
+    tracing::info!(url = %settings.database.url.redacted(), "migrations applied");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
