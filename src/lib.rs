@@ -6,9 +6,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod http;
+pub mod openai;
+pub mod platforms;
 pub mod startup;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod upstream;

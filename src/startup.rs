@@ -30,7 +30,8 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-        let state = AppState::new(settings, store);
+        let state =
+            AppState::new(settings, store).context("building the upstream client failed")?;
         Ok(Self { listener, state })
     }
 

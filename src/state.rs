@@ -7,7 +7,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::engine::Engine;
 use crate::storage::Store;
+use crate::upstream::{LlmClient, UpstreamError};
 
 /// Everything a request handler may need.
 #[derive(Clone, Debug)]
@@ -17,7 +19,7 @@ pub struct AppState(Arc<Inner>);
 #[derive(Debug)]
 pub struct Inner {
     /// The validated configuration.
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
     /// Durable state.
     pub store: Arc<dyn Store>,
     /// Background work (persistence, webhook side effects) that must finish before exit and must
@@ -27,18 +29,30 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Renders the Prometheus metrics.
     pub metrics: PrometheusHandle,
+    /// The conversation engine.
+    pub engine: Engine,
 }
 
 impl AppState {
     /// Assembles the state.
-    pub fn new(settings: Settings, store: Arc<dyn Store>) -> Self {
-        Self(Arc::new(Inner {
+    pub fn new(settings: Settings, store: Arc<dyn Store>) -> Result<Self, UpstreamError> {
+        let settings = Arc::new(settings);
+        let tasks = TaskTracker::new();
+        let llm = LlmClient::new(&settings.upstream)?;
+        let engine = Engine::new(
+            Arc::clone(&settings),
+            Arc::clone(&store),
+            llm,
+            tasks.clone(),
+        );
+        Ok(Self(Arc::new(Inner {
             settings,
             store,
-            tasks: TaskTracker::new(),
+            tasks,
             shutdown: CancellationToken::new(),
             metrics: metrics_handle(),
-        }))
+            engine,
+        })))
     }
 }
 

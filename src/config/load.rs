@@ -351,6 +351,15 @@ fn validate(settings: &Settings, layers: &Layers) -> Result<(), ConfigError> {
             "must not be empty: it is what the caller hears when the upstream fails".into(),
         );
     }
+    if !crate::platforms::phone::is_region(&settings.memory.default_region) {
+        return fail(
+            "memory.default_region",
+            format!(
+                "{:?} is not an ISO 3166 alpha-2 region code such as \"US\"",
+                settings.memory.default_region
+            ),
+        );
+    }
     if settings.memory.summary_max_tokens < 16 {
         return fail("memory.summary_max_tokens", "must be at least 16".into());
     }

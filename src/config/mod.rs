@@ -158,6 +158,8 @@ pub struct MemorySettings {
     pub read_budget_ms: u64,
     /// How long after a call a redial from the same caller can resume it, in seconds.
     pub resume_window_secs: u64,
+    /// Region (ISO 3166 alpha-2) for caller numbers given without a country code.
+    pub default_region: String,
 }
 
 impl Default for MemorySettings {
@@ -166,6 +168,7 @@ impl Default for MemorySettings {
             summary_max_tokens: 300,
             read_budget_ms: 50,
             resume_window_secs: 86_400,
+            default_region: "US".into(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, middleware, and the JSON body extractor.
 
 pub mod auth;
+mod chat;
 mod health;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
@@ -24,7 +25,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.body_limit_bytes;
     // Routes that require a platform API key. Everything else must be listed in `public`.
-    let platform = Router::new().route_layer(middleware::from_fn_with_state(
+    let platform = chat::router().route_layer(middleware::from_fn_with_state(
         state.clone(),
         auth::require_api_key,
     ));

@@ -1,0 +1,122 @@
+//! The conversation engine: transport-agnostic turns.
+//!
+//! A transport (HTTP SSE, Retell WebSocket) hands [`Engine::start_turn`] a [`TurnRequest`] and
+//! reads [`TurnEvent`]s from the returned [`TurnHandle`]. The turn itself runs as a tracked
+//! background task: it loads memory under a hard budget, builds the prompt, streams the
+//! upstream (with fallbacks), and persists the turn after the last event was sent — so a client
+//! that disconnects never cancels a write, and shutdown drains them.
+
+mod memory;
+mod persist;
+mod prompt;
+pub mod summary;
+mod turn;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::openai::{ChatMessage, FinishReason};
+use crate::platforms::Identity;
+use crate::storage::Store;
+use crate::upstream::LlmClient;
+
+pub use memory::CallContext;
+pub use turn::ToolCalls;
+
+/// One turn to run.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    /// Who, which call, which assistant.
+    pub identity: Identity,
+    /// The conversation as the platform sent it.
+    pub messages: Vec<ChatMessage>,
+    /// The platform's own tools (passed through).
+    pub tools: Vec<Value>,
+    /// The model the platform asked for.
+    pub model: Option<String>,
+    /// Sampling parameters forwarded upstream.
+    pub params: Map<String, Value>,
+}
+
+/// What a turn produces, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnEvent {
+    /// Text to speak.
+    Text(String),
+    /// A platform tool-call delta in OpenAI's streaming shape.
+    ToolCall(Value),
+    /// The turn is over; nothing follows.
+    Finish(FinishReason),
+}
+
+/// Timings of one turn, filled as it progresses (read by transports for `Server-Timing`).
+#[derive(Debug, Default)]
+pub struct TurnTimings {
+    /// Memory read (load or create session and caller).
+    pub memory: OnceLock<Duration>,
+    /// Prompt build.
+    pub prompt: OnceLock<Duration>,
+    /// From the start of the turn to the upstream's first token.
+    pub upstream_first: OnceLock<Duration>,
+    /// The model that answered.
+    pub model: OnceLock<String>,
+}
+
+/// The reading end of a running turn.
+#[derive(Debug)]
+pub struct TurnHandle {
+    /// The events, ending with [`TurnEvent::Finish`].
+    pub events: mpsc::Receiver<TurnEvent>,
+    /// Timings, filled as they become known.
+    pub timings: Arc<TurnTimings>,
+    /// When the turn started.
+    pub started: Instant,
+}
+
+/// The engine, shared by every transport.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) llm: LlmClient,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Engine {
+    /// Assembles an engine.
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn Store>,
+        llm: LlmClient,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            llm,
+            tasks,
+        }
+    }
+
+    /// Starts a turn in a tracked background task and returns its event stream.
+    pub fn start_turn(&self, request: TurnRequest) -> TurnHandle {
+        let (tx, events) = mpsc::channel(64);
+        let timings = Arc::new(TurnTimings::default());
+        let started = Instant::now();
+        let engine = self.clone();
+        let task_timings = Arc::clone(&timings);
+        self.tasks.spawn(async move {
+            turn::run(engine, request, tx, task_timings, started).await;
+        });
+        TurnHandle {
+            events,
+            timings,
+            started,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Persisting a turn after its last event was sent: off the caller's critical path, never
+//! cancelled by a client disconnect, retried briefly, and idempotent.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::memory::{self, CallContext};
+use super::turn::Outcome;
+use super::{Engine, TurnRequest};
+use crate::openai::{ChatMessage, Role};
+use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole};
+
+/// Delays between persistence attempts.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
+
+/// Stores the turn's new messages and reply, with retries; failures are logged and counted.
+pub(crate) async fn persist(
+    engine: &Engine,
+    request: &TurnRequest,
+    context: Option<CallContext>,
+    outcome: &Outcome,
+) {
+    let mut context = context;
+    let mut delays = RETRY_DELAYS.iter();
+    loop {
+        let Err(e) = try_persist(engine, request, &mut context, outcome).await else {
+            return;
+        };
+        let Some(delay) = delays.next() else {
+            tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
+            metrics::counter!("redial_persist_failures_total").increment(1);
+            return;
+        };
+        tracing::warn!(error = %e, "persisting the turn failed; retrying");
+        tokio::time::sleep(*delay).await;
+    }
+}
+
+async fn try_persist(
+    engine: &Engine,
+    request: &TurnRequest,
+    context: &mut Option<CallContext>,
+    outcome: &Outcome,
+) -> Result<(), StoreError> {
+    let ctx = match context.take() {
+        Some(ctx) => ctx,
+        None => memory::load(engine, &request.identity, outcome.model.as_deref()).await?,
+    };
+    let session_id = ctx.session.session_id;
+    let turns = new_turns(&request.messages, outcome);
+    let result = async {
+        engine.store.append_turns(session_id, &turns).await?;
+        engine
+            .store
+            .touch_session(session_id, outcome.model.as_deref(), Utc::now())
+            .await?;
+        if let Some(caller) = &ctx.caller {
+            let entry = NewAudit {
+                caller_id: Some(caller.caller_id),
+                session_id: Some(session_id),
+                actor: format!("engine:{}", request.identity.platform),
+                action: if ctx.created {
+                    "create".into()
+                } else {
+                    "read".into()
+                },
+                reason: "turn".into(),
+                details: json!({"memory_used": true}),
+                created_at: Utc::now(),
+            };
+            engine.store.append_audit(&[entry]).await?;
+        }
+        Ok(())
+    }
+    .await;
+    *context = Some(ctx);
+    result
+}
+
+/// The request's new messages (everything after the last assistant message) and the reply, each
+/// with a key that makes a re-sent request a no-op.
+fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
+    let now = Utc::now();
+    let start = messages
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)
+        .map_or(0, |i| i + 1);
+    let mut turns: Vec<NewTurn> = messages[start..]
+        .iter()
+        .enumerate()
+        .filter_map(|(offset, m)| {
+            let role = match m.role {
+                Role::User => TurnRole::User,
+                Role::Tool => TurnRole::ToolResult,
+                _ => return None,
+            };
+            let content = m.text_content();
+            Some(NewTurn {
+                idempotency_key: format!(
+                    "m{}:{}",
+                    start + offset,
+                    digest(&[role.as_str(), &content])
+                ),
+                role,
+                content,
+                tool_name: None,
+                tool_call_id: m.tool_call_id.clone(),
+                partial: false,
+                created_at: now,
+            })
+        })
+        .collect();
+    let position = messages.len();
+    let texts: Vec<String> = messages.iter().map(ChatMessage::text_content).collect();
+    let request_digest = digest(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    if !outcome.text.is_empty() {
+        turns.push(NewTurn {
+            idempotency_key: format!("r{position}:{request_digest}"),
+            role: TurnRole::Assistant,
+            content: outcome.text.clone(),
+            tool_name: None,
+            tool_call_id: None,
+            partial: outcome.partial,
+            created_at: now,
+        });
+    }
+    for (i, call) in outcome.tool_calls.calls().iter().enumerate() {
+        let function = &call["function"];
+        turns.push(NewTurn {
+            idempotency_key: format!("r{position}:{request_digest}:tool{i}"),
+            role: TurnRole::ToolCall,
+            content: function["arguments"].as_str().unwrap_or("").to_owned(),
+            tool_name: function["name"].as_str().map(str::to_owned),
+            tool_call_id: call["id"].as_str().map(str::to_owned),
+            partial: outcome.partial,
+            created_at: now,
+        });
+    }
+    turns
+}
+
+/// A short, stable digest of some strings.
+fn digest(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
+}

@@ -1,0 +1,256 @@
+//! `POST /v1/chat/completions` (and the paths platforms build from a base URL): the
+//! OpenAI-compatible turn for Vapi, ElevenLabs and any OpenAI client.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::Stream;
+use uuid::Uuid;
+
+use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings};
+use crate::error::ApiError;
+use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
+use crate::platforms;
+use crate::state::AppState;
+
+/// Every path a platform may build: Vapi and ElevenLabs append `/chat/completions` to the URL
+/// they are given, so a URL that already ends in it arrives doubled.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/chat/completions/chat/completions", post(chat))
+        .route("/v1/chat/completions/chat/completions", post(chat))
+}
+
+async fn chat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = parse(&headers, &body)?;
+    validate(&state, &request)?;
+    let identity = platforms::identify(&headers, &request, &state.settings.memory.default_region);
+    let streaming = identity.is_voice() || request.stream == Some(true);
+    metrics::counter!("redial_turns_total", "platform" => identity.platform.as_str()).increment(1);
+    let requested_model = request.model.clone().unwrap_or_default();
+    let turn = TurnRequest {
+        identity,
+        messages: request.messages,
+        tools: request.tools.unwrap_or_default(),
+        model: request.model,
+        params: request.extra,
+    };
+    let handle = state.engine.start_turn(turn);
+    let heartbeat = Duration::from_millis(state.settings.upstream.heartbeat_ms);
+    Ok(if streaming {
+        stream_response(handle, requested_model, heartbeat).await
+    } else {
+        json_response(handle, &requested_model).await
+    })
+}
+
+/// Parses the body, with errors that name the offending field.
+fn parse(headers: &HeaderMap, body: &[u8]) -> Result<ChatRequest, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let value = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = value.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "unsupported content type {essence:?}; send application/json"
+            )));
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("the body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::bad_request(format!("invalid request: {inner}"))
+        } else {
+            ApiError::invalid_param(&path, format!("invalid value for `{path}`: {inner}"))
+        }
+    })
+}
+
+fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
+    }
+    let has_model = request
+        .model
+        .as_deref()
+        .is_some_and(|m| !m.trim().is_empty());
+    if !has_model && state.settings.upstream.model.is_empty() {
+        return Err(ApiError::invalid_param(
+            "model",
+            "`model` is required (or configure `upstream.model` to choose it server-side)",
+        ));
+    }
+    Ok(())
+}
+
+/// SSE: waits briefly for the first event so `Server-Timing` can include the upstream's first
+/// token, then streams every event as it arrives, ending with `data: [DONE]`. Comment
+/// heartbeats keep the connection alive while the upstream thinks.
+async fn stream_response(
+    mut handle: TurnHandle,
+    requested_model: String,
+    heartbeat: Duration,
+) -> Response {
+    let first = tokio::time::timeout(heartbeat, handle.events.recv())
+        .await
+        .ok();
+    let timing = server_timing(&handle.timings, handle.started, None);
+    let model = handle
+        .timings
+        .model
+        .get()
+        .cloned()
+        .unwrap_or(requested_model);
+    let chunks = ChunkBuilder::new(completion_id(), now_unix(), model);
+    let body = sse_events(handle, first, chunks);
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("ping"))
+        .into_response();
+    set_common_headers(&mut response, &timing);
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn sse_events(
+    mut handle: TurnHandle,
+    first: Option<Option<TurnEvent>>,
+    mut chunks: ChunkBuilder,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream::stream! {
+        let mut pending = first;
+        loop {
+            let event = match pending.take() {
+                Some(event) => event,
+                None => handle.events.recv().await,
+            };
+            if let Some(model) = handle.timings.model.get() {
+                if model != chunks.model() {
+                    chunks.set_model(model);
+                }
+            }
+            match event {
+                Some(TurnEvent::Text(text)) => yield Ok(json_event(&chunks.content(&text))),
+                Some(TurnEvent::ToolCall(delta)) => yield Ok(json_event(&chunks.tool_call(&delta))),
+                Some(TurnEvent::Finish(reason)) => {
+                    yield Ok(json_event(&chunks.finish(reason)));
+                    break;
+                }
+                None => {
+                    // The turn ended without a finish event (it cannot, short of a bug): still
+                    // close the stream properly so the platform never hangs.
+                    tracing::error!("turn ended without a finish event");
+                    yield Ok(json_event(&chunks.finish(FinishReason::Stop)));
+                    break;
+                }
+            }
+        }
+        let total = handle.started.elapsed();
+        yield Ok(Event::default().comment(format!("server-timing total;dur={:.3}", ms(total))));
+        yield Ok(Event::default().data("[DONE]"));
+    }
+}
+
+/// Non-streaming: collects the whole turn into one `chat.completion`.
+async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Response {
+    let mut text = String::new();
+    let mut calls = ToolCalls::default();
+    let mut finish = FinishReason::Stop;
+    while let Some(event) = handle.events.recv().await {
+        match event {
+            TurnEvent::Text(t) => text.push_str(&t),
+            TurnEvent::ToolCall(delta) => calls.push(&delta),
+            TurnEvent::Finish(reason) => {
+                finish = reason;
+                break;
+            }
+        }
+    }
+    let model = handle
+        .timings
+        .model
+        .get()
+        .map_or(requested_model, String::as_str);
+    let body = completion(
+        &completion_id(),
+        now_unix(),
+        model,
+        &text,
+        calls.calls(),
+        finish,
+    );
+    let timing = server_timing(
+        &handle.timings,
+        handle.started,
+        Some(handle.started.elapsed()),
+    );
+    let mut response = axum::Json(body).into_response();
+    set_common_headers(&mut response, &timing);
+    response
+}
+
+fn set_common_headers(response: &mut Response, timing: &str) {
+    if let Ok(value) = HeaderValue::from_str(timing) {
+        response.headers_mut().insert("server-timing", value);
+    }
+}
+
+/// `Server-Timing`: memory read, prompt build, upstream first token (when known), and total
+/// time until the response headers (or the whole response, for JSON).
+fn server_timing(timings: &TurnTimings, started: Instant, total: Option<Duration>) -> String {
+    let mut parts = Vec::with_capacity(4);
+    if let Some(d) = timings.memory.get() {
+        parts.push(format!("mem;dur={:.3};desc=\"memory read\"", ms(*d)));
+    }
+    if let Some(d) = timings.prompt.get() {
+        parts.push(format!("prompt;dur={:.3};desc=\"prompt build\"", ms(*d)));
+    }
+    if let Some(d) = timings.upstream_first.get() {
+        parts.push(format!(
+            "upstream;dur={:.3};desc=\"upstream first token\"",
+            ms(*d)
+        ));
+    }
+    let total = total.unwrap_or_else(|| started.elapsed());
+    parts.push(format!("total;dur={:.3}", ms(total)));
+    parts.join(", ")
+}
+
+fn json_event(value: &serde_json::Value) -> Event {
+    Event::default().data(value.to_string())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", Uuid::now_v7().simple())
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}

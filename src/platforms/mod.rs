@@ -1,0 +1,155 @@
+//! Platform adapters: who is calling, on which call, for which assistant.
+//!
+//! Each platform carries identity differently (see `../shared/DESIGN.md`, "Identity"). The
+//! adapters only translate; they know nothing of storage.
+
+pub mod phone;
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::openai::ChatRequest;
+use crate::storage::Platform;
+
+/// Generic clients (and ElevenLabs through `request_headers`) name the call with this header.
+pub const CALL_ID_HEADER: &str = "x-call-id";
+/// The caller's phone number.
+pub const CALLER_ID_HEADER: &str = "x-caller-id";
+/// The assistant or agent id.
+pub const ASSISTANT_ID_HEADER: &str = "x-assistant-id";
+
+/// Who is calling, on which call, for which assistant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The platform.
+    pub platform: Platform,
+    /// The call key; a request without one gets a fresh `req-…` key (a per-request session).
+    pub call_key: String,
+    /// Whether `call_key` was minted for this request alone.
+    pub ephemeral: bool,
+    /// The caller's E.164 number, when known and valid.
+    pub caller: Option<String>,
+    /// The assistant id (`""` when unknown).
+    pub assistant_id: String,
+}
+
+impl Identity {
+    /// Whether the platform is a voice platform (always answered with SSE).
+    pub fn is_voice(&self) -> bool {
+        matches!(
+            self.platform,
+            Platform::Vapi | Platform::ElevenLabs | Platform::Retell
+        )
+    }
+}
+
+/// Extracts identity from an OpenAI-compatible request.
+pub fn identify(headers: &HeaderMap, request: &ChatRequest, default_region: &str) -> Identity {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let (platform, call_key, raw_caller, assistant) = if let Some(call) = request.extra.get("call")
+    {
+        vapi(request, call)
+    } else {
+        let platform = if request.extra.contains_key("elevenlabs_extra_body")
+            || request.extra.contains_key("user_id")
+        {
+            Platform::ElevenLabs
+        } else {
+            Platform::Generic
+        };
+        let caller = header(CALLER_ID_HEADER).or_else(|| match platform {
+            Platform::Generic => request.user.clone(),
+            _ => None,
+        });
+        (
+            platform,
+            header(CALL_ID_HEADER),
+            caller,
+            header(ASSISTANT_ID_HEADER),
+        )
+    };
+    let ephemeral = call_key.is_none();
+    Identity {
+        platform,
+        call_key: call_key.unwrap_or_else(|| format!("req-{}", Uuid::now_v7().simple())),
+        ephemeral,
+        caller: raw_caller.and_then(|raw| phone::normalize(&raw, default_region)),
+        assistant_id: assistant.unwrap_or_default(),
+    }
+}
+
+/// Vapi: `call.id`, `customer.number` or `call.customer.number`, `call.assistantId`.
+fn vapi(
+    request: &ChatRequest,
+    call: &Value,
+) -> (Platform, Option<String>, Option<String>, Option<String>) {
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let call_key = text(call.get("id"));
+    let caller = text(request.extra.get("customer").and_then(|c| c.get("number")))
+        .or_else(|| text(call.pointer("/customer/number")));
+    let assistant = text(call.get("assistantId"))
+        .or_else(|| text(request.extra.get("assistant").and_then(|a| a.get("id"))));
+    (Platform::Vapi, call_key, caller, assistant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(body: Value) -> ChatRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn vapi_identity_comes_from_the_call_and_customer_objects() {
+        let r = request(
+            json!({"messages": [], "call": {"id": "c-1", "assistantId": "as-1", "customer": {"number": "+1 415 555 0123"}}}),
+        );
+        let id = identify(&HeaderMap::new(), &r, "US");
+        assert_eq!(id.platform, Platform::Vapi);
+        assert_eq!(id.call_key, "c-1");
+        assert_eq!(id.caller.as_deref(), Some("+14155550123"));
+        assert_eq!(id.assistant_id, "as-1");
+        assert!(id.is_voice() && !id.ephemeral);
+        let r = request(
+            json!({"messages": [], "call": {"id": "c-1"}, "customer": {"number": "(415) 555-0123"}}),
+        );
+        assert_eq!(
+            identify(&HeaderMap::new(), &r, "US").caller.as_deref(),
+            Some("+14155550123")
+        );
+    }
+
+    #[test]
+    fn elevenlabs_and_generic_identity_come_from_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CALL_ID_HEADER, "conv_1".parse().unwrap());
+        headers.insert(CALLER_ID_HEADER, "+14155550123".parse().unwrap());
+        headers.insert(ASSISTANT_ID_HEADER, "agent_1".parse().unwrap());
+        let r = request(json!({"messages": [], "user_id": "u"}));
+        let id = identify(&headers, &r, "US");
+        assert_eq!(
+            (id.platform, id.call_key.as_str(), id.assistant_id.as_str()),
+            (Platform::ElevenLabs, "conv_1", "agent_1")
+        );
+        let r = request(json!({"messages": [], "user": "415-555-0123"}));
+        let id = identify(&HeaderMap::new(), &r, "US");
+        assert_eq!(id.platform, Platform::Generic);
+        assert_eq!(id.caller.as_deref(), Some("+14155550123"));
+        assert!(id.ephemeral && id.call_key.starts_with("req-"));
+        assert!(!id.is_voice());
+    }
+}
