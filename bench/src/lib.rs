@@ -1,6 +1,14 @@
-//! Benchmark support for redial: a scriptable mock OpenAI-compatible upstream ([`mock`]) used by
-//! integration tests and benchmarks alike, and an SSE parser for chat-completion streams
-//! ([`sse`]).
+//! Benchmark support for redial.
+//!
+//! - [`mock`]: a scriptable mock OpenAI-compatible upstream, used by redial's integration tests
+//!   and by the benchmarks.
+//! - [`sse`]: an incremental SSE parser and chat-completion chunk classifier.
+//! - [`load`]: the streaming load generator (closed and open loop, HDR percentiles).
+//! - [`suite`]: the standard suite (direct vs through redial, per store, targets) and
+//!   [`report`]: its markdown tables.
 
+pub mod load;
 pub mod mock;
+pub mod report;
 pub mod sse;
+pub mod suite;

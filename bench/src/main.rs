@@ -1,1 +1,145 @@
-fn main() {}
+//! `redial-bench`: the mock upstream, the load generator and the standard suite.
+
+mod cli;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use redial_bench::load::{self, LoadConfig, LoadMode, LoadReport, Target, WorkloadSpec};
+use redial_bench::mock::{MockConfig, MockUpstream};
+use redial_bench::report::{Row, runs_table};
+use redial_bench::suite::{self, SuiteOptions};
+
+use cli::{Cli, Command, LoadArgs, MockArgs, SuiteArgs};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Mock(args) => serve_mock(&args).await,
+        Command::Load(args) => run_load(args).await,
+        Command::Suite(args) => run_suite(args).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve_mock(args: &MockArgs) -> anyhow::Result<ExitCode> {
+    let config = MockConfig {
+        ttft: millis(args.ttft_ms)?,
+        inter_token: millis(args.inter_token_ms)?,
+        tokens: args.tokens,
+        token: args.token.clone(),
+    };
+    let mock = MockUpstream::start_on(args.listen, config).await?;
+    mock.set_recording(false);
+    println!("mock upstream listening; base_url = {}", mock.base_url());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    mock.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let mode = match (args.concurrency, args.rate) {
+        (Some(concurrency), _) => LoadMode::Closed { concurrency },
+        (None, Some(rate)) => LoadMode::Open {
+            rate,
+            max_in_flight: args.max_in_flight,
+        },
+        (None, None) => anyhow::bail!("pass --concurrency or --rate"),
+    };
+    let config = LoadConfig {
+        label: args.label,
+        target: Target {
+            url: args.url,
+            api_key: args.api_key,
+            timeout: seconds(args.timeout_secs)?,
+        },
+        mode,
+        duration: seconds(args.duration_secs)?,
+        warmup: seconds(args.warmup_secs)?,
+        workload: WorkloadSpec {
+            model: args.model,
+            callers: args.callers,
+            turns: args.turns,
+        },
+        pacing: args.pacing_ms.map(millis).transpose()?,
+    };
+    let report = load::run(load::http_client()?, config).await?;
+    print_load_report(&report, args.json_out.as_deref())?;
+    Ok(exit_code(&report.hard_failures()))
+}
+
+fn print_load_report(
+    report: &LoadReport,
+    json_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    if let Some(path) = json_out {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}\n");
+    let row = Row {
+        target: "",
+        report,
+        rss_peak_bytes: None,
+    };
+    println!("{}", runs_table(&[row]));
+    Ok(())
+}
+
+async fn run_suite(args: SuiteArgs) -> anyhow::Result<ExitCode> {
+    let extra_config = args
+        .extra_config
+        .map(|path| {
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        })
+        .transpose()?;
+    let options = SuiteOptions {
+        redial_bin: args.redial_bin,
+        postgres_url: args.postgres_url,
+        out: args.out,
+        smoke: args.smoke,
+        stores: args.stores,
+        direct_only: args.direct_only,
+        extra_config,
+    };
+    let results = suite::run(&options).await?;
+    println!("{}", suite::markdown(&results));
+    eprintln!(
+        "results written to {} and {}",
+        options.out.join("results.json").display(),
+        options.out.join("results.md").display()
+    );
+    Ok(exit_code(&results.hard_failures))
+}
+
+/// Success unless there were hard failures (errors, no successful request). Missed targets do
+/// not fail the run.
+fn exit_code(hard_failures: &[String]) -> ExitCode {
+    for failure in hard_failures {
+        eprintln!("hard failure: {failure}");
+    }
+    if hard_failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn millis(ms: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(ms / 1_000.0).with_context(|| format!("invalid duration {ms} ms"))
+}
+
+fn seconds(secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs).with_context(|| format!("invalid duration {secs} s"))
+}

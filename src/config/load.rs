@@ -52,7 +52,7 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &[Override],
 ) -> Result<Settings, ConfigError> {
-    let template = Value::try_from(Settings::default())
+    let template = Value::try_from(template_settings())
         .map_err(|e| ConfigError(format!("internal: default settings do not serialize: {e}")))?;
     let template = template.as_table().cloned().unwrap_or_default();
     let mut layers = Layers::default();
@@ -73,6 +73,20 @@ pub fn load(
     }
     validate(&settings, &layers)?;
     Ok(settings)
+}
+
+/// Defaults plus one example of every repeated table, so file keys can be checked by name.
+fn template_settings() -> Settings {
+    let mut settings = Settings::default();
+    let mut assistant = super::AssistantSettings::default();
+    assistant.fields.push(super::FieldSettings {
+        name: String::new(),
+        question: String::new(),
+        required: true,
+        description: String::new(),
+    });
+    settings.assistants.push(assistant);
+    settings
 }
 
 #[derive(Default)]
@@ -360,8 +374,69 @@ fn validate(settings: &Settings, layers: &Layers) -> Result<(), ConfigError> {
             ),
         );
     }
+    const TEN_YEARS: u64 = 10 * 365 * 86_400;
+    for (key, value) in [
+        (
+            "memory.resume_window_secs",
+            settings.memory.resume_window_secs,
+        ),
+        ("memory.stale_after_secs", settings.memory.stale_after_secs),
+    ] {
+        if value > TEN_YEARS {
+            return fail(key, format!("must be at most {TEN_YEARS} seconds"));
+        }
+    }
+    if settings.upstream.max_tool_rounds == 0 {
+        return fail("upstream.max_tool_rounds", "must be at least 1".into());
+    }
+    validate_assistants(settings, layers)?;
     if settings.memory.summary_max_tokens < 16 {
         return fail("memory.summary_max_tokens", "must be at least 16".into());
+    }
+    Ok(())
+}
+
+/// Assistant ids unique and non-empty; field names unique identifiers; questions and fillers set.
+fn validate_assistants(settings: &Settings, layers: &Layers) -> Result<(), ConfigError> {
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, assistant) in settings.assistants.iter().enumerate() {
+        let at = |key: &str| format!("assistants[{i}].{key}");
+        let fail = |key: String, message: &str| {
+            Err(ConfigError(format!(
+                "invalid value for `{key}`{}: {message}",
+                layers.origin(&key)
+            )))
+        };
+        if assistant.id.trim().is_empty() {
+            return fail(at("id"), "must not be empty");
+        }
+        if !ids.insert(assistant.id.as_str()) {
+            return fail(at("id"), &format!("{:?} is listed twice", assistant.id));
+        }
+        if assistant.filler.trim().is_empty() {
+            return fail(
+                at("filler"),
+                "must not be empty: it is what the caller hears while a tool runs",
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (j, field) in assistant.fields.iter().enumerate() {
+            let key = |k: &str| format!("assistants[{i}].fields[{j}].{k}");
+            let valid_name = !field.name.is_empty()
+                && field
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                return fail(key("name"), "must be letters, digits and underscores");
+            }
+            if !names.insert(field.name.as_str()) {
+                return fail(key("name"), &format!("{:?} is listed twice", field.name));
+            }
+            if field.question.trim().is_empty() {
+                return fail(key("question"), "must not be empty");
+            }
+        }
     }
     Ok(())
 }

@@ -28,6 +28,88 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// Caller memory and the state summary.
     pub memory: MemorySettings,
+    /// Per-assistant scripts; `id = "default"` applies to assistants not listed.
+    pub assistants: Vec<AssistantSettings>,
+}
+
+impl Settings {
+    /// The script of `assistant_id`: its own entry, else the `default` entry, else an empty
+    /// script with the built-in filler.
+    pub fn assistant(&self, assistant_id: &str) -> &AssistantSettings {
+        static BUILT_IN: std::sync::OnceLock<AssistantSettings> = std::sync::OnceLock::new();
+        self.assistants
+            .iter()
+            .find(|a| a.id == assistant_id)
+            .or_else(|| self.assistants.iter().find(|a| a.id == DEFAULT_ASSISTANT))
+            .unwrap_or_else(|| BUILT_IN.get_or_init(AssistantSettings::default))
+    }
+}
+
+/// The assistant id whose script applies to assistants not listed.
+pub const DEFAULT_ASSISTANT: &str = "default";
+
+/// `[[assistants]]`: what an assistant must collect, and how it sounds while tools run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantSettings {
+    /// The platform's assistant or agent id; `default` for every assistant not listed.
+    pub id: String,
+    /// Spoken while a platform tool runs, when the model said nothing before calling it.
+    #[serde(default = "default_filler")]
+    pub filler: String,
+    /// The scripted fields, in the order they should be asked.
+    #[serde(default)]
+    pub fields: Vec<FieldSettings>,
+}
+
+impl Default for AssistantSettings {
+    fn default() -> Self {
+        Self {
+            id: DEFAULT_ASSISTANT.into(),
+            filler: default_filler(),
+            fields: Vec::new(),
+        }
+    }
+}
+
+impl AssistantSettings {
+    /// Names of the required fields.
+    pub fn required_fields(&self) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter(|f| f.required)
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    /// The scripted field called `name`.
+    pub fn field(&self, name: &str) -> Option<&FieldSettings> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+fn default_filler() -> String {
+    "One moment, please.".into()
+}
+
+/// `[[assistants.fields]]`: one question of a script.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSettings {
+    /// Field name, as the model passes it to `record_answer`.
+    pub name: String,
+    /// The question, quoted to the model exactly as written.
+    pub question: String,
+    /// Whether the call is complete only once this field is confirmed.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// What a valid answer looks like (shown to the model in the tool description).
+    #[serde(default)]
+    pub description: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[server]`
@@ -115,6 +197,8 @@ pub struct UpstreamSettings {
     pub api_key: Secret,
     /// When set, replaces the model the platform asked for.
     pub model: String,
+    /// Most upstream passes for redial's own tool calls in one turn.
+    pub max_tool_rounds: u32,
     /// Tried in order when the upstream fails before its first token.
     pub fallback_models: Vec<String>,
     /// Used from the second attempt of a resumed call.
@@ -137,6 +221,7 @@ impl Default for UpstreamSettings {
             base_url: "https://api.openai.com/v1".into(),
             api_key: Secret::default(),
             model: String::new(),
+            max_tool_rounds: 3,
             fallback_models: Vec::new(),
             escalation_model: String::new(),
             apology: "Sorry, I'm having trouble right now. Could you say that again?".into(),
@@ -158,6 +243,8 @@ pub struct MemorySettings {
     pub read_budget_ms: u64,
     /// How long after a call a redial from the same caller can resume it, in seconds.
     pub resume_window_secs: u64,
+    /// An active call silent for this many seconds counts as dropped (resumable).
+    pub stale_after_secs: u64,
     /// Region (ISO 3166 alpha-2) for caller numbers given without a country code.
     pub default_region: String,
 }
@@ -168,7 +255,11 @@ impl Default for MemorySettings {
             summary_max_tokens: 300,
             read_budget_ms: 50,
             resume_window_secs: 86_400,
+            stale_after_secs: 300,
             default_region: "US".into(),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

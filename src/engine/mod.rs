@@ -9,7 +9,9 @@
 mod memory;
 mod persist;
 mod prompt;
+pub mod script;
 pub mod summary;
+pub mod tools;
 mod turn;
 
 use std::sync::{Arc, OnceLock};
@@ -50,6 +52,24 @@ pub enum TurnEvent {
     Text(String),
     /// A platform tool-call delta in OpenAI's streaming shape.
     ToolCall(Value),
+    /// redial is running one of its own tools (transports may show it; HTTP does not).
+    InternalToolCall {
+        /// Call id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments JSON.
+        arguments: String,
+    },
+    /// The result of one of redial's own tools.
+    InternalToolResult {
+        /// Call id.
+        id: String,
+        /// Result JSON given to the model.
+        content: String,
+        /// Whether the tool succeeded.
+        ok: bool,
+    },
     /// The turn is over; nothing follows.
     Finish(FinishReason),
 }

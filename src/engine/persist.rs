@@ -116,6 +116,27 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
     let position = messages.len();
     let texts: Vec<String> = messages.iter().map(ChatMessage::text_content).collect();
     let request_digest = digest(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, (call, result)) in outcome.internal.iter().enumerate() {
+        let key = format!("r{position}:{request_digest}:internal{i}");
+        turns.push(NewTurn {
+            idempotency_key: key.clone(),
+            role: TurnRole::ToolCall,
+            content: call.function.arguments.clone(),
+            tool_name: Some(call.function.name.clone()),
+            tool_call_id: Some(call.id.clone()),
+            partial: false,
+            created_at: now,
+        });
+        turns.push(NewTurn {
+            idempotency_key: format!("{key}:result"),
+            role: TurnRole::ToolResult,
+            content: result.content.clone(),
+            tool_name: Some(call.function.name.clone()),
+            tool_call_id: Some(call.id.clone()),
+            partial: false,
+            created_at: now,
+        });
+    }
     if !outcome.text.is_empty() {
         turns.push(NewTurn {
             idempotency_key: format!("r{position}:{request_digest}"),

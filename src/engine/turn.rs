@@ -1,5 +1,7 @@
-//! Running one turn: memory under budget, prompt, upstream with fallbacks, events, persistence.
+//! Running one turn: memory under budget, prompt, upstream passes with fallbacks and redial's
+//! own tools, events, persistence.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,17 +11,21 @@ use tokio::time::timeout;
 
 use super::memory::{self, CallContext};
 use super::summary::{self, SummaryInput};
-use super::{Engine, TurnEvent, TurnRequest, TurnTimings, persist, prompt};
-use crate::openai::{ChatMessage, FinishReason};
+use super::tools::{self, ToolResult};
+use super::{Engine, TurnEvent, TurnRequest, TurnTimings, persist, prompt, script};
+use crate::config::AssistantSettings;
+use crate::openai::{ChatMessage, Content, FinishReason, FunctionCall, Role, ToolCall};
 use crate::upstream::{Delta, UpstreamError, UpstreamStream};
 
 /// What the turn produced, for persistence.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
-    /// Everything the caller was sent as text (apology included).
+    /// Everything the caller was sent as text (filler and apology included).
     pub text: String,
     /// Platform tool calls, complete.
     pub tool_calls: ToolCalls,
+    /// redial's own tool calls and their results, in order.
+    pub internal: Vec<(ToolCall, ToolResult)>,
     /// The reply did not complete as the model meant it.
     pub partial: bool,
     /// The model that answered.
@@ -29,7 +35,18 @@ pub(crate) struct Outcome {
 }
 
 /// The client went away; stop working for it.
-struct ClientGone;
+pub(crate) struct ClientGone;
+
+/// Everything a pass needs that does not change between passes.
+struct TurnCtx<'a> {
+    engine: &'a Engine,
+    request: &'a TurnRequest,
+    script: &'a AssistantSettings,
+    primary: String,
+    tx: &'a Sender<TurnEvent>,
+    timings: &'a TurnTimings,
+    started: Instant,
+}
 
 pub(super) async fn run(
     engine: Engine,
@@ -38,34 +55,26 @@ pub(super) async fn run(
     timings: Arc<TurnTimings>,
     started: Instant,
 ) {
-    let context = read_memory(&engine, &request).await;
+    let mut context = read_memory(&engine, &request).await;
     let _ = timings.memory.set(started.elapsed());
     metrics::histogram!("redial_memory_read_seconds").record(started.elapsed().as_secs_f64());
 
     let prompt_started = Instant::now();
-    let summary = context.as_ref().and_then(|c| {
-        let input = SummaryInput {
-            session: &c.session,
-            caller: c.caller.as_ref(),
-            script_lines: &[],
-        };
-        summary::build(&input, engine.settings.memory.summary_max_tokens)
-    });
-    let messages = prompt::with_summary(&request.messages, summary);
+    let script = engine.settings.assistant(&request.identity.assistant_id);
+    let (mut messages, offered) = build_prompt(&engine, &request, context.as_ref(), script);
     let _ = timings.prompt.set(prompt_started.elapsed());
 
-    let primary = primary_model(&engine, &request, context.as_ref());
+    let ctx = TurnCtx {
+        engine: &engine,
+        request: &request,
+        script,
+        primary: primary_model(&engine, &request, context.as_ref()),
+        tx: &tx,
+        timings: &timings,
+        started,
+    };
     let mut outcome = Outcome::default();
-    let result = reply(
-        &engine,
-        &request,
-        &messages,
-        &primary,
-        &tx,
-        (&timings, started),
-        &mut outcome,
-    )
-    .await;
+    let result = respond(&ctx, &mut messages, &offered, &mut context, &mut outcome).await;
     if result.is_ok() {
         let finish = outcome.finish.unwrap_or(if outcome.tool_calls.is_empty() {
             FinishReason::Stop
@@ -81,6 +90,32 @@ pub(super) async fn run(
     drop(tx);
     metrics::histogram!("redial_turn_seconds").record(started.elapsed().as_secs_f64());
     persist::persist(&engine, &request, context, &outcome).await;
+}
+
+/// The upstream messages (summary inserted) and the tools offered (platform's and redial's).
+fn build_prompt(
+    engine: &Engine,
+    request: &TurnRequest,
+    context: Option<&CallContext>,
+    script: &AssistantSettings,
+) -> (Vec<ChatMessage>, Vec<Value>) {
+    let Some(context) = context else {
+        return (request.messages.clone(), request.tools.clone());
+    };
+    let script_lines = script::lines(&context.session, script);
+    let input = SummaryInput {
+        session: &context.session,
+        caller: context.caller.as_ref(),
+        script_lines: &script_lines,
+    };
+    let summary = summary::build(&input, engine.settings.memory.summary_max_tokens);
+    let mut offered = request.tools.clone();
+    offered.extend(tools::definitions(
+        script,
+        context.caller.is_some(),
+        &request.tools,
+    ));
+    (prompt::with_summary(&request.messages, summary), offered)
 }
 
 /// Loads memory within `memory.read_budget_ms`; past it, or on error, the turn goes on without.
@@ -121,71 +156,144 @@ fn primary_model(engine: &Engine, request: &TurnRequest, context: Option<&CallCo
     request.model.clone().unwrap_or_default()
 }
 
-/// Streams one reply to `tx`, trying fallback models until one produces a first token; ends
-/// with the apology when every model fails or the stream breaks.
-async fn reply(
-    engine: &Engine,
-    request: &TurnRequest,
-    messages: &[ChatMessage],
-    primary: &str,
-    tx: &Sender<TurnEvent>,
-    (timings, started): (&TurnTimings, Instant),
+/// Upstream passes until the model speaks or calls a platform tool; redial's own tool calls are
+/// run between passes, at most `upstream.max_tool_rounds` times.
+async fn respond(
+    ctx: &TurnCtx<'_>,
+    messages: &mut Vec<ChatMessage>,
+    offered: &[Value],
+    context: &mut Option<CallContext>,
     outcome: &mut Outcome,
 ) -> Result<(), ClientGone> {
-    let Some((model, mut stream, first)) = open(engine, request, messages, primary, tx).await?
-    else {
-        return apologise(engine, tx, outcome).await;
+    for _ in 0..ctx.engine.settings.upstream.max_tool_rounds {
+        let text_before = outcome.text.len();
+        let internal = pass(ctx, messages, offered, outcome).await?;
+        if internal.is_empty() {
+            return Ok(());
+        }
+        let said = outcome.text[text_before..].to_owned();
+        messages.push(ChatMessage {
+            role: Role::Assistant,
+            content: (!said.is_empty()).then_some(Content::Text(said)),
+            name: None,
+            tool_calls: Some(internal.clone()),
+            tool_call_id: None,
+        });
+        for call in internal {
+            run_internal_tool(ctx, messages, context, outcome, call).await?;
+        }
+    }
+    // The bound: the model keeps calling tools. The caller still hears something useful.
+    metrics::counter!("redial_tool_round_limit_total").increment(1);
+    let answers = context
+        .as_ref()
+        .map(|c| c.session.answers.clone())
+        .unwrap_or_default();
+    let line = script::next_question(ctx.script, &answers).map_or_else(
+        || ctx.engine.settings.upstream.apology.clone(),
+        str::to_owned,
+    );
+    speak(ctx, outcome, &line).await
+}
+
+async fn run_internal_tool(
+    ctx: &TurnCtx<'_>,
+    messages: &mut Vec<ChatMessage>,
+    context: &mut Option<CallContext>,
+    outcome: &mut Outcome,
+    call: ToolCall,
+) -> Result<(), ClientGone> {
+    let event = TurnEvent::InternalToolCall {
+        id: call.id.clone(),
+        name: call.function.name.clone(),
+        arguments: call.function.arguments.clone(),
     };
-    let _ = timings.upstream_first.set(started.elapsed());
+    ctx.tx.send(event).await.map_err(|_| ClientGone)?;
+    let result = tools::execute(
+        ctx.engine,
+        context.as_mut(),
+        &call.function.name,
+        &call.function.arguments,
+    )
+    .await;
+    metrics::counter!("redial_internal_tool_calls_total", "tool" => call.function.name.clone(), "ok" => result.ok.to_string()).increment(1);
+    let event = TurnEvent::InternalToolResult {
+        id: call.id.clone(),
+        content: result.content.clone(),
+        ok: result.ok,
+    };
+    ctx.tx.send(event).await.map_err(|_| ClientGone)?;
+    let mut message = ChatMessage::text(Role::Tool, result.content.clone());
+    message.tool_call_id = Some(call.id.clone());
+    messages.push(message);
+    outcome.internal.push((call, result));
+    Ok(())
+}
+
+/// One upstream pass: text and platform tool calls stream to the client as they arrive;
+/// redial's own tool calls are collected and returned.
+async fn pass(
+    ctx: &TurnCtx<'_>,
+    messages: &[ChatMessage],
+    offered: &[Value],
+    outcome: &mut Outcome,
+) -> Result<Vec<ToolCall>, ClientGone> {
+    let Some((model, mut stream, first)) = open(ctx, messages, offered).await? else {
+        return apologise(ctx, outcome).await.map(|()| Vec::new());
+    };
+    let _ = ctx.timings.upstream_first.set(ctx.started.elapsed());
     metrics::histogram!("redial_upstream_first_token_seconds")
-        .record(started.elapsed().as_secs_f64());
-    let _ = timings.model.set(model.clone());
+        .record(ctx.started.elapsed().as_secs_f64());
+    let _ = ctx.timings.model.set(model.clone());
     outcome.model = Some(model);
-    forward(tx, first, outcome).await?;
+    let mut router = ToolRouter::default();
+    router.forward(ctx, first, outcome).await?;
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            () = tx.closed() => return Err(ClientGone),
+            () = ctx.tx.closed() => return Err(ClientGone),
         };
         match next {
             None => break,
-            Some(Ok(deltas)) => forward(tx, deltas, outcome).await?,
+            Some(Ok(deltas)) => router.forward(ctx, deltas, outcome).await?,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream stream broke mid-reply");
                 metrics::counter!("redial_upstream_failures_total", "kind" => e.kind(), "phase" => "stream").increment(1);
-                return apologise(engine, tx, outcome).await;
+                return apologise(ctx, outcome).await.map(|()| Vec::new());
             }
         }
     }
-    if outcome.text.trim().is_empty() && outcome.tool_calls.is_empty() {
-        tracing::warn!("upstream finished without a word; the caller hears the apology");
-        return apologise(engine, tx, outcome).await;
+    if router.platform_called {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let internal = router.internal.into_calls();
+    if internal.is_empty() && outcome.text.trim().is_empty() {
+        tracing::warn!("upstream finished without a word; the caller hears the apology");
+        apologise(ctx, outcome).await?;
+    }
+    Ok(internal)
 }
 
 type Opened = Option<(String, UpstreamStream, Vec<Delta>)>;
 
 /// Tries each candidate model until one streams a first event within the first-token timeout.
 async fn open(
-    engine: &Engine,
-    request: &TurnRequest,
+    ctx: &TurnCtx<'_>,
     messages: &[ChatMessage],
-    primary: &str,
-    tx: &Sender<TurnEvent>,
+    offered: &[Value],
 ) -> Result<Opened, ClientGone> {
-    let upstream = &engine.settings.upstream;
+    let upstream = &ctx.engine.settings.upstream;
     let first_token = Duration::from_millis(upstream.first_token_timeout_ms);
-    for (i, model) in prompt::candidates(primary, &upstream.fallback_models)
+    for (i, model) in prompt::candidates(&ctx.primary, &upstream.fallback_models)
         .into_iter()
         .enumerate()
     {
         if model.is_empty() {
             continue;
         }
-        let body = prompt::upstream_body(&model, messages, &request.tools, &request.params, true);
+        let body = prompt::upstream_body(&model, messages, offered, &ctx.request.params, true);
         let attempt = async {
-            let mut stream = engine.llm.open_stream(&body).await?;
+            let mut stream = ctx.engine.llm.open_stream(&body).await?;
             match stream.next().await {
                 Some(Ok(first)) => Ok((stream, first)),
                 Some(Err(e)) => Err(e),
@@ -194,7 +302,7 @@ async fn open(
         };
         let result = tokio::select! {
             result = timeout(first_token, attempt) => result.unwrap_or(Err(UpstreamError::Timeout("first token"))),
-            () = tx.closed() => return Err(ClientGone),
+            () = ctx.tx.closed() => return Err(ClientGone),
         };
         match result {
             Ok((stream, first)) => {
@@ -215,52 +323,95 @@ async fn open(
     Ok(None)
 }
 
-/// Sends deltas to the client, keeping what was sent.
-async fn forward(
-    tx: &Sender<TurnEvent>,
-    deltas: Vec<Delta>,
-    outcome: &mut Outcome,
-) -> Result<(), ClientGone> {
-    for delta in deltas {
-        match delta {
-            Delta::Text(text) => {
-                outcome.text.push_str(&text);
-                tx.send(TurnEvent::Text(text))
-                    .await
-                    .map_err(|_| ClientGone)?;
+/// Sends tool-call fragments where they belong: redial's own are kept, the platform's pass
+/// through (renumbered so the platform sees indices 0, 1, …), preceded by the filler when the
+/// caller has heard nothing yet.
+#[derive(Default)]
+struct ToolRouter {
+    /// Upstream index → `Some(platform index)` or `None` for an internal call.
+    routes: HashMap<u64, Option<u64>>,
+    internal: ToolCalls,
+    platform_called: bool,
+}
+
+impl ToolRouter {
+    async fn forward(
+        &mut self,
+        ctx: &TurnCtx<'_>,
+        deltas: Vec<Delta>,
+        outcome: &mut Outcome,
+    ) -> Result<(), ClientGone> {
+        for delta in deltas {
+            match delta {
+                Delta::Text(text) => {
+                    outcome.text.push_str(&text);
+                    ctx.tx
+                        .send(TurnEvent::Text(text))
+                        .await
+                        .map_err(|_| ClientGone)?;
+                }
+                Delta::ToolCall(fragment) => self.route(ctx, fragment, outcome).await?,
+                Delta::Finish(reason) => outcome.finish = Some(reason),
             }
-            Delta::ToolCall(call) => {
-                outcome.tool_calls.push(&call);
-                tx.send(TurnEvent::ToolCall(call))
-                    .await
-                    .map_err(|_| ClientGone)?;
-            }
-            Delta::Finish(reason) => outcome.finish = Some(reason),
         }
+        Ok(())
     }
-    Ok(())
+
+    async fn route(
+        &mut self,
+        ctx: &TurnCtx<'_>,
+        mut fragment: Value,
+        outcome: &mut Outcome,
+    ) -> Result<(), ClientGone> {
+        let index = fragment.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let next_platform = self.routes.values().flatten().count() as u64;
+        let route = *self.routes.entry(index).or_insert_with(|| {
+            let name = fragment
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            (!tools::is_internal(name)).then_some(next_platform)
+        });
+        let Some(platform_index) = route else {
+            self.internal.push(&fragment);
+            return Ok(());
+        };
+        if !self.platform_called && outcome.text.trim().is_empty() {
+            speak(ctx, outcome, &ctx.script.filler).await?;
+        }
+        self.platform_called = true;
+        fragment["index"] = json!(platform_index);
+        outcome.tool_calls.push(&fragment);
+        ctx.tx
+            .send(TurnEvent::ToolCall(fragment))
+            .await
+            .map_err(|_| ClientGone)
+    }
+}
+
+/// Speaks a line of redial's own (filler, bound line).
+async fn speak(ctx: &TurnCtx<'_>, outcome: &mut Outcome, line: &str) -> Result<(), ClientGone> {
+    let line = if outcome.text.is_empty() || outcome.text.ends_with(' ') {
+        line.to_owned()
+    } else {
+        format!(" {line}")
+    };
+    outcome.text.push_str(&line);
+    ctx.tx
+        .send(TurnEvent::Text(line))
+        .await
+        .map_err(|_| ClientGone)
 }
 
 /// Speaks the apology line and marks the reply partial.
-async fn apologise(
-    engine: &Engine,
-    tx: &Sender<TurnEvent>,
-    outcome: &mut Outcome,
-) -> Result<(), ClientGone> {
-    let apology = &engine.settings.upstream.apology;
-    let line = if outcome.text.is_empty() || outcome.text.ends_with(' ') {
-        apology.clone()
-    } else {
-        format!(" {apology}")
-    };
-    outcome.text.push_str(&line);
+async fn apologise(ctx: &TurnCtx<'_>, outcome: &mut Outcome) -> Result<(), ClientGone> {
     outcome.partial = true;
     outcome.finish = Some(FinishReason::Stop);
     metrics::counter!("redial_apologies_total").increment(1);
-    tx.send(TurnEvent::Text(line)).await.map_err(|_| ClientGone)
+    speak(ctx, outcome, &ctx.engine.settings.upstream.apology).await
 }
 
-/// Platform tool calls assembled from streamed fragments, by index.
+/// Tool calls assembled from streamed fragments, by index.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ToolCalls(Vec<Value>);
 
@@ -301,5 +452,27 @@ impl ToolCalls {
     /// The complete calls, in OpenAI's `message.tool_calls` shape.
     pub fn calls(&self) -> &[Value] {
         &self.0
+    }
+
+    /// The complete calls as typed tool calls (ids minted for calls that had none).
+    fn into_calls(self) -> Vec<ToolCall> {
+        self.0
+            .into_iter()
+            .enumerate()
+            .map(|(i, call)| ToolCall {
+                id: call["id"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map_or_else(|| format!("call_redial_{i}"), str::to_owned),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: call["function"]["name"].as_str().unwrap_or("").to_owned(),
+                    arguments: call["function"]["arguments"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                },
+            })
+            .collect()
     }
 }

@@ -159,6 +159,7 @@ fn sse_events(
                     yield Ok(json_event(&chunks.finish(reason)));
                     break;
                 }
+                Some(TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. }) => {}
                 None => {
                     // The turn ended without a finish event (it cannot, short of a bug): still
                     // close the stream properly so the platform never hangs.
@@ -187,6 +188,7 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
                 finish = reason;
                 break;
             }
+            TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. } => {}
         }
     }
     let model = handle

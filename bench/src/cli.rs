@@ -1,0 +1,130 @@
+//! Command-line definitions of `redial-bench` (clap derive only).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use redial_bench::suite::StoreKind;
+
+/// Benchmarks for redial: a mock OpenAI-compatible upstream, a streaming load generator and the
+/// standard suite.
+#[derive(Debug, Parser)]
+#[command(name = "redial-bench", version)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the mock upstream until Ctrl-C.
+    Mock(MockArgs),
+    /// Run one load test against a chat-completions URL; prints JSON and a markdown table.
+    Load(LoadArgs),
+    /// Run the standard suite: direct vs through redial, on SQLite and Postgres.
+    Suite(SuiteArgs),
+}
+
+/// `redial-bench mock`.
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Time to first token, milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub ttft_ms: f64,
+    /// Gap between tokens, milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub inter_token_ms: f64,
+    /// Tokens per response.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: usize,
+    /// Content of each token chunk.
+    #[arg(long, default_value = "Hello ")]
+    pub token: String,
+}
+
+/// `redial-bench load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Chat-completions URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/chat/completions")]
+    pub url: String,
+    /// Bearer token.
+    #[arg(long, env = "REDIAL_BENCH_API_KEY")]
+    pub api_key: Option<String>,
+    /// Closed loop: this many concurrent streams.
+    #[arg(long, conflicts_with = "rate", required_unless_present = "rate")]
+    pub concurrency: Option<usize>,
+    /// Open loop: this many requests per second, on a fixed schedule.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop: requests over this many in flight are dropped (and counted).
+    #[arg(long, default_value_t = redial_bench::load::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Measurement window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Unrecorded warm-up, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    /// Expected gap between content chunks, milliseconds; enables stall counting.
+    #[arg(long)]
+    pub pacing_ms: Option<f64>,
+    /// Distinct caller numbers.
+    #[arg(long, default_value_t = 1_000)]
+    pub callers: u64,
+    /// Turns per call.
+    #[arg(long, default_value_t = 4)]
+    pub turns: u32,
+    /// `model` sent in every request.
+    #[arg(long, default_value = "bench-model")]
+    pub model: String,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout_secs: f64,
+    /// Name of the run in the report.
+    #[arg(long, default_value = "load")]
+    pub label: String,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+/// `redial-bench suite`.
+#[derive(Debug, Args)]
+pub struct SuiteArgs {
+    /// The redial binary [default: target/release/redial, else target/debug/redial].
+    #[arg(long, env = "REDIAL_BIN")]
+    pub redial_bin: Option<PathBuf>,
+    /// Postgres server on which a fresh database is created (and dropped) for the run.
+    #[arg(
+        long,
+        env = "BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
+    /// Output directory for results.json, results.md, redial configs and logs.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// CI smoke run: every scenario, a second or two each.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Stores to run redial on.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite,postgres"
+    )]
+    pub stores: Vec<StoreKind>,
+    /// Measure only the direct-to-mock baseline; do not start redial.
+    #[arg(long)]
+    pub direct_only: bool,
+    /// TOML file appended to redial's generated config (e.g. a [memory] section).
+    #[arg(long)]
+    pub extra_config: Option<PathBuf>,
+}

@@ -1,0 +1,353 @@
+//! The standard benchmark suite: every scenario direct to the mock upstream, then through redial
+//! on each store, with redial's memory sampled; targets judged; JSON and markdown written.
+//!
+//! The mock runs in-process. For each store the suite creates a fresh database, starts
+//! `redial serve` against it and the mock, runs every scenario, reads redial's peak RSS, stops
+//! it with SIGTERM and drops the database.
+
+mod machine;
+mod redial;
+mod report;
+mod scenarios;
+mod store;
+mod targets;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+pub use machine::{Machine, ProcessMemory, process_memory};
+pub use redial::{API_KEY, RedialProcess, RedialSettings, resolve_binary};
+pub use report::markdown;
+pub use scenarios::{Role, Scenario, smoke, standard};
+pub use store::{PreparedStore, StoreKind};
+pub use targets::{Comparison, TargetResult};
+
+use crate::load::{self, LoadConfig, LoadReport, Target};
+use crate::mock::{MockConfig, MockUpstream};
+
+/// Per-request timeout during the suite.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between scenarios so connections from the last one drain.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// How the suite runs.
+#[derive(Clone, Debug)]
+pub struct SuiteOptions {
+    /// The redial binary; `None` finds `target/{release,debug}/redial`.
+    pub redial_bin: Option<PathBuf>,
+    /// Postgres server to create the benchmark database on.
+    pub postgres_url: String,
+    /// Directory for `results.json`, `results.md`, configs and logs.
+    pub out: PathBuf,
+    /// Run the short CI version.
+    pub smoke: bool,
+    /// Stores to run redial on.
+    pub stores: Vec<StoreKind>,
+    /// Only measure the direct-to-mock baseline (no redial).
+    pub direct_only: bool,
+    /// Extra TOML appended to redial's generated config.
+    pub extra_config: Option<String>,
+}
+
+/// Whether a run went straight to the mock or through redial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// Load generator → mock.
+    Direct,
+    /// Load generator → redial → mock.
+    Redial,
+}
+
+/// One scenario run against one target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario role.
+    pub role: Role,
+    /// Direct or through redial.
+    pub kind: TargetKind,
+    /// Store redial ran on (`None` for direct runs).
+    pub store: Option<String>,
+    /// Highest redial `VmRSS` sampled during the run, bytes.
+    pub rss_peak_bytes: Option<u64>,
+    /// The load report.
+    pub report: LoadReport,
+}
+
+impl RunRecord {
+    /// `direct` or `redial/<store>`.
+    pub fn target_name(&self) -> String {
+        match &self.store {
+            Some(store) => format!("redial/{store}"),
+            None => "direct".to_owned(),
+        }
+    }
+}
+
+/// One redial process's life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RedialRecord {
+    /// Store it ran on.
+    pub store: String,
+    /// Binary path.
+    pub binary: String,
+    /// Spawn to ready, milliseconds.
+    pub startup_ms: u64,
+    /// Memory after the last scenario (`VmHWM` is the peak over the whole life).
+    pub memory_after: Option<ProcessMemory>,
+    /// How it exited after SIGTERM.
+    pub exit: String,
+}
+
+/// Everything a suite run produced; serialized as `results.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteResults {
+    /// `standard` or `smoke`.
+    pub suite: &'static str,
+    /// Start time, Unix seconds.
+    pub started_at: u64,
+    /// The machine.
+    pub machine: Machine,
+    /// The scenarios as defined.
+    pub scenarios: Vec<Scenario>,
+    /// Every run.
+    pub runs: Vec<RunRecord>,
+    /// Every redial process.
+    pub redial: Vec<RedialRecord>,
+    /// Targets per store.
+    pub targets: Vec<TargetResult>,
+    /// Problems that invalidate the run (errors, no successful request); non-empty → exit 1.
+    pub hard_failures: Vec<String>,
+}
+
+/// Runs the suite, writes `results.json` and `results.md` into `options.out`, and returns the
+/// results. Setup failures (no redial binary, no Postgres) are errors; failed requests are
+/// reported in [`SuiteResults::hard_failures`].
+pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let binary = match options.direct_only {
+        true => None,
+        false => Some(resolve_binary(options.redial_bin.as_deref())?),
+    };
+    let scenarios = if options.smoke { smoke() } else { standard() };
+    warn_on_low_file_limit(&scenarios);
+    let mock = MockUpstream::start(MockConfig::default()).await?;
+    mock.set_recording(false);
+    let client = load::http_client()?;
+
+    let mut results = SuiteResults {
+        suite: if options.smoke { "smoke" } else { "standard" },
+        started_at: unix_now(),
+        machine: Machine::detect(),
+        scenarios: scenarios.clone(),
+        runs: Vec::new(),
+        redial: Vec::new(),
+        targets: Vec::new(),
+        hard_failures: Vec::new(),
+    };
+    let direct = Target {
+        url: format!("{}/chat/completions", mock.base_url()),
+        api_key: None,
+        timeout: REQUEST_TIMEOUT,
+    };
+    for scenario in &scenarios {
+        let report = run_scenario(&client, &mock, scenario, &direct, "direct").await?;
+        results.runs.push(record(scenario, None, None, report));
+    }
+    if let Some(binary) = &binary {
+        for &store in &options.stores {
+            let context = StoreRun {
+                options,
+                binary,
+                mock: &mock,
+                client: &client,
+                scenarios: &scenarios,
+            };
+            // A store that cannot be set up fails the suite but not the other stores.
+            if let Err(error) = context.run(store, &mut results).await {
+                eprintln!("error: redial on {}: {error:#}", store.name());
+                let failure = format!("redial on {}: {error:#}", store.name());
+                results.hard_failures.push(failure);
+            }
+        }
+    }
+    mock.shutdown();
+    finish(&mut results);
+    write_results(&options.out, &results)?;
+    Ok(results)
+}
+
+/// Judges targets and collects hard failures.
+fn finish(results: &mut SuiteResults) {
+    let stores: Vec<String> = results.redial.iter().map(|r| r.store.clone()).collect();
+    results.targets = targets::evaluate(&results.runs, &stores);
+    let failures: Vec<String> = results
+        .runs
+        .iter()
+        .flat_map(|run| {
+            let target = run.target_name();
+            let failures = run.report.hard_failures();
+            failures.into_iter().map(move |f| format!("{target}: {f}"))
+        })
+        .collect();
+    results.hard_failures.extend(failures);
+}
+
+/// Everything needed to run the scenarios through redial on one store.
+struct StoreRun<'a> {
+    options: &'a SuiteOptions,
+    binary: &'a Path,
+    mock: &'a MockUpstream,
+    client: &'a reqwest::Client,
+    scenarios: &'a [Scenario],
+}
+
+impl StoreRun<'_> {
+    /// Creates the database, runs redial on it, and always stops redial and drops the database.
+    async fn run(&self, store: StoreKind, results: &mut SuiteResults) -> anyhow::Result<()> {
+        eprintln!("== redial on {}", store.name());
+        let prepared = PreparedStore::create(store, &self.options.postgres_url, &self.options.out)
+            .await
+            .with_context(|| format!("preparing the {} store", store.name()))?;
+        let outcome = self.run_on(store, prepared.url(), results).await;
+        let cleanup = prepared.cleanup().await;
+        outcome?;
+        cleanup.with_context(|| format!("cleaning up the {} store", store.name()))
+    }
+
+    async fn run_on(
+        &self,
+        store: StoreKind,
+        database_url: &str,
+        results: &mut SuiteResults,
+    ) -> anyhow::Result<()> {
+        let settings = RedialSettings {
+            binary: self.binary.to_path_buf(),
+            database_url: database_url.to_owned(),
+            upstream_base_url: self.mock.base_url(),
+            workdir: self.options.out.clone(),
+            name: store.name().to_owned(),
+            extra_config: self.options.extra_config.clone(),
+        };
+        let redial = RedialProcess::start(&settings, self.client).await?;
+        let outcome = self.run_scenarios(&redial, store, results).await;
+        let memory_after = redial.memory().ok();
+        let startup_ms = u64::try_from(redial.startup().as_millis()).unwrap_or(u64::MAX);
+        let exit = redial.stop().await?;
+        results.redial.push(RedialRecord {
+            store: store.name().to_owned(),
+            binary: self.binary.display().to_string(),
+            startup_ms,
+            memory_after,
+            exit,
+        });
+        outcome
+    }
+
+    async fn run_scenarios(
+        &self,
+        redial: &RedialProcess,
+        store: StoreKind,
+        results: &mut SuiteResults,
+    ) -> anyhow::Result<()> {
+        let target = Target {
+            url: redial.chat_url(),
+            api_key: Some(API_KEY.to_owned()),
+            timeout: REQUEST_TIMEOUT,
+        };
+        let label = format!("redial/{}", store.name());
+        for scenario in self.scenarios {
+            let sampler = redial.sample_memory();
+            let report = run_scenario(self.client, self.mock, scenario, &target, &label).await;
+            let rss = sampler.finish();
+            results
+                .runs
+                .push(record(scenario, Some(store), rss, report?));
+        }
+        Ok(())
+    }
+}
+
+async fn run_scenario(
+    client: &reqwest::Client,
+    mock: &MockUpstream,
+    scenario: &Scenario,
+    target: &Target,
+    label: &str,
+) -> anyhow::Result<LoadReport> {
+    eprintln!("-- {} via {label}", scenario.name);
+    mock.set_config(scenario.mock.clone());
+    let config = LoadConfig {
+        label: scenario.name.clone(),
+        target: target.clone(),
+        mode: scenario.mode.clone(),
+        duration: scenario.duration,
+        warmup: scenario.warmup,
+        workload: scenario.workload.clone(),
+        pacing: scenario.pacing,
+    };
+    let report = load::run(client.clone(), config).await?;
+    tokio::time::sleep(SETTLE).await;
+    Ok(report)
+}
+
+fn record(
+    scenario: &Scenario,
+    store: Option<StoreKind>,
+    rss_peak_bytes: Option<u64>,
+    report: LoadReport,
+) -> RunRecord {
+    RunRecord {
+        scenario: scenario.name.clone(),
+        role: scenario.role,
+        kind: if store.is_some() {
+            TargetKind::Redial
+        } else {
+            TargetKind::Direct
+        },
+        store: store.map(|s| s.name().to_owned()),
+        rss_peak_bytes,
+        report,
+    }
+}
+
+fn write_results(out: &Path, results: &SuiteResults) -> anyhow::Result<()> {
+    let json_path = out.join("results.json");
+    let json = serde_json::to_string_pretty(results).context("serializing results")?;
+    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = out.join("results.md");
+    std::fs::write(&md_path, markdown(results))
+        .with_context(|| format!("writing {}", md_path.display()))
+}
+
+/// Each stream through redial holds two sockets in this process (client and mock side) and two
+/// in redial, which inherits the limit; warn when the open-file limit is below that.
+fn warn_on_low_file_limit(scenarios: &[Scenario]) {
+    let streams = scenarios
+        .iter()
+        .map(|s| match s.mode {
+            load::LoadMode::Closed { concurrency } => concurrency,
+            load::LoadMode::Open { rate, .. } => rate as usize / 10,
+        })
+        .max()
+        .unwrap_or(0);
+    let needed = (streams * 2 + 256) as u64;
+    if let Some(limit) = machine::open_files_limit().filter(|&limit| limit < needed) {
+        eprintln!(
+            "warning: open-file limit {limit} is below the ~{needed} this suite needs; \
+             raise it with `ulimit -n {needed}`"
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}

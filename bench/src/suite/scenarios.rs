@@ -1,0 +1,191 @@
+//! The scenarios of the standard suite and of its CI smoke version.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::load::{DEFAULT_MAX_IN_FLIGHT, LoadMode, WorkloadSpec};
+use crate::mock::MockConfig;
+
+/// What a scenario is for; targets are evaluated against scenarios by role, not by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Time to first token at concurrency 1.
+    TtftSingle,
+    /// Time to first token under open-loop load.
+    TtftOpen,
+    /// Closed-loop throughput under moderate concurrency.
+    Throughput,
+    /// One step of the paced-stream ramp.
+    PacedStep,
+    /// The paced-stream step the stream-count and RSS targets are judged at.
+    PacedTarget,
+}
+
+/// One scenario: a load shape plus the mock upstream's behaviour while it runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    /// Unique name, e.g. `ttft-c1`.
+    pub name: String,
+    /// What the scenario measures.
+    pub role: Role,
+    /// Closed or open loop.
+    pub mode: LoadMode,
+    /// Measurement window.
+    #[serde(serialize_with = "as_secs")]
+    pub duration: Duration,
+    /// Unrecorded warm-up.
+    #[serde(serialize_with = "as_secs")]
+    pub warmup: Duration,
+    /// The mock's default stream while the scenario runs.
+    #[serde(serialize_with = "mock_summary")]
+    pub mock: MockConfig,
+    /// Expected content-chunk gap (paced scenarios).
+    #[serde(serialize_with = "as_optional_ms")]
+    pub pacing: Option<Duration>,
+    /// The request bodies.
+    pub workload: WorkloadSpec,
+}
+
+/// Stream of 16 tokens with no delay: what is measured is the gateway's own overhead.
+fn instant_stream() -> MockConfig {
+    MockConfig {
+        ttft: Duration::ZERO,
+        inter_token: Duration::ZERO,
+        tokens: 16,
+        token: "Hello ".to_owned(),
+    }
+}
+
+/// `tokens` tokens, `pace` apart, like a model speaking at a steady rate.
+fn paced_stream(tokens: usize, pace: Duration) -> MockConfig {
+    MockConfig {
+        ttft: Duration::ZERO,
+        inter_token: pace,
+        tokens,
+        token: "word ".to_owned(),
+    }
+}
+
+fn closed(concurrency: usize) -> LoadMode {
+    LoadMode::Closed { concurrency }
+}
+
+fn open(rate: f64) -> LoadMode {
+    LoadMode::Open {
+        rate,
+        max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+    }
+}
+
+fn latency(name: String, role: Role, mode: LoadMode, secs: (f64, f64)) -> Scenario {
+    Scenario {
+        name,
+        role,
+        mode,
+        duration: Duration::from_secs_f64(secs.0),
+        warmup: Duration::from_secs_f64(secs.1),
+        mock: instant_stream(),
+        pacing: None,
+        workload: WorkloadSpec::default(),
+    }
+}
+
+fn paced(concurrency: usize, role: Role, tokens: usize, secs: (f64, f64)) -> Scenario {
+    let pace = Duration::from_millis(20);
+    Scenario {
+        name: format!("paced-c{concurrency}"),
+        role,
+        mode: closed(concurrency),
+        duration: Duration::from_secs_f64(secs.0),
+        warmup: Duration::from_secs_f64(secs.1),
+        mock: paced_stream(tokens, pace),
+        pacing: Some(pace),
+        workload: WorkloadSpec::default(),
+    }
+}
+
+/// The standard suite (about two minutes per target on a 2-core machine).
+pub fn standard() -> Vec<Scenario> {
+    let mut scenarios = vec![
+        latency("ttft-c1".into(), Role::TtftSingle, closed(1), (20.0, 3.0)),
+        latency(
+            "open-500rps".into(),
+            Role::TtftOpen,
+            open(500.0),
+            (20.0, 3.0),
+        ),
+        latency(
+            "closed-c32".into(),
+            Role::Throughput,
+            closed(32),
+            (10.0, 2.0),
+        ),
+    ];
+    for concurrency in [250, 500, 1_000, 1_500, 2_000] {
+        let (role, secs) = if concurrency == 1_000 {
+            (Role::PacedTarget, (20.0, 3.0))
+        } else {
+            (Role::PacedStep, (8.0, 3.0))
+        };
+        scenarios.push(paced(concurrency, role, 64, secs));
+    }
+    scenarios
+}
+
+/// The CI smoke version: every scenario kind, a second or two each, low counts.
+pub fn smoke() -> Vec<Scenario> {
+    vec![
+        latency("ttft-c1".into(), Role::TtftSingle, closed(1), (1.0, 0.2)),
+        latency("open-50rps".into(), Role::TtftOpen, open(50.0), (1.0, 0.2)),
+        latency("closed-c4".into(), Role::Throughput, closed(4), (1.0, 0.2)),
+        paced(10, Role::PacedStep, 10, (1.0, 0.3)),
+        paced(20, Role::PacedTarget, 10, (1.5, 0.3)),
+    ]
+}
+
+fn as_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+fn as_optional_ms<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    duration
+        .map(|d| d.as_secs_f64() * 1_000.0)
+        .serialize(serializer)
+}
+
+fn mock_summary<S: serde::Serializer>(mock: &MockConfig, serializer: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({
+        "ttft_ms": mock.ttft.as_secs_f64() * 1_000.0,
+        "inter_token_ms": mock.inter_token.as_secs_f64() * 1_000.0,
+        "tokens": mock.tokens,
+    })
+    .serialize(serializer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_suites_cover_every_role_once_except_paced_steps() {
+        for scenarios in [standard(), smoke()] {
+            for role in [
+                Role::TtftSingle,
+                Role::TtftOpen,
+                Role::Throughput,
+                Role::PacedTarget,
+            ] {
+                let count = scenarios.iter().filter(|s| s.role == role).count();
+                assert_eq!(count, 1, "{role:?}");
+            }
+            let mut names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+            names.dedup();
+            assert_eq!(names.len(), scenarios.len());
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Loading and precedence: flag > environment > file > default.
+
+use std::io::Write;
+
+use super::*;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn flag(key: &'static str, value: &str, flag: &'static str) -> Override {
+    Override {
+        key,
+        value: value.to_owned(),
+        flag,
+    }
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_configured() {
+    let settings = load(None, env(&[]), &[]).unwrap();
+    assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(settings.database.url.expose(), "sqlite://redial.db");
+    assert_eq!(settings.memory.summary_max_tokens, 300);
+    assert_eq!(settings.server.body_limit_bytes, 2 * 1024 * 1024);
+    assert!(settings.server.dev_mode());
+}
+
+#[test]
+fn flag_beats_environment_beats_file_beats_default() {
+    let f = file(
+        "[server]\nlisten = \"127.0.0.1:1000\"\n[memory]\nread_budget_ms = 7\nresume_window_secs = 9\n",
+    );
+    let e = env(&[
+        ("REDIAL_SERVER__LISTEN", "127.0.0.1:2000"),
+        ("REDIAL_MEMORY__READ_BUDGET_MS", "8"),
+    ]);
+    let settings = load(
+        Some(f.path()),
+        e.clone(),
+        &[flag("server.listen", "127.0.0.1:3000", "--listen")],
+    )
+    .unwrap();
+    assert_eq!(
+        settings.server.listen.to_string(),
+        "127.0.0.1:3000",
+        "flag wins"
+    );
+    assert_eq!(settings.memory.read_budget_ms, 8, "environment beats file");
+    assert_eq!(settings.memory.resume_window_secs, 9, "file beats default");
+    assert_eq!(settings.memory.summary_max_tokens, 300, "default");
+    let settings = load(Some(f.path()), e, &[]).unwrap();
+    assert_eq!(settings.server.listen.to_string(), "127.0.0.1:2000");
+}
+
+#[test]
+fn lists_come_comma_separated_from_the_environment() {
+    let e = env(&[
+        ("REDIAL_SERVER__API_KEYS", "a, b,,c"),
+        ("REDIAL_UPSTREAM__FALLBACK_MODELS", "m1,m2"),
+    ]);
+    let settings = load(None, e, &[]).unwrap();
+    let keys: Vec<_> = settings
+        .server
+        .api_keys
+        .iter()
+        .map(Secret::expose)
+        .collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(settings.upstream.fallback_models, ["m1", "m2"]);
+}
+
+#[test]
+fn conventional_variables_are_honoured_below_their_redial_names() {
+    let e = env(&[
+        ("DATABASE_URL", "postgres://u:p@h/db"),
+        ("OPENAI_API_KEY", "sk-env"),
+    ]);
+    let settings = load(None, e, &[]).unwrap();
+    assert_eq!(settings.database.url.expose(), "postgres://u:p@h/db");
+    assert_eq!(settings.upstream.api_key.expose(), "sk-env");
+    let e = env(&[
+        ("DATABASE_URL", "postgres://u:p@h/db"),
+        ("REDIAL_DATABASE__URL", "sqlite://x.db"),
+        ("OPENAI_API_KEY", "sk-env"),
+        ("REDIAL_UPSTREAM__API_KEY", "sk-redial"),
+    ]);
+    let settings = load(None, e, &[]).unwrap();
+    assert_eq!(settings.database.url.expose(), "sqlite://x.db");
+    assert_eq!(settings.upstream.api_key.expose(), "sk-redial");
+    let settings = load(
+        None,
+        env(&[("DATABASE_URL", "postgres://h/db")]),
+        &[flag("database.url", "sqlite://f.db", "--database-url")],
+    )
+    .unwrap();
+    assert_eq!(settings.database.url.expose(), "sqlite://f.db");
+}
+
+#[test]
+fn a_wrongly_typed_value_names_the_key_and_the_file() {
+    let f = file("[server]\nlisten = 12\n");
+    let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+    assert!(err.contains("`server.listen`"), "{err}");
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_source() {
+    let f = file("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 1\n");
+    let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("`server.listn`") && err.contains("config file"),
+        "{err}"
+    );
+    let f = file("[nonsense]\nx = 1\n");
+    assert!(
+        load(Some(f.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string()
+            .contains("`nonsense`")
+    );
+    let err = load(None, env(&[("REDIAL_SERVER__LISTN", "x")]), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("REDIAL_SERVER__LISTN"), "{err}");
+    // Variables outside the REDIAL_<SECTION>__<KEY> shape are not configuration.
+    assert!(
+        load(
+            None,
+            env(&[("REDIAL_BIN", "x"), ("REDIAL_CONFIG", "y")]),
+            &[]
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    let err = load(None, env(&[("REDIAL_MEMORY__READ_BUDGET_MS", "soon")]), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("REDIAL_MEMORY__READ_BUDGET_MS") && err.contains("integer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dev_mode_refuses_a_public_listen_address() {
+    let err = load(None, env(&[("REDIAL_SERVER__LISTEN", "0.0.0.0:8080")]), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("api_keys"), "{err}");
+    let e = env(&[
+        ("REDIAL_SERVER__LISTEN", "0.0.0.0:8080"),
+        ("REDIAL_SERVER__API_KEYS", "k"),
+    ]);
+    assert!(load(None, e, &[]).is_ok());
+}
+
+#[test]
+fn semantic_checks_name_the_key() {
+    for (var, value, key) in [
+        ("REDIAL_DATABASE__URL", "mysql://x", "database.url"),
+        ("REDIAL_UPSTREAM__BASE_URL", "ftp://x", "upstream.base_url"),
+        (
+            "REDIAL_MEMORY__DEFAULT_REGION",
+            "XX",
+            "memory.default_region",
+        ),
+        (
+            "REDIAL_MEMORY__READ_BUDGET_MS",
+            "0",
+            "memory.read_budget_ms",
+        ),
+    ] {
+        let err = load(None, env(&[(var, value)]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains(var), "{err}");
+    }
+}
+
+#[test]
+fn the_example_config_loads_as_it_is() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let settings = load(Some(&path), env(&[]), &[]).unwrap();
+    let defaults = Settings::default();
+    // The example documents the defaults: loading it changes nothing.
+    assert_eq!(
+        toml::to_string(&settings).unwrap(),
+        toml::to_string(&defaults).unwrap()
+    );
+}

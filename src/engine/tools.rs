@@ -1,0 +1,259 @@
+//! redial's own tools: `record_answer` and `remember_caller`. The engine runs them and feeds the
+//! result back to the model; the platform never sees them.
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Engine;
+use super::memory::CallContext;
+use super::script;
+use crate::config::AssistantSettings;
+use crate::storage::{CallerPatch, NewAudit};
+
+/// Confirms one scripted field.
+pub const RECORD_ANSWER: &str = "record_answer";
+/// Updates the caller's profile.
+pub const REMEMBER_CALLER: &str = "remember_caller";
+
+/// Whether `name` is one of redial's own tools.
+pub fn is_internal(name: &str) -> bool {
+    name == RECORD_ANSWER || name == REMEMBER_CALLER
+}
+
+/// The internal tools offered for this call: `record_answer` when the assistant has a script,
+/// `remember_caller` when the caller is known. A platform tool of the same name wins.
+pub fn definitions(
+    script: &AssistantSettings,
+    caller_known: bool,
+    platform_tools: &[Value],
+) -> Vec<Value> {
+    let taken = |name: &str| {
+        platform_tools
+            .iter()
+            .any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
+    };
+    let mut tools = Vec::new();
+    if !script.fields.is_empty() && !taken(RECORD_ANSWER) {
+        tools.push(record_answer_definition(script));
+    }
+    if caller_known && !taken(REMEMBER_CALLER) {
+        tools.push(json!({"type": "function", "function": {
+            "name": REMEMBER_CALLER,
+            "description": "Remember something about the caller for future calls: their name, preferred language, or a short note. Call it when the caller tells you; then keep talking.",
+            "parameters": {"type": "object", "properties": {
+                "name": {"type": "string", "description": "The caller's name as they gave it."},
+                "language": {"type": "string", "description": "The caller's preferred language."},
+                "note": {"type": "string", "description": "A short fact worth remembering."}
+            }}
+        }}));
+    }
+    tools
+}
+
+fn record_answer_definition(script: &AssistantSettings) -> Value {
+    let fields: Vec<String> = script
+        .fields
+        .iter()
+        .map(|f| {
+            let required = if f.required { "required" } else { "optional" };
+            let detail = if f.description.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", f.description)
+            };
+            format!("- {}: {:?}{detail}, {required}", f.name, f.question)
+        })
+        .collect();
+    let names: Vec<&str> = script.fields.iter().map(|f| f.name.as_str()).collect();
+    json!({"type": "function", "function": {
+        "name": RECORD_ANSWER,
+        "description": format!("Record the caller's answer to a scripted question as soon as they have clearly given it, then continue the conversation. Fields:\n{}", fields.join("\n")),
+        "parameters": {"type": "object", "properties": {
+            "field": {"type": "string", "enum": names},
+            "value": {"type": "string", "description": "The answer, as the caller confirmed it."}
+        }, "required": ["field", "value"]}
+    }})
+}
+
+/// The outcome of one internal tool call.
+#[derive(Debug, Clone)]
+pub struct ToolResult {
+    /// The JSON text given back to the model.
+    pub content: String,
+    /// Whether the tool did what was asked.
+    pub ok: bool,
+}
+
+impl ToolResult {
+    fn ok(value: Value) -> Self {
+        Self {
+            content: value.to_string(),
+            ok: true,
+        }
+    }
+
+    fn error(message: impl Into<String>) -> Self {
+        Self {
+            content: json!({"ok": false, "error": message.into()}).to_string(),
+            ok: false,
+        }
+    }
+}
+
+/// Runs an internal tool. Writes are committed before this returns; the context's session and
+/// caller are updated with what was written.
+pub async fn execute(
+    engine: &Engine,
+    context: Option<&mut CallContext>,
+    name: &str,
+    arguments: &str,
+) -> ToolResult {
+    let Some(context) = context else {
+        return ToolResult::error(
+            "memory is unavailable for this call right now; carry on without it",
+        );
+    };
+    let result = match name {
+        RECORD_ANSWER => record_answer(engine, context, arguments).await,
+        REMEMBER_CALLER => remember_caller(engine, context, arguments).await,
+        other => Err(format!("unknown tool {other:?}")),
+    };
+    result.unwrap_or_else(ToolResult::error)
+}
+
+#[derive(Deserialize)]
+struct RecordAnswer {
+    field: String,
+    value: Value,
+}
+
+async fn record_answer(
+    engine: &Engine,
+    context: &mut CallContext,
+    arguments: &str,
+) -> Result<ToolResult, String> {
+    let args: RecordAnswer = serde_json::from_str(arguments)
+        .map_err(|e| format!("arguments must be {{\"field\": string, \"value\": string}}: {e}"))?;
+    let value = match &args.value {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let script = engine.settings.assistant(&context.session.assistant_id);
+    if script.field(&args.field).is_none() {
+        let known: Vec<&str> = script.fields.iter().map(|f| f.name.as_str()).collect();
+        return Err(format!(
+            "unknown field {:?}; the fields are: {}",
+            args.field,
+            known.join(", ")
+        ));
+    }
+    if value.is_empty() {
+        return Err("the value is empty; ask the caller again".into());
+    }
+    let now = Utc::now();
+    let outcome = engine
+        .store
+        .record_answer(
+            context.session.session_id,
+            &args.field,
+            &value,
+            &script.required_fields(),
+            now,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "record_answer failed");
+            "the answer could not be saved; ask the caller to repeat it".to_owned()
+        })?;
+    context.session = outcome.session;
+    audit(
+        engine,
+        context,
+        "update",
+        "record_answer",
+        json!({"field": args.field, "changed": outcome.changed}),
+    )
+    .await;
+    let next = script::next_question(script, &context.session.answers);
+    Ok(ToolResult::ok(json!({
+        "ok": true,
+        "field": args.field,
+        "complete": !script::incomplete(script, &context.session.answers),
+        "next_question": next,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+struct RememberCaller {
+    name: Option<String>,
+    language: Option<String>,
+    note: Option<String>,
+}
+
+async fn remember_caller(
+    engine: &Engine,
+    context: &mut CallContext,
+    arguments: &str,
+) -> Result<ToolResult, String> {
+    let args: RememberCaller = serde_json::from_str(arguments)
+        .map_err(|e| format!("arguments must be an object with name, language or note: {e}"))?;
+    let clean = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let patch = CallerPatch {
+        name: clean(args.name),
+        language: clean(args.language),
+        note: clean(args.note),
+    };
+    if patch == CallerPatch::default() {
+        return Err("nothing to remember: give a name, language or note".into());
+    }
+    let Some(caller) = &context.caller else {
+        return Err(
+            "the caller's number is unknown, so nothing can be remembered across calls".into(),
+        );
+    };
+    let updated = engine
+        .store
+        .update_caller(caller.caller_id, &patch, Utc::now())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "remember_caller failed");
+            "the profile could not be saved".to_owned()
+        })?;
+    context.caller = Some(updated);
+    let fields: Vec<&str> = [
+        ("name", &patch.name),
+        ("language", &patch.language),
+        ("note", &patch.note),
+    ]
+    .iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(k, _)| *k)
+    .collect();
+    audit(
+        engine,
+        context,
+        "update",
+        "remember_caller",
+        json!({"fields": fields}),
+    )
+    .await;
+    Ok(ToolResult::ok(json!({"ok": true, "remembered": fields})))
+}
+
+async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &str, details: Value) {
+    let entry = NewAudit {
+        caller_id: context.caller.as_ref().map(|c| c.caller_id),
+        session_id: Some(context.session.session_id),
+        actor: "engine:tool".into(),
+        action: action.into(),
+        reason: reason.into(),
+        details,
+        created_at: Utc::now(),
+    };
+    if let Err(e) = engine.store.append_audit(&[entry]).await {
+        tracing::error!(error = %e, "audit entry lost");
+        metrics::counter!("redial_audit_failures_total").increment(1);
+    }
+}
