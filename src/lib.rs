@@ -16,3 +16,4 @@ pub mod state;
 pub mod storage;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
