@@ -4,6 +4,7 @@
 //! adapters at the edge ([`http`]), one conversation engine in the middle, durable state behind
 //! the [`storage::Store`] trait.
 
+pub mod analysis;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -58,6 +58,7 @@ impl Application {
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .into_future();
         let mut server = tokio::spawn(server);
+        crate::analysis::worker::spawn(&state.engine, &token, &state.workers);
         tracing::info!(%addr, store = state.store.backend(), dev_mode = state.settings.server.dev_mode(), "redial listening");
 
         tokio::select! {

@@ -31,6 +31,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     /// The conversation engine.
     pub engine: Engine,
+    /// The analysis workers (stopped by `shutdown`, drained on exit).
+    pub workers: TaskTracker,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             metrics: metrics_handle(),
             engine,
+            workers: TaskTracker::new(),
         })))
     }
 }

@@ -386,6 +386,22 @@ fn validate(settings: &Settings, layers: &Layers) -> Result<(), ConfigError> {
             return fail(key, format!("must be at most {TEN_YEARS} seconds"));
         }
     }
+    let analysis = &settings.analysis;
+    if !analysis.actions.iter().any(|a| a == "none") {
+        return fail("analysis.actions", "must include \"none\"".into());
+    }
+    if analysis.max_attempts < 1 {
+        return fail("analysis.max_attempts", "must be at least 1".into());
+    }
+    for (key, value) in [
+        ("analysis.lease_secs", analysis.lease_secs),
+        ("analysis.poll_interval_ms", analysis.poll_interval_ms),
+        ("analysis.timeout_secs", analysis.timeout_secs),
+    ] {
+        if value == 0 {
+            return fail(key, "must be greater than 0".into());
+        }
+    }
     if settings.upstream.max_tool_rounds == 0 {
         return fail("upstream.max_tool_rounds", "must be at least 1".into());
     }

@@ -28,6 +28,10 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// Caller memory and the state summary.
     pub memory: MemorySettings,
+    /// Post-call analysis.
+    pub analysis: AnalysisSettings,
+    /// Platform webhook secrets.
+    pub webhooks: WebhookSettings,
     /// Per-assistant scripts; `id = "default"` applies to assistants not listed.
     pub assistants: Vec<AssistantSettings>,
 }
@@ -43,6 +47,56 @@ impl Settings {
             .or_else(|| self.assistants.iter().find(|a| a.id == DEFAULT_ASSISTANT))
             .unwrap_or_else(|| BUILT_IN.get_or_init(AssistantSettings::default))
     }
+}
+
+/// `[analysis]`: the durable post-call analysis queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisSettings {
+    /// Model for post-call analysis; empty = `upstream.model`, else the model the call used.
+    pub model: String,
+    /// Concurrent analysis workers per redial instance (0 disables them on this instance).
+    pub workers: u32,
+    /// Attempts per job before it is marked failed.
+    pub max_attempts: i32,
+    /// First retry delay, in seconds; doubles on each further attempt.
+    pub retry_base_secs: u64,
+    /// How long a worker may hold a job before another may take it over, in seconds.
+    pub lease_secs: u64,
+    /// How often an idle worker looks for jobs, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Upstream timeout for one analysis request, in seconds.
+    pub timeout_secs: u64,
+    /// Actions the analysis may propose; must include `none`.
+    pub actions: Vec<String>,
+}
+
+impl Default for AnalysisSettings {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            workers: 2,
+            max_attempts: 5,
+            retry_base_secs: 5,
+            lease_secs: 300,
+            poll_interval_ms: 500,
+            timeout_secs: 60,
+            actions: vec!["call_back".into(), "send_quote".into(), "none".into()],
+        }
+    }
+}
+
+/// `[webhooks]`: per-platform webhook secrets. A platform without one has its webhook route
+/// answer 503, except in dev mode, where webhooks are accepted unsigned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Vapi: the `X-Vapi-Secret` value, or the HMAC credential's secret key.
+    pub vapi_secret: Secret,
+    /// Retell: the workspace's webhook API key.
+    pub retell_api_key: Secret,
+    /// ElevenLabs: the webhook's HMAC secret.
+    pub elevenlabs_secret: Secret,
 }
 
 /// The assistant id whose script applies to assistants not listed.

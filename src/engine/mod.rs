@@ -123,6 +123,36 @@ impl Engine {
         }
     }
 
+    /// The configuration.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The upstream client.
+    pub fn llm(&self) -> &LlmClient {
+        &self.llm
+    }
+
+    /// Background work that shutdown drains.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// The session and caller of a call, created (resuming an unfinished call of the caller
+    /// where one applies) when the call is new. Not bounded by the memory budget: for webhooks
+    /// and workers, not turns.
+    pub async fn load_call_context(
+        &self,
+        identity: &Identity,
+    ) -> Result<CallContext, crate::storage::StoreError> {
+        memory::load(self, identity, None).await
+    }
+
     /// Starts a turn in a tracked background task and returns its event stream.
     pub fn start_turn(&self, request: TurnRequest) -> TurnHandle {
         let (tx, events) = mpsc::channel(64);

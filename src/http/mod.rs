@@ -3,6 +3,7 @@
 pub mod auth;
 mod chat;
 mod health;
+mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
     ));
     let traced = Router::new()
         .merge(platform)
+        .merge(webhooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(

@@ -6,7 +6,7 @@
 //! platform's envelope (the event type), is an error.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -14,7 +14,7 @@ use super::{elevenlabs, retell, vapi};
 use crate::storage::Platform;
 
 /// A platform webhook, normalised.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookEvent {
     /// The platform that sent it.
     pub platform: Platform,
@@ -41,7 +41,7 @@ pub struct WebhookEvent {
 }
 
 /// What an event means for a call session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The call connected (Vapi `status-update` `in-progress`, Retell `call_started`).
@@ -56,7 +56,7 @@ pub enum EventKind {
 }
 
 /// What a platform reports about an ended call. Every field is optional: platforms omit them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallEnd {
     /// Why the call ended (Vapi `endedReason`, Retell `disconnection_reason`, ElevenLabs
     /// `termination_reason`).
@@ -97,7 +97,7 @@ impl Default for CallEnd {
 }
 
 /// A platform's own analysis of a call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlatformAnalysisData {
     /// The call summary.
     pub summary: Option<String>,

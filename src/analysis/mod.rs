@@ -1,0 +1,221 @@
+//! Post-call work, run from the durable job queue: closing the session with what the platform
+//! reported, storing the platform's own analysis, and redial's analysis (summary, urgency,
+//! action, sentiment), which updates the caller for their next call.
+
+mod result;
+pub mod worker;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::engine::{CallContext, Engine};
+use crate::platforms::{Identity, phone};
+use crate::storage::{
+    CallerAnalysisUpdate, CloseSession, NewAnalysis, NewAudit, NewJob, SessionStatus, TurnRole,
+};
+use crate::webhooks::{EventKind, WebhookEvent};
+
+pub use result::{CallAnalysis, SENTIMENTS, instructions, parse};
+
+/// The job kind of a call lifecycle event.
+pub const CALL_EVENT_JOB: &str = "call_event";
+
+/// Attempts at a valid analysis within one job attempt before the job is retried later.
+const VALID_REPLY_ATTEMPTS: usize = 3;
+
+/// The job that processes `event` (enqueued with the event, in one transaction).
+pub fn job_for(event: &WebhookEvent, max_attempts: i32) -> Option<NewJob> {
+    if !matches!(
+        event.kind,
+        EventKind::CallEnded | EventKind::PlatformAnalysis
+    ) {
+        return None;
+    }
+    event.call_key.as_ref()?;
+    Some(NewJob {
+        job_id: Uuid::now_v7(),
+        kind: CALL_EVENT_JOB.into(),
+        dedupe_key: format!("job:{}", event.dedupe_key),
+        payload: serde_json::to_value(event).ok()?,
+        run_at: Utc::now(),
+        max_attempts,
+    })
+}
+
+/// The identity a webhook names, for finding or creating its session.
+pub fn identity_of(event: &WebhookEvent, call_key: &str, default_region: &str) -> Identity {
+    Identity {
+        platform: event.platform,
+        call_key: call_key.to_owned(),
+        ephemeral: false,
+        caller: event
+            .caller_number
+            .as_deref()
+            .and_then(|n| phone::normalize(n, default_region)),
+        assistant_id: event.assistant_id.clone().unwrap_or_default(),
+    }
+}
+
+/// Processes one call event: close the session, keep the platform's analysis, analyse.
+/// Idempotent: every step may run again after a crash or a retry without a second effect.
+pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow::Result<()> {
+    let Some(call_key) = &event.call_key else {
+        return Ok(());
+    };
+    let identity = identity_of(event, call_key, &engine.settings().memory.default_region);
+    let mut context = engine.load_call_context(&identity).await?;
+    if let Some(ended) = &event.ended {
+        let close = CloseSession {
+            status: SessionStatus::Ended,
+            ended_reason: ended.ended_reason.clone(),
+            ended_at: ended.ended_at.unwrap_or_else(Utc::now),
+            details: json!({
+                "platform_started_at": ended.started_at,
+                "duration_ms": ended.duration_ms,
+                "cost": ended.cost,
+                "transcript": ended.transcript,
+                "messages": ended.messages,
+                "recording_urls": ended.recording_urls,
+                "platform_summary": ended.platform_summary,
+            }),
+        };
+        context.session = engine
+            .store()
+            .close_session(context.session.session_id, &close)
+            .await?;
+    }
+    if let Some(platform) = &event.analysis {
+        let analysis = NewAnalysis {
+            analysis_id: Uuid::now_v7(),
+            session_id: context.session.session_id,
+            source: event.platform.as_str().into(),
+            summary: platform.summary.clone().unwrap_or_default(),
+            urgency: None,
+            action: None,
+            sentiment: platform.sentiment.clone(),
+            raw: json!({"successful": platform.successful, "analysis": platform.raw}),
+            model: None,
+            created_at: Utc::now(),
+        };
+        engine.store().save_analysis(&analysis, None).await?;
+    }
+    analyse(engine, &context).await
+}
+
+/// redial's own analysis of the call, once per session.
+async fn analyse(engine: &Engine, context: &CallContext) -> anyhow::Result<()> {
+    let session = &context.session;
+    let existing = engine.store().list_analyses(session.session_id).await?;
+    if existing.iter().any(|a| a.source == "redial") {
+        return Ok(());
+    }
+    let Some(transcript) = transcript(engine, context).await? else {
+        tracing::info!(session_id = %session.session_id, "no transcript; nothing to analyse");
+        return Ok(());
+    };
+    let settings = engine.settings();
+    let model = [&settings.analysis.model, &settings.upstream.model]
+        .into_iter()
+        .find(|m| !m.is_empty())
+        .cloned()
+        .or_else(|| session.model.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!("no analysis model: set analysis.model or upstream.model")
+        })?;
+    let analysis = ask(engine, &model, &transcript).await?;
+    let caller_update = session.caller_id.map(|caller_id| CallerAnalysisUpdate {
+        caller_id,
+        summary: analysis.summary.clone(),
+        sentiment: Some(analysis.sentiment.clone()),
+        action: (analysis.action != "none").then(|| analysis.action.clone()),
+        now: Utc::now(),
+    });
+    let record = NewAnalysis {
+        analysis_id: Uuid::now_v7(),
+        session_id: session.session_id,
+        source: "redial".into(),
+        summary: analysis.summary.clone(),
+        urgency: Some(analysis.urgency),
+        action: Some(analysis.action.clone()),
+        sentiment: Some(analysis.sentiment.clone()),
+        raw: json!({"summary": analysis.summary, "urgency": analysis.urgency, "action": analysis.action, "sentiment": analysis.sentiment}),
+        model: Some(model),
+        created_at: Utc::now(),
+    };
+    let recorded = engine
+        .store()
+        .save_analysis(&record, caller_update.as_ref())
+        .await?;
+    if let (true, Some(caller_id)) = (recorded.is_new(), session.caller_id) {
+        let entry = NewAudit {
+            caller_id: Some(caller_id),
+            session_id: Some(session.session_id),
+            actor: "worker:analysis".into(),
+            action: "update".into(),
+            reason: "post-call analysis".into(),
+            details: json!({"fields": ["last_summary", "last_sentiment", "last_action"]}),
+            created_at: Utc::now(),
+        };
+        engine.store().append_audit(&[entry]).await?;
+    }
+    metrics::counter!("redial_analyses_total").increment(1);
+    Ok(())
+}
+
+/// The platform's transcript when it sent one, else the stored turns.
+async fn transcript(engine: &Engine, context: &CallContext) -> anyhow::Result<Option<String>> {
+    if let Some(text) = context
+        .session
+        .details
+        .get("transcript")
+        .and_then(Value::as_str)
+    {
+        if !text.trim().is_empty() {
+            return Ok(Some(text.to_owned()));
+        }
+    }
+    let turns = engine
+        .store()
+        .list_turns(context.session.session_id)
+        .await?;
+    let lines: Vec<String> = turns
+        .iter()
+        .filter_map(|t| match t.role {
+            TurnRole::User => Some(format!("Caller: {}", t.content)),
+            TurnRole::Assistant => Some(format!("Agent: {}", t.content)),
+            _ => None,
+        })
+        .collect();
+    Ok((!lines.is_empty()).then(|| lines.join("\n")))
+}
+
+/// Asks the upstream for the analysis, retrying on invalid replies.
+async fn ask(engine: &Engine, model: &str, transcript: &str) -> anyhow::Result<CallAnalysis> {
+    let settings = engine.settings();
+    let timeout = std::time::Duration::from_secs(settings.analysis.timeout_secs);
+    let mut messages = vec![
+        json!({"role": "system", "content": instructions(&settings.analysis.actions)}),
+        json!({"role": "user", "content": format!("Transcript:\n{transcript}")}),
+    ];
+    let mut last_error = String::new();
+    for _ in 0..VALID_REPLY_ATTEMPTS {
+        let body = json!({"model": model, "messages": messages, "stream": false, "temperature": 0});
+        let reply = engine.llm().complete(&body, timeout).await?;
+        let text = reply
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        match parse(text, &settings.analysis.actions) {
+            Ok(analysis) => return Ok(analysis),
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid analysis reply; asking again");
+                metrics::counter!("redial_analysis_invalid_replies_total").increment(1);
+                messages.push(json!({"role": "assistant", "content": text}));
+                messages.push(json!({"role": "user", "content": format!("That reply was invalid: {e}. Reply with the JSON object only.")}));
+                last_error = e;
+            }
+        }
+    }
+    anyhow::bail!("no valid analysis after {VALID_REPLY_ATTEMPTS} replies: {last_error}")
+}
