@@ -6,6 +6,8 @@
 //! (`tests/api/storage.rs`). The store saves values as given: callers mint ids and timestamps.
 
 mod postgres;
+mod rows;
+mod rules;
 mod sqlite;
 mod types;
 

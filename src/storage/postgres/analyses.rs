@@ -1,0 +1,124 @@
+//! Post-call analyses and the audit log on Postgres.
+
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::{AnalysisRow, AuditRow};
+use crate::storage::rows::{convert_all, missing_parent};
+use crate::storage::{
+    Analysis, AuditEntry, CallerAnalysisUpdate, NewAnalysis, NewAudit, Recorded, StoreError,
+    StoreResult, rules,
+};
+
+#[tracing::instrument(
+    name = "store.save_analysis",
+    skip_all,
+    fields(backend = "postgres", session_id = %analysis.session_id, source = %analysis.source,
+           new = tracing::field::Empty)
+)]
+pub(super) async fn save_analysis(
+    pool: &PgPool,
+    analysis: &NewAnalysis,
+    caller_update: Option<&CallerAnalysisUpdate>,
+) -> StoreResult<Recorded> {
+    let mut tx = pool.begin().await?;
+    let stored = sqlx::query(
+        "insert into analysis (analysis_id, session_id, source, summary, urgency, action, \
+         sentiment, raw, model, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         on conflict (session_id, source) do nothing",
+    )
+    .bind(analysis.analysis_id)
+    .bind(analysis.session_id)
+    .bind(&analysis.source)
+    .bind(&analysis.summary)
+    .bind(analysis.urgency)
+    .bind(&analysis.action)
+    .bind(&analysis.sentiment)
+    .bind(&analysis.raw)
+    .bind(&analysis.model)
+    .bind(analysis.created_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(missing_parent)?;
+    let new = stored.rows_affected() == 1;
+    if let (true, Some(update)) = (new, caller_update) {
+        let done = sqlx::query(
+            "update caller set last_summary = $2, last_sentiment = $3, last_action = $4, \
+             updated_at = $5 where caller_id = $1",
+        )
+        .bind(update.caller_id)
+        .bind(&update.summary)
+        .bind(&update.sentiment)
+        .bind(rules::normalize_action(update.action.as_deref()))
+        .bind(update.now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+    }
+    tx.commit().await?;
+    tracing::Span::current().record("new", new);
+    Ok(if new {
+        Recorded::New(analysis.analysis_id)
+    } else {
+        Recorded::Duplicate
+    })
+}
+
+#[tracing::instrument(name = "store.list_analyses", skip_all, fields(backend = "postgres", %session_id))]
+pub(super) async fn list_analyses(pool: &PgPool, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
+    let rows: Vec<AnalysisRow> = sqlx::query_as(
+        "select analysis_id, session_id, source, summary, urgency, action, sentiment, raw, \
+         model, created_at from analysis where session_id = $1 \
+         order by created_at, analysis_id",
+    )
+    .bind(session_id)
+    .fetch_all(pool)
+    .await?;
+    convert_all(rows)
+}
+
+#[tracing::instrument(
+    name = "store.append_audit",
+    skip_all,
+    fields(backend = "postgres", entries = entries.len())
+)]
+pub(super) async fn append_audit(pool: &PgPool, entries: &[NewAudit]) -> StoreResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::<Postgres>::new(
+        "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
+         created_at) ",
+    );
+    insert.push_values(entries, |mut row, entry| {
+        row.push_bind(entry.caller_id)
+            .push_bind(entry.session_id)
+            .push_bind(&entry.actor)
+            .push_bind(&entry.action)
+            .push_bind(&entry.reason)
+            .push_bind(&entry.details)
+            .push_bind(entry.created_at);
+    });
+    insert.build().execute(pool).await?;
+    Ok(())
+}
+
+#[tracing::instrument(name = "store.list_audit", skip_all, fields(backend = "postgres", %caller_id, limit))]
+pub(super) async fn list_audit(
+    pool: &PgPool,
+    caller_id: Uuid,
+    limit: i64,
+) -> StoreResult<Vec<AuditEntry>> {
+    let rows: Vec<AuditRow> = sqlx::query_as(
+        "select audit_id, caller_id, session_id, actor, action, reason, details, created_at \
+         from audit_log where caller_id = $1 \
+         order by created_at desc, audit_id desc limit $2",
+    )
+    .bind(caller_id)
+    .bind(limit.max(0))
+    .fetch_all(pool)
+    .await?;
+    convert_all(rows)
+}

@@ -1,0 +1,234 @@
+//! The Postgres store: production backend, safe for several redial instances sharing a database.
+//!
+//! Multi-statement writes run in a transaction and lock the rows they read-modify-write with
+//! `for no key update` (which leaves foreign-key checks of concurrent inserts unblocked); the job
+//! queue uses `for update skip locked`.
+
+mod analyses;
+mod callers;
+mod jobs;
+mod sessions;
+mod turns;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use super::rows;
+use super::{
+    Analysis, AnswerOutcome, AuditEntry, CallSession, Caller, CallerAnalysisUpdate, CallerPatch,
+    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewTurn,
+    NewWebhookEvent, Platform, Recorded, Store, StoreError, StoreResult, Turn,
+};
+
+/// The Postgres migrations, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+type CallerRow = rows::CallerRow<Uuid, DateTime<Utc>>;
+type SessionRow = rows::SessionRow<Uuid, DateTime<Utc>>;
+type SessionWithCallerRow = rows::SessionWithCallerRow<Uuid, DateTime<Utc>>;
+type TurnRow = rows::TurnRow<Uuid, DateTime<Utc>>;
+type JobRow = rows::JobRow<Uuid, DateTime<Utc>>;
+type AnalysisRow = rows::AnalysisRow<Uuid, DateTime<Utc>>;
+type AuditRow = rows::AuditRow<Uuid, DateTime<Utc>>;
+
+/// Postgres implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Opens a pool to `url` (`postgres://…`) without migrating. Fails with
+    /// [`StoreError::Database`] when no connection can be made within `connect_timeout`.
+    #[tracing::instrument(name = "store.connect", skip_all, fields(backend = "postgres"))]
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let connect_options =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.connect_timeout)
+            .connect_with(connect_options)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    #[tracing::instrument(name = "store.migrate", skip_all, fields(backend = "postgres"))]
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "store.ping", skip_all, fields(backend = "postgres"))]
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller> {
+        callers::upsert_caller(&self.pool, phone, now).await
+    }
+
+    async fn get_caller(&self, caller_id: Uuid) -> StoreResult<Option<Caller>> {
+        callers::get_caller(&self.pool, caller_id).await
+    }
+
+    async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>> {
+        callers::get_caller_by_phone(&self.pool, phone).await
+    }
+
+    async fn update_caller(
+        &self,
+        caller_id: Uuid,
+        patch: &CallerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Caller> {
+        callers::update_caller(&self.pool, caller_id, patch, now).await
+    }
+
+    async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)> {
+        sessions::create_session(&self.pool, new).await
+    }
+
+    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
+        sessions::get_session(&self.pool, session_id).await
+    }
+
+    async fn load_call(
+        &self,
+        platform: Platform,
+        call_key: &str,
+    ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
+        sessions::load_call(&self.pool, platform, call_key).await
+    }
+
+    async fn find_resumable(
+        &self,
+        caller_id: Uuid,
+        assistant_id: &str,
+        started_since: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        exclude: Option<Uuid>,
+    ) -> StoreResult<Option<CallSession>> {
+        sessions::find_resumable(
+            &self.pool,
+            caller_id,
+            assistant_id,
+            started_since,
+            stale_before,
+            exclude,
+        )
+        .await
+    }
+
+    async fn record_answer(
+        &self,
+        session_id: Uuid,
+        field: &str,
+        value: &str,
+        required: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<AnswerOutcome> {
+        sessions::record_answer(&self.pool, session_id, field, value, required, now).await
+    }
+
+    async fn touch_session(
+        &self,
+        session_id: Uuid,
+        model: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sessions::touch_session(&self.pool, session_id, model, now).await
+    }
+
+    async fn close_session(
+        &self,
+        session_id: Uuid,
+        close: &CloseSession,
+    ) -> StoreResult<CallSession> {
+        sessions::close_session(&self.pool, session_id, close).await
+    }
+
+    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
+        turns::append_turns(&self.pool, session_id, turns).await
+    }
+
+    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {
+        turns::list_turns(&self.pool, session_id).await
+    }
+
+    async fn record_webhook(
+        &self,
+        event: &NewWebhookEvent,
+        job: Option<&NewJob>,
+    ) -> StoreResult<Recorded> {
+        jobs::record_webhook(&self.pool, event, job).await
+    }
+
+    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<Recorded> {
+        jobs::enqueue_job(&self.pool, job).await
+    }
+
+    async fn claim_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> StoreResult<Option<Job>> {
+        jobs::claim_job(&self.pool, worker, now, lease).await
+    }
+
+    async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        jobs::complete_job(&self.pool, job_id, now).await
+    }
+
+    async fn fail_job(
+        &self,
+        job_id: Uuid,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        jobs::fail_job(&self.pool, job_id, error, retry_at, now).await
+    }
+
+    async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
+        jobs::get_job(&self.pool, job_id).await
+    }
+
+    async fn save_analysis(
+        &self,
+        analysis: &NewAnalysis,
+        caller_update: Option<&CallerAnalysisUpdate>,
+    ) -> StoreResult<Recorded> {
+        analyses::save_analysis(&self.pool, analysis, caller_update).await
+    }
+
+    async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
+        analyses::list_analyses(&self.pool, session_id).await
+    }
+
+    async fn append_audit(&self, entries: &[NewAudit]) -> StoreResult<()> {
+        analyses::append_audit(&self.pool, entries).await
+    }
+
+    async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+        analyses::list_audit(&self.pool, caller_id, limit).await
+    }
+}

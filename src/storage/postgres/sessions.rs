@@ -1,0 +1,281 @@
+//! Call sessions on Postgres.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{SessionRow, SessionWithCallerRow};
+use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
+use crate::storage::{
+    AnswerOutcome, CallSession, Caller, CloseSession, NewSession, Platform, StoreError,
+    StoreResult, rules,
+};
+
+#[tracing::instrument(
+    name = "store.create_session",
+    skip_all,
+    fields(backend = "postgres", platform = %new.platform, session_id = %new.session_id,
+           caller_id = ?new.caller_id, created = tracing::field::Empty)
+)]
+pub(super) async fn create_session(
+    pool: &PgPool,
+    new: &NewSession,
+) -> StoreResult<(CallSession, bool)> {
+    let mut tx = pool.begin().await?;
+    // Lock the caller first: concurrent creations for one caller then count and snapshot in turn.
+    let (prior_calls, prior_call_at) = match new.caller_id {
+        Some(caller_id) => {
+            let counts: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "select call_count, last_call_at from caller \
+                 where caller_id = $1 for no key update",
+            )
+            .bind(caller_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            counts.ok_or(StoreError::NotFound)?
+        }
+        None => (0, None),
+    };
+    let inserted: Option<SessionRow> = sqlx::query_as(concat!(
+        "insert into call_session (session_id, platform, call_key, caller_id, assistant_id, \
+         status, attempt, resumes_session_id, answers, prior_calls, prior_call_at, model, \
+         started_at, last_activity_at, updated_at) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13) \
+         on conflict (platform, call_key) do nothing returning ",
+        session_columns!()
+    ))
+    .bind(new.session_id)
+    .bind(new.platform.as_str())
+    .bind(&new.call_key)
+    .bind(new.caller_id)
+    .bind(&new.assistant_id)
+    .bind(new.status.as_str())
+    .bind(new.attempt)
+    .bind(new.resumes_session_id)
+    .bind(Json(&new.answers))
+    .bind(prior_calls)
+    .bind(prior_call_at)
+    .bind(&new.model)
+    .bind(new.started_at)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(missing_parent)?;
+
+    let (row, created) = match inserted {
+        Some(row) => {
+            if let Some(caller_id) = new.caller_id {
+                sqlx::query(
+                    "update caller set call_count = call_count + 1, \
+                     last_call_at = greatest(last_call_at, $2), \
+                     updated_at = greatest(updated_at, $2) \
+                     where caller_id = $1",
+                )
+                .bind(caller_id)
+                .bind(new.started_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            (row, true)
+        }
+        None => (
+            select_by_key(&mut tx, new.platform, &new.call_key)
+                .await?
+                .ok_or_else(|| StoreError::Conflict("session vanished during creation".into()))?,
+            false,
+        ),
+    };
+    tx.commit().await?;
+    tracing::Span::current().record("created", created);
+    Ok((CallSession::try_from(row)?, created))
+}
+
+async fn select_by_key(
+    conn: &mut PgConnection,
+    platform: Platform,
+    call_key: &str,
+) -> StoreResult<Option<SessionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session where platform = $1 and call_key = $2"
+    ))
+    .bind(platform.as_str())
+    .bind(call_key)
+    .fetch_optional(conn)
+    .await?)
+}
+
+#[tracing::instrument(name = "store.get_session", skip_all, fields(backend = "postgres", %session_id))]
+pub(super) async fn get_session(
+    pool: &PgPool,
+    session_id: Uuid,
+) -> StoreResult<Option<CallSession>> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session where session_id = $1"
+    ))
+    .bind(session_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(CallSession::try_from).transpose()
+}
+
+#[tracing::instrument(name = "store.load_call", skip_all, fields(backend = "postgres", %platform))]
+pub(super) async fn load_call(
+    pool: &PgPool,
+    platform: Platform,
+    call_key: &str,
+) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
+    let row: Option<SessionWithCallerRow> = sqlx::query_as(concat!(
+        select_session_with_caller!(),
+        " where s.platform = $1 and s.call_key = $2"
+    ))
+    .bind(platform.as_str())
+    .bind(call_key)
+    .fetch_optional(pool)
+    .await?;
+    row.map(SessionWithCallerRow::into_records).transpose()
+}
+
+#[tracing::instrument(
+    name = "store.find_resumable",
+    skip_all,
+    fields(backend = "postgres", %caller_id, assistant_id)
+)]
+pub(super) async fn find_resumable(
+    pool: &PgPool,
+    caller_id: Uuid,
+    assistant_id: &str,
+    started_since: DateTime<Utc>,
+    stale_before: DateTime<Utc>,
+    exclude: Option<Uuid>,
+) -> StoreResult<Option<CallSession>> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session \
+         where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
+         and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
+         and ($5::uuid is null or session_id <> $5) \
+         order by started_at desc, session_id desc limit 1"
+    ))
+    .bind(caller_id)
+    .bind(assistant_id)
+    .bind(started_since)
+    .bind(stale_before)
+    .bind(exclude)
+    .fetch_optional(pool)
+    .await?;
+    row.map(CallSession::try_from).transpose()
+}
+
+#[tracing::instrument(
+    name = "store.record_answer",
+    skip_all,
+    fields(backend = "postgres", %session_id, field, changed = tracing::field::Empty)
+)]
+pub(super) async fn record_answer(
+    pool: &PgPool,
+    session_id: Uuid,
+    field: &str,
+    value: &str,
+    required: &[String],
+    now: DateTime<Utc>,
+) -> StoreResult<AnswerOutcome> {
+    let mut tx = pool.begin().await?;
+    let mut session = lock_session(&mut tx, session_id).await?;
+    let changed = rules::apply_answer(&mut session, field, value, required, now);
+    if changed {
+        save_state(&mut tx, &session, now).await?;
+    }
+    tx.commit().await?;
+    tracing::Span::current().record("changed", changed);
+    Ok(AnswerOutcome { session, changed })
+}
+
+#[tracing::instrument(name = "store.touch_session", skip_all, fields(backend = "postgres", %session_id))]
+pub(super) async fn touch_session(
+    pool: &PgPool,
+    session_id: Uuid,
+    model: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "update call_session set last_activity_at = greatest(last_activity_at, $2), \
+         model = coalesce($3, model), version = version + 1, updated_at = $2 \
+         where session_id = $1",
+    )
+    .bind(session_id)
+    .bind(now)
+    .bind(model)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+#[tracing::instrument(
+    name = "store.close_session",
+    skip_all,
+    fields(backend = "postgres", %session_id, status = %close.status)
+)]
+pub(super) async fn close_session(
+    pool: &PgPool,
+    session_id: Uuid,
+    close: &CloseSession,
+) -> StoreResult<CallSession> {
+    let mut tx = pool.begin().await?;
+    let mut session = lock_session(&mut tx, session_id).await?;
+    rules::apply_close(&mut session, close);
+    save_state(&mut tx, &session, close.ended_at).await?;
+    tx.commit().await?;
+    Ok(session)
+}
+
+/// Reads a session and locks its row until the transaction ends.
+async fn lock_session(conn: &mut PgConnection, session_id: Uuid) -> StoreResult<CallSession> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session where session_id = $1 for no key update"
+    ))
+    .bind(session_id)
+    .fetch_optional(conn)
+    .await?;
+    CallSession::try_from(row.ok_or(StoreError::NotFound)?)
+}
+
+/// Writes back the mutable state of a session read by [`lock_session`], whose version the rules
+/// bumped by one.
+async fn save_state(
+    conn: &mut PgConnection,
+    session: &CallSession,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "update call_session set status = $3, answers = $4, last_activity_at = $5, \
+         ended_at = $6, ended_reason = $7, details = $8, version = $2, updated_at = $9 \
+         where session_id = $1 and version = $2 - 1",
+    )
+    .bind(session.session_id)
+    .bind(session.version)
+    .bind(session.status.as_str())
+    .bind(Json(&session.answers))
+    .bind(session.last_activity_at)
+    .bind(session.ended_at)
+    .bind(&session.ended_reason)
+    .bind(&session.details)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(
+            "session changed under its lock".into(),
+        ));
+    }
+    Ok(())
+}

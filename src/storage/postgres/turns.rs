@@ -1,0 +1,76 @@
+//! The turn log on Postgres.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::TurnRow;
+use crate::storage::rows::convert_all;
+use crate::storage::{NewTurn, StoreError, StoreResult, Turn};
+
+#[tracing::instrument(
+    name = "store.append_turns",
+    skip_all,
+    fields(backend = "postgres", %session_id, turns = turns.len(), inserted = tracing::field::Empty)
+)]
+pub(super) async fn append_turns(
+    pool: &PgPool,
+    session_id: Uuid,
+    turns: &[NewTurn],
+) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
+    // Locking the session serialises appends to one call, so `seq` follows append order.
+    let exists: Option<i32> =
+        sqlx::query_scalar("select 1 from call_session where session_id = $1 for no key update")
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    if turns.is_empty() {
+        return Ok(0);
+    }
+    let mut insert = QueryBuilder::<Postgres>::new(
+        "insert into turn (session_id, idempotency_key, role, content, tool_name, tool_call_id, \
+         partial, created_at) ",
+    );
+    insert.push_values(turns, |mut row, turn| {
+        row.push_bind(session_id)
+            .push_bind(&turn.idempotency_key)
+            .push_bind(turn.role.as_str())
+            .push_bind(&turn.content)
+            .push_bind(&turn.tool_name)
+            .push_bind(&turn.tool_call_id)
+            .push_bind(turn.partial)
+            .push_bind(turn.created_at);
+    });
+    insert.push(" on conflict (session_id, idempotency_key) do nothing returning created_at");
+    let created: Vec<DateTime<Utc>> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+    if let Some(newest) = created.iter().max() {
+        sqlx::query(
+            "update call_session set last_activity_at = greatest(last_activity_at, $2), \
+             version = version + 1, updated_at = $2 where session_id = $1",
+        )
+        .bind(session_id)
+        .bind(newest)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    let inserted = created.len() as u64;
+    tracing::Span::current().record("inserted", inserted);
+    Ok(inserted)
+}
+
+#[tracing::instrument(name = "store.list_turns", skip_all, fields(backend = "postgres", %session_id))]
+pub(super) async fn list_turns(pool: &PgPool, session_id: Uuid) -> StoreResult<Vec<Turn>> {
+    let rows: Vec<TurnRow> = sqlx::query_as(
+        "select seq, session_id, idempotency_key, role, content, tool_name, tool_call_id, \
+         partial, created_at from turn where session_id = $1 order by seq",
+    )
+    .bind(session_id)
+    .fetch_all(pool)
+    .await?;
+    convert_all(rows)
+}

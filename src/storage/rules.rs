@@ -1,0 +1,148 @@
+//! The store's write rules, applied in memory to a record read under a lock.
+//!
+//! Both backends read the row inside a write transaction (Postgres `for no key update`, SQLite
+//! `begin immediate`), apply one of these functions and write the result back, so the semantics
+//! live in one place and the conformance suite holds both to them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{Answer, CallSession, Caller, CallerPatch, CloseSession, SessionStatus};
+
+/// Applies a profile patch. Returns whether anything changed; `updated_at` moves only then.
+pub(crate) fn apply_caller_patch(
+    caller: &mut Caller,
+    patch: &CallerPatch,
+    now: DateTime<Utc>,
+) -> bool {
+    let mut changed = false;
+    if let Some(name) = &patch.name {
+        changed |= caller.name.as_ref() != Some(name);
+        caller.name = Some(name.clone());
+    }
+    if let Some(language) = &patch.language {
+        changed |= caller.language.as_ref() != Some(language);
+        caller.language = Some(language.clone());
+    }
+    if let Some(note) = &patch.note {
+        if !caller.notes.contains(note) {
+            caller.notes.push(note.clone());
+            changed = true;
+        }
+    }
+    if changed {
+        caller.updated_at = now;
+    }
+    changed
+}
+
+/// Confirms `field = value`. Returns whether anything changed: re-recording the same value is a
+/// no-op. On a change the version is bumped, activity moves to `now` (never backwards), and the
+/// session becomes `completed` when a non-empty `required` set is fully answered. An empty
+/// `required` (no scripted required fields) never completes a session.
+pub(crate) fn apply_answer(
+    session: &mut CallSession,
+    field: &str,
+    value: &str,
+    required: &[String],
+    now: DateTime<Utc>,
+) -> bool {
+    if session.answers.get(field).is_some_and(|a| a.value == value) {
+        return false;
+    }
+    session.answers.insert(
+        field.to_owned(),
+        Answer {
+            value: value.to_owned(),
+            confirmed_at: now,
+        },
+    );
+    let complete = !required.is_empty()
+        && required
+            .iter()
+            .all(|name| session.answers.contains_key(name));
+    if complete {
+        session.status = SessionStatus::Completed;
+    }
+    session.last_activity_at = session.last_activity_at.max(now);
+    session.version += 1;
+    true
+}
+
+/// Applies a call-ended signal: a `completed` session keeps its status, the first `ended_at`
+/// wins, a new ended reason replaces the old one, and `details`' top-level keys replace the stored
+/// ones (a non-object `details` merges nothing).
+pub(crate) fn apply_close(session: &mut CallSession, close: &CloseSession) {
+    if session.status != SessionStatus::Completed {
+        session.status = close.status;
+    }
+    session.ended_at.get_or_insert(close.ended_at);
+    if close.ended_reason.is_some() {
+        session.ended_reason.clone_from(&close.ended_reason);
+    }
+    merge_details(&mut session.details, &close.details);
+    session.version += 1;
+}
+
+/// Top-level merge of `patch` into `stored`, both expected to be JSON objects.
+fn merge_details(stored: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(patch) = patch else {
+        return;
+    };
+    if !stored.is_object() {
+        *stored = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(stored) = stored {
+        for (key, value) in patch {
+            stored.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// The caller's stored open action: "none" (any case) or blank means no action.
+pub(crate) fn normalize_action(action: Option<&str>) -> Option<&str> {
+    action
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.eq_ignore_ascii_case("none"))
+}
+
+/// When a lease taken at `now` for `lease` expires (saturating far in the future).
+pub(crate) fn lease_expiry(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_action_treats_none_and_blank_as_no_action() {
+        assert_eq!(normalize_action(Some("None")), None);
+        assert_eq!(normalize_action(Some("  ")), None);
+        assert_eq!(normalize_action(None), None);
+        assert_eq!(normalize_action(Some(" call back ")), Some("call back"));
+    }
+
+    #[test]
+    fn merge_details_replaces_top_level_keys_and_ignores_non_objects() {
+        let mut stored = serde_json::json!({"a": 1, "b": {"x": 1}});
+        merge_details(&mut stored, &serde_json::json!({"b": {"y": 2}, "c": 3}));
+        assert_eq!(stored, serde_json::json!({"a": 1, "b": {"y": 2}, "c": 3}));
+        merge_details(&mut stored, &serde_json::Value::Null);
+        assert_eq!(stored, serde_json::json!({"a": 1, "b": {"y": 2}, "c": 3}));
+    }
+
+    #[test]
+    fn lease_expiry_saturates_instead_of_overflowing() {
+        let now = Utc::now();
+        assert_eq!(lease_expiry(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            lease_expiry(now, Duration::from_secs(30)),
+            now + TimeDelta::seconds(30)
+        );
+    }
+}

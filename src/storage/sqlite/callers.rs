@@ -1,0 +1,105 @@
+//! Callers on SQLite.
+
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{CallerRow, begin_write, id, ms};
+use crate::storage::rows::caller_columns;
+use crate::storage::{Caller, CallerPatch, StoreError, StoreResult, rules};
+
+#[tracing::instrument(
+    name = "store.upsert_caller",
+    skip_all,
+    fields(backend = "sqlite", caller_id = tracing::field::Empty)
+)]
+pub(super) async fn upsert_caller(
+    pool: &SqlitePool,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<Caller> {
+    let row: CallerRow = sqlx::query_as(concat!(
+        "insert into caller (caller_id, phone, first_seen_at, last_seen_at, updated_at) \
+         values ($1, $2, $3, $3, $3) \
+         on conflict (phone) do update \
+         set last_seen_at = excluded.last_seen_at, updated_at = excluded.updated_at \
+         returning ",
+        caller_columns!()
+    ))
+    .bind(id(Uuid::now_v7()))
+    .bind(phone)
+    .bind(ms(now))
+    .fetch_one(pool)
+    .await?;
+    let caller = Caller::try_from(row)?;
+    tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
+    Ok(caller)
+}
+
+#[tracing::instrument(name = "store.get_caller", skip_all, fields(backend = "sqlite", %caller_id))]
+pub(super) async fn get_caller(pool: &SqlitePool, caller_id: Uuid) -> StoreResult<Option<Caller>> {
+    let row: Option<CallerRow> = sqlx::query_as(concat!(
+        "select ",
+        caller_columns!(),
+        " from caller where caller_id = $1"
+    ))
+    .bind(id(caller_id))
+    .fetch_optional(pool)
+    .await?;
+    row.map(Caller::try_from).transpose()
+}
+
+#[tracing::instrument(
+    name = "store.get_caller_by_phone",
+    skip_all,
+    fields(backend = "sqlite")
+)]
+pub(super) async fn get_caller_by_phone(
+    pool: &SqlitePool,
+    phone: &str,
+) -> StoreResult<Option<Caller>> {
+    let row: Option<CallerRow> = sqlx::query_as(concat!(
+        "select ",
+        caller_columns!(),
+        " from caller where phone = $1"
+    ))
+    .bind(phone)
+    .fetch_optional(pool)
+    .await?;
+    row.map(Caller::try_from).transpose()
+}
+
+#[tracing::instrument(name = "store.update_caller", skip_all, fields(backend = "sqlite", %caller_id))]
+pub(super) async fn update_caller(
+    pool: &SqlitePool,
+    caller_id: Uuid,
+    patch: &CallerPatch,
+    now: DateTime<Utc>,
+) -> StoreResult<Caller> {
+    let mut tx = begin_write(pool).await?;
+    let row: Option<CallerRow> = sqlx::query_as(concat!(
+        "select ",
+        caller_columns!(),
+        " from caller where caller_id = $1"
+    ))
+    .bind(id(caller_id))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut caller = Caller::try_from(row.ok_or(StoreError::NotFound)?)?;
+    if rules::apply_caller_patch(&mut caller, patch, now) {
+        sqlx::query(
+            "update caller set name = $2, language = $3, notes = $4, updated_at = $5 \
+             where caller_id = $1",
+        )
+        .bind(id(caller_id))
+        .bind(&caller.name)
+        .bind(&caller.language)
+        .bind(Json(&caller.notes))
+        .bind(ms(caller.updated_at))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(caller)
+}

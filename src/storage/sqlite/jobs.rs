@@ -1,0 +1,193 @@
+//! Webhook events and the durable job queue on SQLite.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::{JobRow, begin_write, id, ms};
+use crate::storage::rows::job_columns;
+use crate::storage::{Job, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules};
+
+#[tracing::instrument(
+    name = "store.record_webhook",
+    skip_all,
+    fields(backend = "sqlite", platform = %event.platform, event_type = %event.event_type,
+           event_id = %event.event_id, new = tracing::field::Empty)
+)]
+pub(super) async fn record_webhook(
+    pool: &SqlitePool,
+    event: &NewWebhookEvent,
+    job: Option<&NewJob>,
+) -> StoreResult<Recorded> {
+    let mut tx = begin_write(pool).await?;
+    let stored = sqlx::query(
+        "insert into webhook_event (event_id, platform, event_type, call_key, dedupe_key, \
+         payload, received_at) values ($1, $2, $3, $4, $5, $6, $7) \
+         on conflict (dedupe_key) do nothing",
+    )
+    .bind(id(event.event_id))
+    .bind(event.platform.as_str())
+    .bind(&event.event_type)
+    .bind(&event.call_key)
+    .bind(&event.dedupe_key)
+    .bind(&event.payload)
+    .bind(ms(event.received_at))
+    .execute(&mut *tx)
+    .await?;
+    let new = stored.rows_affected() == 1;
+    if new {
+        if let Some(job) = job {
+            insert_job(&mut tx, job, event.received_at).await?;
+        }
+    }
+    tx.commit().await?;
+    tracing::Span::current().record("new", new);
+    Ok(if new {
+        Recorded::New(event.event_id)
+    } else {
+        Recorded::Duplicate
+    })
+}
+
+#[tracing::instrument(
+    name = "store.enqueue_job",
+    skip_all,
+    fields(backend = "sqlite", kind = %job.kind, job_id = %job.job_id)
+)]
+pub(super) async fn enqueue_job(pool: &SqlitePool, job: &NewJob) -> StoreResult<Recorded> {
+    let mut conn = pool.acquire().await?;
+    // The trait gives no enqueue time; the wall clock stands in for it.
+    insert_job(&mut conn, job, Utc::now()).await
+}
+
+/// Inserts a queued job unless one with its dedupe key exists.
+async fn insert_job(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+    created_at: DateTime<Utc>,
+) -> StoreResult<Recorded> {
+    let done = sqlx::query(
+        "insert into job (job_id, kind, dedupe_key, payload, max_attempts, run_at, created_at, \
+         updated_at) values ($1, $2, $3, $4, $5, $6, $7, $7) \
+         on conflict (dedupe_key) do nothing",
+    )
+    .bind(id(job.job_id))
+    .bind(&job.kind)
+    .bind(&job.dedupe_key)
+    .bind(&job.payload)
+    .bind(job.max_attempts)
+    .bind(ms(job.run_at))
+    .bind(ms(created_at))
+    .execute(conn)
+    .await?;
+    Ok(if done.rows_affected() == 1 {
+        Recorded::New(job.job_id)
+    } else {
+        Recorded::Duplicate
+    })
+}
+
+#[tracing::instrument(
+    name = "store.claim_job",
+    skip_all,
+    fields(backend = "sqlite", worker, job_id = tracing::field::Empty)
+)]
+pub(super) async fn claim_job(
+    pool: &SqlitePool,
+    worker: &str,
+    now: DateTime<Utc>,
+    lease: Duration,
+) -> StoreResult<Option<Job>> {
+    // One statement under the write lock: no other claimer can pick the row in between.
+    let mut tx = begin_write(pool).await?;
+    let row: Option<JobRow> = sqlx::query_as(concat!(
+        "update job set status = 'running', attempts = attempts + 1, locked_by = $1, \
+         locked_until = $3, updated_at = $2 \
+         where job_id = ( \
+             select job_id from job \
+             where (status = 'queued' and run_at <= $2) \
+                or (status = 'running' and locked_until < $2) \
+             order by run_at, job_id limit 1) \
+         returning ",
+        job_columns!()
+    ))
+    .bind(worker)
+    .bind(ms(now))
+    .bind(ms(rules::lease_expiry(now, lease)))
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let job = row.map(Job::try_from).transpose()?;
+    if let Some(job) = &job {
+        tracing::Span::current().record("job_id", tracing::field::display(job.job_id));
+    }
+    Ok(job)
+}
+
+#[tracing::instrument(name = "store.complete_job", skip_all, fields(backend = "sqlite", %job_id))]
+pub(super) async fn complete_job(
+    pool: &SqlitePool,
+    job_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "update job set status = 'done', locked_by = null, locked_until = null, updated_at = $2 \
+         where job_id = $1",
+    )
+    .bind(id(job_id))
+    .bind(ms(now))
+    .execute(pool)
+    .await?;
+    found(done.rows_affected())
+}
+
+#[tracing::instrument(
+    name = "store.fail_job",
+    skip_all,
+    fields(backend = "sqlite", %job_id, retry = retry_at.is_some())
+)]
+pub(super) async fn fail_job(
+    pool: &SqlitePool,
+    job_id: Uuid,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "update job set \
+         status = case when $3 is null then 'failed' else 'queued' end, \
+         run_at = coalesce($3, run_at), last_error = $2, locked_by = null, \
+         locked_until = null, updated_at = $4 \
+         where job_id = $1",
+    )
+    .bind(id(job_id))
+    .bind(error)
+    .bind(retry_at.map(ms))
+    .bind(ms(now))
+    .execute(pool)
+    .await?;
+    found(done.rows_affected())
+}
+
+#[tracing::instrument(name = "store.get_job", skip_all, fields(backend = "sqlite", %job_id))]
+pub(super) async fn get_job(pool: &SqlitePool, job_id: Uuid) -> StoreResult<Option<Job>> {
+    let row: Option<JobRow> = sqlx::query_as(concat!(
+        "select ",
+        job_columns!(),
+        " from job where job_id = $1"
+    ))
+    .bind(id(job_id))
+    .fetch_optional(pool)
+    .await?;
+    row.map(Job::try_from).transpose()
+}
+
+fn found(rows_affected: u64) -> StoreResult<()> {
+    if rows_affected == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}

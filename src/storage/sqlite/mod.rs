@@ -1,0 +1,279 @@
+//! The SQLite store: the embedded zero-setup default (`sqlite://redial.db`, created when missing).
+//!
+//! Times are stored as unix milliseconds, ids as hyphenated text and JSON as text. The database
+//! runs in WAL mode so readers never wait for the writer. SQLite has one writer at a time: every
+//! multi-statement write starts with `begin immediate`, taking the write lock up front, so two
+//! writers queue on `busy_timeout` instead of failing when a read lock cannot be upgraded.
+
+mod analyses;
+mod callers;
+mod jobs;
+mod sessions;
+mod turns;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use uuid::Uuid;
+use uuid::fmt::Hyphenated;
+
+use super::rows;
+use super::{
+    Analysis, AnswerOutcome, AuditEntry, CallSession, Caller, CallerAnalysisUpdate, CallerPatch,
+    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewTurn,
+    NewWebhookEvent, Platform, Recorded, Store, StoreError, StoreResult, Turn,
+};
+
+/// The SQLite migrations, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a connection waits for the write lock before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+type CallerRow = rows::CallerRow<Hyphenated, i64>;
+type SessionRow = rows::SessionRow<Hyphenated, i64>;
+type SessionWithCallerRow = rows::SessionWithCallerRow<Hyphenated, i64>;
+type TurnRow = rows::TurnRow<Hyphenated, i64>;
+type JobRow = rows::JobRow<Hyphenated, i64>;
+type AnalysisRow = rows::AnalysisRow<Hyphenated, i64>;
+type AuditRow = rows::AuditRow<Hyphenated, i64>;
+
+/// A UUID as stored: hyphenated text.
+fn id(uuid: Uuid) -> Hyphenated {
+    uuid.hyphenated()
+}
+
+/// An instant as stored: unix milliseconds.
+fn ms(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+/// `time` at the stored precision, so a record returned by a write equals the one read back.
+fn truncate_ms(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms(time)).unwrap_or(time)
+}
+
+/// Starts a write transaction holding the database's write lock from its first statement.
+async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    pool.begin_with("begin immediate").await
+}
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens a pool to `url` without migrating: `sqlite://redial.db` or `sqlite:redial.db`
+    /// (relative), `sqlite:///abs/path.db`, or `sqlite::memory:` (one connection holding a private
+    /// in-memory database for the pool's lifetime). The file is created when missing.
+    #[tracing::instrument(name = "store.connect", skip_all, fields(backend = "sqlite"))]
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let mut pool = SqlitePoolOptions::new().acquire_timeout(options.connect_timeout);
+        if in_memory {
+            // The database lives as long as a connection to it does, and shared-cache
+            // connections would fail with SQLITE_LOCKED rather than wait: keep exactly one.
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        } else {
+            connect = connect
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal);
+            pool = pool.max_connections(options.max_connections);
+        }
+        Ok(Self {
+            pool: pool.connect_with(connect).await?,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    #[tracing::instrument(name = "store.migrate", skip_all, fields(backend = "sqlite"))]
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "store.ping", skip_all, fields(backend = "sqlite"))]
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller> {
+        callers::upsert_caller(&self.pool, phone, now).await
+    }
+
+    async fn get_caller(&self, caller_id: Uuid) -> StoreResult<Option<Caller>> {
+        callers::get_caller(&self.pool, caller_id).await
+    }
+
+    async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>> {
+        callers::get_caller_by_phone(&self.pool, phone).await
+    }
+
+    async fn update_caller(
+        &self,
+        caller_id: Uuid,
+        patch: &CallerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Caller> {
+        callers::update_caller(&self.pool, caller_id, patch, now).await
+    }
+
+    async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)> {
+        sessions::create_session(&self.pool, new).await
+    }
+
+    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
+        sessions::get_session(&self.pool, session_id).await
+    }
+
+    async fn load_call(
+        &self,
+        platform: Platform,
+        call_key: &str,
+    ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
+        sessions::load_call(&self.pool, platform, call_key).await
+    }
+
+    async fn find_resumable(
+        &self,
+        caller_id: Uuid,
+        assistant_id: &str,
+        started_since: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        exclude: Option<Uuid>,
+    ) -> StoreResult<Option<CallSession>> {
+        sessions::find_resumable(
+            &self.pool,
+            caller_id,
+            assistant_id,
+            started_since,
+            stale_before,
+            exclude,
+        )
+        .await
+    }
+
+    async fn record_answer(
+        &self,
+        session_id: Uuid,
+        field: &str,
+        value: &str,
+        required: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<AnswerOutcome> {
+        sessions::record_answer(&self.pool, session_id, field, value, required, now).await
+    }
+
+    async fn touch_session(
+        &self,
+        session_id: Uuid,
+        model: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sessions::touch_session(&self.pool, session_id, model, now).await
+    }
+
+    async fn close_session(
+        &self,
+        session_id: Uuid,
+        close: &CloseSession,
+    ) -> StoreResult<CallSession> {
+        sessions::close_session(&self.pool, session_id, close).await
+    }
+
+    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
+        turns::append_turns(&self.pool, session_id, turns).await
+    }
+
+    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {
+        turns::list_turns(&self.pool, session_id).await
+    }
+
+    async fn record_webhook(
+        &self,
+        event: &NewWebhookEvent,
+        job: Option<&NewJob>,
+    ) -> StoreResult<Recorded> {
+        jobs::record_webhook(&self.pool, event, job).await
+    }
+
+    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<Recorded> {
+        jobs::enqueue_job(&self.pool, job).await
+    }
+
+    async fn claim_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> StoreResult<Option<Job>> {
+        jobs::claim_job(&self.pool, worker, now, lease).await
+    }
+
+    async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        jobs::complete_job(&self.pool, job_id, now).await
+    }
+
+    async fn fail_job(
+        &self,
+        job_id: Uuid,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        jobs::fail_job(&self.pool, job_id, error, retry_at, now).await
+    }
+
+    async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
+        jobs::get_job(&self.pool, job_id).await
+    }
+
+    async fn save_analysis(
+        &self,
+        analysis: &NewAnalysis,
+        caller_update: Option<&CallerAnalysisUpdate>,
+    ) -> StoreResult<Recorded> {
+        analyses::save_analysis(&self.pool, analysis, caller_update).await
+    }
+
+    async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
+        analyses::list_analyses(&self.pool, session_id).await
+    }
+
+    async fn append_audit(&self, entries: &[NewAudit]) -> StoreResult<()> {
+        analyses::append_audit(&self.pool, entries).await
+    }
+
+    async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+        analyses::list_audit(&self.pool, caller_id, limit).await
+    }
+}

@@ -1,0 +1,282 @@
+//! Call sessions on SQLite.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::{SessionRow, SessionWithCallerRow, begin_write, id, ms, truncate_ms};
+use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
+use crate::storage::{
+    AnswerOutcome, CallSession, Caller, CloseSession, NewSession, Platform, StoreError,
+    StoreResult, rules,
+};
+
+#[tracing::instrument(
+    name = "store.create_session",
+    skip_all,
+    fields(backend = "sqlite", platform = %new.platform, session_id = %new.session_id,
+           caller_id = ?new.caller_id, created = tracing::field::Empty)
+)]
+pub(super) async fn create_session(
+    pool: &SqlitePool,
+    new: &NewSession,
+) -> StoreResult<(CallSession, bool)> {
+    let mut tx = begin_write(pool).await?;
+    let (prior_calls, prior_call_at) = match new.caller_id {
+        Some(caller_id) => {
+            let counts: Option<(i64, Option<i64>)> =
+                sqlx::query_as("select call_count, last_call_at from caller where caller_id = $1")
+                    .bind(id(caller_id))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            counts.ok_or(StoreError::NotFound)?
+        }
+        None => (0, None),
+    };
+    let inserted: Option<SessionRow> = sqlx::query_as(concat!(
+        "insert into call_session (session_id, platform, call_key, caller_id, assistant_id, \
+         status, attempt, resumes_session_id, answers, prior_calls, prior_call_at, model, \
+         started_at, last_activity_at, updated_at) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13) \
+         on conflict (platform, call_key) do nothing returning ",
+        session_columns!()
+    ))
+    .bind(id(new.session_id))
+    .bind(new.platform.as_str())
+    .bind(&new.call_key)
+    .bind(new.caller_id.map(id))
+    .bind(&new.assistant_id)
+    .bind(new.status.as_str())
+    .bind(new.attempt)
+    .bind(new.resumes_session_id.map(id))
+    .bind(Json(&new.answers))
+    .bind(prior_calls)
+    .bind(prior_call_at)
+    .bind(&new.model)
+    .bind(ms(new.started_at))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(missing_parent)?;
+
+    let (row, created) = match inserted {
+        Some(row) => {
+            if let Some(caller_id) = new.caller_id {
+                // Two-argument max() is NULL when either side is: coalesce the nullable column.
+                sqlx::query(
+                    "update caller set call_count = call_count + 1, \
+                     last_call_at = max(coalesce(last_call_at, $2), $2), \
+                     updated_at = max(updated_at, $2) \
+                     where caller_id = $1",
+                )
+                .bind(id(caller_id))
+                .bind(ms(new.started_at))
+                .execute(&mut *tx)
+                .await?;
+            }
+            (row, true)
+        }
+        None => (
+            select_by_key(&mut tx, new.platform, &new.call_key)
+                .await?
+                .ok_or_else(|| StoreError::Conflict("session vanished during creation".into()))?,
+            false,
+        ),
+    };
+    tx.commit().await?;
+    tracing::Span::current().record("created", created);
+    Ok((CallSession::try_from(row)?, created))
+}
+
+async fn select_by_key(
+    conn: &mut SqliteConnection,
+    platform: Platform,
+    call_key: &str,
+) -> StoreResult<Option<SessionRow>> {
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session where platform = $1 and call_key = $2"
+    ))
+    .bind(platform.as_str())
+    .bind(call_key)
+    .fetch_optional(conn)
+    .await?)
+}
+
+#[tracing::instrument(name = "store.get_session", skip_all, fields(backend = "sqlite", %session_id))]
+pub(super) async fn get_session(
+    pool: &SqlitePool,
+    session_id: Uuid,
+) -> StoreResult<Option<CallSession>> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session where session_id = $1"
+    ))
+    .bind(id(session_id))
+    .fetch_optional(pool)
+    .await?;
+    row.map(CallSession::try_from).transpose()
+}
+
+#[tracing::instrument(name = "store.load_call", skip_all, fields(backend = "sqlite", %platform))]
+pub(super) async fn load_call(
+    pool: &SqlitePool,
+    platform: Platform,
+    call_key: &str,
+) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
+    let row: Option<SessionWithCallerRow> = sqlx::query_as(concat!(
+        select_session_with_caller!(),
+        " where s.platform = $1 and s.call_key = $2"
+    ))
+    .bind(platform.as_str())
+    .bind(call_key)
+    .fetch_optional(pool)
+    .await?;
+    row.map(SessionWithCallerRow::into_records).transpose()
+}
+
+#[tracing::instrument(
+    name = "store.find_resumable",
+    skip_all,
+    fields(backend = "sqlite", %caller_id, assistant_id)
+)]
+pub(super) async fn find_resumable(
+    pool: &SqlitePool,
+    caller_id: Uuid,
+    assistant_id: &str,
+    started_since: DateTime<Utc>,
+    stale_before: DateTime<Utc>,
+    exclude: Option<Uuid>,
+) -> StoreResult<Option<CallSession>> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session \
+         where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
+         and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
+         and ($5 is null or session_id <> $5) \
+         order by started_at desc, session_id desc limit 1"
+    ))
+    .bind(id(caller_id))
+    .bind(assistant_id)
+    .bind(ms(started_since))
+    .bind(ms(stale_before))
+    .bind(exclude.map(id))
+    .fetch_optional(pool)
+    .await?;
+    row.map(CallSession::try_from).transpose()
+}
+
+#[tracing::instrument(
+    name = "store.record_answer",
+    skip_all,
+    fields(backend = "sqlite", %session_id, field, changed = tracing::field::Empty)
+)]
+pub(super) async fn record_answer(
+    pool: &SqlitePool,
+    session_id: Uuid,
+    field: &str,
+    value: &str,
+    required: &[String],
+    now: DateTime<Utc>,
+) -> StoreResult<AnswerOutcome> {
+    let mut tx = begin_write(pool).await?;
+    let mut session = read_session(&mut tx, session_id).await?;
+    let now = truncate_ms(now);
+    let changed = rules::apply_answer(&mut session, field, value, required, now);
+    if changed {
+        save_state(&mut tx, &session, now).await?;
+    }
+    tx.commit().await?;
+    tracing::Span::current().record("changed", changed);
+    Ok(AnswerOutcome { session, changed })
+}
+
+#[tracing::instrument(name = "store.touch_session", skip_all, fields(backend = "sqlite", %session_id))]
+pub(super) async fn touch_session(
+    pool: &SqlitePool,
+    session_id: Uuid,
+    model: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "update call_session set last_activity_at = max(last_activity_at, $2), \
+         model = coalesce($3, model), version = version + 1, updated_at = $2 \
+         where session_id = $1",
+    )
+    .bind(id(session_id))
+    .bind(ms(now))
+    .bind(model)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+#[tracing::instrument(
+    name = "store.close_session",
+    skip_all,
+    fields(backend = "sqlite", %session_id, status = %close.status)
+)]
+pub(super) async fn close_session(
+    pool: &SqlitePool,
+    session_id: Uuid,
+    close: &CloseSession,
+) -> StoreResult<CallSession> {
+    let mut tx = begin_write(pool).await?;
+    let mut session = read_session(&mut tx, session_id).await?;
+    let ended_at = truncate_ms(close.ended_at);
+    rules::apply_close(&mut session, close);
+    session.ended_at = session.ended_at.map(truncate_ms);
+    save_state(&mut tx, &session, ended_at).await?;
+    tx.commit().await?;
+    Ok(session)
+}
+
+/// Reads a session inside a write transaction (which already holds the write lock).
+async fn read_session(conn: &mut SqliteConnection, session_id: Uuid) -> StoreResult<CallSession> {
+    let row: Option<SessionRow> = sqlx::query_as(concat!(
+        "select ",
+        session_columns!(),
+        " from call_session where session_id = $1"
+    ))
+    .bind(id(session_id))
+    .fetch_optional(conn)
+    .await?;
+    CallSession::try_from(row.ok_or(StoreError::NotFound)?)
+}
+
+/// Writes back the mutable state of a session read by [`read_session`], whose version the rules
+/// bumped by one.
+async fn save_state(
+    conn: &mut SqliteConnection,
+    session: &CallSession,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "update call_session set status = $3, answers = $4, last_activity_at = $5, \
+         ended_at = $6, ended_reason = $7, details = $8, version = $2, updated_at = $9 \
+         where session_id = $1 and version = $2 - 1",
+    )
+    .bind(id(session.session_id))
+    .bind(session.version)
+    .bind(session.status.as_str())
+    .bind(Json(&session.answers))
+    .bind(ms(session.last_activity_at))
+    .bind(session.ended_at.map(ms))
+    .bind(&session.ended_reason)
+    .bind(&session.details)
+    .bind(ms(now))
+    .execute(conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(
+            "session changed under its write lock".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+mod storage;
+mod support;

@@ -1,0 +1,159 @@
+//! Test databases: every test gets its own, on each backend.
+//!
+//! SQLite: a fresh file in a temporary directory. Postgres: a fresh database
+//! (`test_<uuid>`) created through a maintenance connection to `TEST_DATABASE_URL` (default
+//! [`DEFAULT_POSTGRES_URL`]) and dropped when the test ends, pass or fail. Postgres being
+//! unreachable fails the test: it is part of the suite, not optional.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, resume_unwind};
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use redial::storage::{ConnectOptions, Store, connect};
+use sqlx::{Connection, Executor, PgConnection};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+/// Where the Postgres tests create their databases unless `TEST_DATABASE_URL` says otherwise.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A store backend under test.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite,
+    /// A Postgres database.
+    Postgres,
+}
+
+/// A migrated store on a database of its own, removed by [`TestDb::teardown`].
+pub struct TestDb {
+    /// The store under test.
+    pub store: Arc<dyn Store>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(TempDir),
+    Postgres { admin_url: String, database: String },
+}
+
+impl TestDb {
+    /// Creates and migrates a fresh database on `backend`.
+    pub async fn new(backend: Backend) -> Self {
+        let (url, cleanup) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("create a temporary directory");
+                let url = format!("sqlite://{}", dir.path().join("redial.db").display());
+                (url, Cleanup::Sqlite(dir))
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_url();
+                let database = format!("test_{}", Uuid::now_v7().simple());
+                admin_connection(&admin_url)
+                    .await
+                    .execute(format!("create database {database}").as_str())
+                    .await
+                    .expect("create the test database");
+                let url = with_database(&admin_url, &database);
+                (
+                    url,
+                    Cleanup::Postgres {
+                        admin_url,
+                        database,
+                    },
+                )
+            }
+        };
+        let store = connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        store.migrate().await.expect("migrate the test database");
+        Self { store, cleanup }
+    }
+
+    /// Closes the store and removes its database (best effort).
+    pub async fn teardown(self) {
+        self.store.close().await;
+        match self.cleanup {
+            Cleanup::Sqlite(dir) => drop(dir),
+            Cleanup::Postgres {
+                admin_url,
+                database,
+            } => {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let drop_sql = format!("drop database if exists {database} with (force)");
+                    let _ = admin.execute(drop_sql.as_str()).await;
+                    let _ = admin.close().await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `body` against a fresh migrated store on `backend`, removing the database afterwards
+/// even when the body panics.
+pub async fn run<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let db = TestDb::new(backend).await;
+    let outcome = AssertUnwindSafe(body(Arc::clone(&db.store)))
+        .catch_unwind()
+        .await;
+    db.teardown().await;
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+}
+
+/// The maintenance URL of the test Postgres server.
+pub fn postgres_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+async fn admin_connection(admin_url: &str) -> PgConnection {
+    PgConnection::connect(admin_url).await.unwrap_or_else(|e| {
+        panic!("Postgres must be reachable at {admin_url} (set TEST_DATABASE_URL): {e}")
+    })
+}
+
+/// `url` with its database name replaced by `database`, keeping any query string.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..authority_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Turns each named `async fn(Arc<dyn Store>)` into a test module with one test per backend,
+/// `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::support::db::run($crate::support::db::Backend::Sqlite, super::$test).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::support::db::run($crate::support::db::Backend::Postgres, super::$test)
+                    .await;
+            }
+        }
+    )+};
+}
+
+pub(crate) use on_both_backends;
