@@ -86,7 +86,7 @@ pub struct ToolResult {
 }
 
 impl ToolResult {
-    fn ok(value: Value) -> Self {
+    fn ok(value: &Value) -> Self {
         Self {
             content: value.to_string(),
             ok: true,
@@ -177,7 +177,7 @@ async fn record_answer(
     )
     .await;
     let next = script::next_question(script, &context.session.answers);
-    Ok(ToolResult::ok(json!({
+    Ok(ToolResult::ok(&json!({
         "ok": true,
         "field": args.field,
         "complete": !script::incomplete(script, &context.session.answers),
@@ -239,7 +239,7 @@ async fn remember_caller(
         json!({"fields": fields}),
     )
     .await;
-    Ok(ToolResult::ok(json!({"ok": true, "remembered": fields})))
+    Ok(ToolResult::ok(&json!({"ok": true, "remembered": fields})))
 }
 
 async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &str, details: Value) {

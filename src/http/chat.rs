@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -16,6 +15,7 @@ use uuid::Uuid;
 
 use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings};
 use crate::error::ApiError;
+use crate::http::RawBody;
 use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
 use crate::platforms;
 use crate::state::AppState;
@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
 async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let request = parse(&headers, &body)?;
     validate(&state, &request)?;

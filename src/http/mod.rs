@@ -6,7 +6,7 @@ mod health;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue};
 use axum::{Router, middleware};
 use tower::ServiceBuilder;
 use tower_http::request_id::{
@@ -104,7 +104,14 @@ where
     }
 }
 
-/// The status an [`ApiError`] maps to, for callers that only need the code.
-pub fn status_of(error: &ApiError) -> StatusCode {
-    error.status()
+/// The raw request body, whose rejections (over the size limit, unreadable) are [`ApiError`]s.
+#[derive(Debug, Clone, Default)]
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(axum::body::Bytes::from_request(request, state).await?))
+    }
 }

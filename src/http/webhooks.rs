@@ -6,7 +6,6 @@
 //! the analysis run from the durable queue, never on the request path.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 use crate::analysis;
 use crate::config::Secret;
 use crate::error::ApiError;
+use crate::http::RawBody;
 use crate::state::AppState;
 use crate::storage::{NewWebhookEvent, Platform, Recorded};
 use crate::webhooks::{self, EventKind, SignatureError, VapiAuthHeaders};
@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 async fn vapi(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<axum::Json<Value>, ApiError> {
     let secret = &state.settings.webhooks.vapi_secret;
     let auth = VapiAuthHeaders {
@@ -54,7 +54,7 @@ async fn vapi(
 async fn retell(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<axum::Json<Value>, ApiError> {
     let key = &state.settings.webhooks.retell_api_key;
     let signature = header(&headers, "x-retell-signature");
@@ -72,7 +72,7 @@ async fn retell(
 async fn elevenlabs(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<axum::Json<Value>, ApiError> {
     let secret = &state.settings.webhooks.elevenlabs_secret;
     let signature = header(&headers, "elevenlabs-signature");

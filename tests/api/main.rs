@@ -1,2 +1,3 @@
+mod chat;
 mod storage;
 mod support;

@@ -64,14 +64,18 @@ impl TestApp {
     /// Spawns an app after letting `configure` adjust the settings.
     pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
         let db = TestDb::new(backend).await;
-        let upstream = MockUpstream::start(MockConfig::default()).await.expect("start the mock upstream");
+        let upstream = MockUpstream::start(MockConfig::default())
+            .await
+            .expect("start the mock upstream");
         let mut settings = test_settings(&db, &upstream);
         configure(&mut settings);
         Self::start(db, upstream, settings).await
     }
 
     async fn start(db: TestDb, upstream: MockUpstream, settings: Settings) -> Self {
-        let app = Application::build(settings.clone()).await.expect("build the app");
+        let app = Application::build(settings.clone())
+            .await
+            .expect("build the app");
         let addr = app.local_addr().expect("bound address");
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel();
@@ -93,14 +97,23 @@ impl TestApp {
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
             let _ = running.stop.send(());
-            running.server.await.expect("server task").expect("graceful stop");
+            running
+                .server
+                .await
+                .expect("server task")
+                .expect("graceful stop");
         }
     }
 
     /// Stops the app and starts a new process-equivalent on the same database and upstream.
     pub async fn restart(mut self) -> Self {
         self.stop().await;
-        let Self { db, upstream, settings, .. } = self;
+        let Self {
+            db,
+            upstream,
+            settings,
+            ..
+        } = self;
         Self::start(db, upstream, settings).await
     }
 
@@ -187,7 +200,9 @@ impl SseTranscript {
 
     /// The last chunk's finish reason.
     pub fn finish_reason(&self) -> Option<String> {
-        self.chunks.last()?["choices"][0]["finish_reason"].as_str().map(str::to_owned)
+        self.chunks.last()?["choices"][0]["finish_reason"]
+            .as_str()
+            .map(str::to_owned)
     }
 }
 
@@ -199,14 +214,20 @@ pub async fn read_sse(response: reqwest::Response) -> SseTranscript {
 
 /// Parses SSE text.
 pub fn parse_sse(body: &str) -> SseTranscript {
-    let mut transcript = SseTranscript { chunks: Vec::new(), done: false, comments: Vec::new() };
+    let mut transcript = SseTranscript {
+        chunks: Vec::new(),
+        done: false,
+        comments: Vec::new(),
+    };
     for line in body.lines() {
         if let Some(data) = line.strip_prefix("data:") {
             let data = data.trim();
             if data == "[DONE]" {
                 transcript.done = true;
             } else {
-                transcript.chunks.push(serde_json::from_str(data).expect("chunk is JSON"));
+                transcript
+                    .chunks
+                    .push(serde_json::from_str(data).expect("chunk is JSON"));
             }
         } else if let Some(comment) = line.strip_prefix(':') {
             transcript.comments.push(comment.trim().to_owned());

@@ -31,6 +31,8 @@ pub enum Backend {
 pub struct TestDb {
     /// The store under test.
     pub store: Arc<dyn Store>,
+    /// The database URL (for starting an app on the same database).
+    pub url: String,
     cleanup: Cleanup,
 }
 
@@ -70,7 +72,11 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
         store.migrate().await.expect("migrate the test database");
-        Self { store, cleanup }
+        Self {
+            store,
+            url,
+            cleanup,
+        }
     }
 
     /// Closes the store and removes its database (best effort).
