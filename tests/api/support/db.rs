@@ -88,10 +88,13 @@ impl TestDb {
                 admin_url,
                 database,
             } => {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let drop_sql = format!("drop database if exists {database} with (force)");
-                    let _ = admin.execute(drop_sql.as_str()).await;
-                    let _ = admin.close().await;
+                let drop_sql = format!("drop database if exists {database} with (force)");
+                let dropped = match PgConnection::connect(&admin_url).await {
+                    Ok(mut admin) => admin.execute(drop_sql.as_str()).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = dropped {
+                    eprintln!("could not drop test database {database}: {e}");
                 }
             }
         }
