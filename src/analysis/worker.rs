@@ -51,13 +51,29 @@ async fn run(engine: Engine, name: String, shutdown: CancellationToken) {
 }
 
 async fn run_job(engine: &Engine, job: &Job) {
-    let result = match job.kind.as_str() {
+    // A job taken over after its lease expired may already have used every attempt.
+    let result = if job.attempts > job.max_attempts {
+        Err(anyhow::anyhow!(
+            "gave up after {} attempts",
+            job.max_attempts
+        ))
+    } else {
+        run_kind(engine, job).await
+    };
+    record_outcome(engine, job, result).await;
+}
+
+async fn run_kind(engine: &Engine, job: &Job) -> anyhow::Result<()> {
+    match job.kind.as_str() {
         CALL_EVENT_JOB => match serde_json::from_value::<WebhookEvent>(job.payload.clone()) {
             Ok(event) => process_call_event(engine, &event).await,
             Err(e) => Err(anyhow::anyhow!("unreadable job payload: {e}")),
         },
         other => Err(anyhow::anyhow!("unknown job kind {other:?}")),
-    };
+    }
+}
+
+async fn record_outcome(engine: &Engine, job: &Job, result: anyhow::Result<()>) {
     let store = engine.store();
     let now = Utc::now();
     let outcome = match result {

@@ -1,11 +1,5 @@
 //! The store conformance suite: every test runs against SQLite and Postgres, each on a fresh
 //! database (see `support::db`). Times are millisecond-precise, the precision both backends keep.
-// Test bodies are plain async fns run by the generated `#[tokio::test]`s, which clippy does not
-// count as tests: a failed step panics with its reason, as in any test.
-#![expect(
-    clippy::expect_used,
-    reason = "a failing test step panics with its reason"
-)]
 
 mod analyses;
 mod answers;
