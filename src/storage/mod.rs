@@ -143,7 +143,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The newest session of this caller with this assistant, started at or after
     /// `started_since`, that can be resumed: status `ended` or `dropped`, or `active` with
-    /// `last_activity_at` before `stale_before`. `exclude` (the asking call) is never returned.
+    /// `last_activity_at` before `stale_before`, and not already resumed by another session (a
+    /// chain of attempts resumes from its newest link). `exclude` (the asking call) is never
+    /// returned.
     async fn find_resumable(
         &self,
         caller_id: Uuid,

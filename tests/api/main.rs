@@ -9,3 +9,4 @@
 mod chat;
 mod storage;
 mod support;
+mod tools;

@@ -157,6 +157,8 @@ pub(super) async fn find_resumable(
          where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
          and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
          and ($5 is null or session_id <> $5) \
+         and not exists (select 1 from call_session r \
+                         where r.resumes_session_id = call_session.session_id) \
          order by started_at desc, session_id desc limit 1"
     ))
     .bind(id(caller_id))

@@ -7,6 +7,7 @@ on_both_backends!(
     find_resumable_only_considers_the_callers_sessions_with_that_assistant_in_the_window,
     find_resumable_takes_an_active_session_only_once_it_went_stale,
     find_resumable_never_returns_a_completed_or_excluded_session,
+    find_resumable_skips_a_session_another_already_resumed,
 );
 
 /// Creates a session for `caller_id` and closes it with `status` a minute later.
@@ -139,4 +140,38 @@ async fn find_resumable_never_returns_a_completed_or_excluded_session(store: Arc
     // Assert
     assert_eq!(found, Some(ended), "the newer completed session is skipped");
     assert_eq!(excluded, None);
+}
+
+async fn find_resumable_skips_a_session_another_already_resumed(store: Arc<dyn Store>) {
+    // Arrange: call-1 dropped, call-2 resumed it and dropped too.
+    let caller = store.upsert_caller(PHONE, at(0)).await.expect("upsert");
+    let id = Some(caller.caller_id);
+    let s = store.as_ref();
+    let first = ended_session(s, new_session("call-1", id, at(0)), SessionStatus::Dropped).await;
+    let resuming = NewSession {
+        attempt: 2,
+        resumes_session_id: Some(first.session_id),
+        ..new_session("call-2", id, at(100))
+    };
+    let second = ended_session(s, resuming, SessionStatus::Dropped).await;
+
+    // Act
+    let found = store
+        .find_resumable(
+            caller.caller_id,
+            ASSISTANT,
+            at(-3600),
+            at(1000),
+            Some(second.session_id),
+        )
+        .await
+        .expect("find");
+    let newest = store
+        .find_resumable(caller.caller_id, ASSISTANT, at(-3600), at(1000), None)
+        .await
+        .expect("find");
+
+    // Assert
+    assert_eq!(found, None, "call-1 was already resumed by call-2");
+    assert_eq!(newest.map(|s| s.session_id), Some(second.session_id));
 }
