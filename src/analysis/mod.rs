@@ -9,17 +9,23 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::engine::{CallContext, Engine};
+use crate::engine::Engine;
 use crate::platforms::{Identity, phone};
 use crate::storage::{
-    CallerAnalysisUpdate, CloseSession, NewAnalysis, NewAudit, NewJob, SessionStatus, TurnRole,
+    CallSession, CallerAnalysisUpdate, CloseSession, NewAnalysis, NewAudit, NewJob, SessionStatus,
+    TurnRole,
 };
 use crate::webhooks::{EventKind, WebhookEvent};
 
 pub use result::{CallAnalysis, SENTIMENTS, instructions, parse};
 
-/// The job kind of a call lifecycle event.
+/// The job kind of a call lifecycle event: close the session, keep the platform's analysis,
+/// enqueue redial's analysis.
 pub const CALL_EVENT_JOB: &str = "call_event";
+
+/// The job kind of redial's analysis of one session (enqueued once per session, however many
+/// events report the call's end).
+pub const ANALYZE_JOB: &str = "analyze_call";
 
 /// Attempts at a valid analysis within one job attempt before the job is retried later.
 const VALID_REPLY_ATTEMPTS: usize = 3;
@@ -57,8 +63,9 @@ pub fn identity_of(event: &WebhookEvent, call_key: &str, default_region: &str) -
     }
 }
 
-/// Processes one call event: close the session, keep the platform's analysis, analyse.
-/// Idempotent: every step may run again after a crash or a retry without a second effect.
+/// Processes one call event: close the session, keep the platform's analysis, enqueue the
+/// analysis. Idempotent: every step may run again after a crash or a retry without a second
+/// effect.
 pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow::Result<()> {
     let Some(call_key) = &event.call_key else {
         return Ok(());
@@ -100,17 +107,38 @@ pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow
         };
         engine.store().save_analysis(&analysis, None).await?;
     }
-    analyse(engine, &context).await
+    let job = NewJob {
+        job_id: Uuid::now_v7(),
+        kind: ANALYZE_JOB.into(),
+        dedupe_key: format!("analyze:{}", context.session.session_id),
+        payload: json!({"session_id": context.session.session_id}),
+        run_at: Utc::now(),
+        max_attempts: engine.settings().analysis.max_attempts,
+    };
+    engine.store().enqueue_job(&job).await?;
+    Ok(())
 }
 
-/// redial's own analysis of the call, once per session.
-async fn analyse(engine: &Engine, context: &CallContext) -> anyhow::Result<()> {
-    let session = &context.session;
+/// redial's own analysis of the session named in an [`ANALYZE_JOB`] payload, once per session.
+pub async fn analyse_session(engine: &Engine, payload: &Value) -> anyhow::Result<()> {
+    let session_id: Uuid = payload
+        .get("session_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("job payload has no session_id"))?;
+    let Some(session) = engine.store().get_session(session_id).await? else {
+        tracing::warn!(%session_id, "the session to analyse no longer exists");
+        return Ok(());
+    };
+    analyse(engine, &session).await
+}
+
+async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
     let existing = engine.store().list_analyses(session.session_id).await?;
     if existing.iter().any(|a| a.source == "redial") {
         return Ok(());
     }
-    let Some(transcript) = transcript(engine, context).await? else {
+    let Some(transcript) = transcript(engine, session).await? else {
         tracing::info!(session_id = %session.session_id, "no transcript; nothing to analyse");
         return Ok(());
     };
@@ -164,21 +192,13 @@ async fn analyse(engine: &Engine, context: &CallContext) -> anyhow::Result<()> {
 }
 
 /// The platform's transcript when it sent one, else the stored turns.
-async fn transcript(engine: &Engine, context: &CallContext) -> anyhow::Result<Option<String>> {
-    if let Some(text) = context
-        .session
-        .details
-        .get("transcript")
-        .and_then(Value::as_str)
-    {
+async fn transcript(engine: &Engine, session: &CallSession) -> anyhow::Result<Option<String>> {
+    if let Some(text) = session.details.get("transcript").and_then(Value::as_str) {
         if !text.trim().is_empty() {
             return Ok(Some(text.to_owned()));
         }
     }
-    let turns = engine
-        .store()
-        .list_turns(context.session.session_id)
-        .await?;
+    let turns = engine.store().list_turns(session.session_id).await?;
     let lines: Vec<String> = turns
         .iter()
         .filter_map(|t| match t.role {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::{CALL_EVENT_JOB, process_call_event};
+use super::{ANALYZE_JOB, CALL_EVENT_JOB, analyse_session, process_call_event};
 use crate::engine::Engine;
 use crate::storage::Job;
 use crate::webhooks::WebhookEvent;
@@ -69,6 +69,7 @@ async fn run_kind(engine: &Engine, job: &Job) -> anyhow::Result<()> {
             Ok(event) => process_call_event(engine, &event).await,
             Err(e) => Err(anyhow::anyhow!("unreadable job payload: {e}")),
         },
+        ANALYZE_JOB => analyse_session(engine, &job.payload).await,
         other => Err(anyhow::anyhow!("unknown job kind {other:?}")),
     }
 }

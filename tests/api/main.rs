@@ -10,3 +10,4 @@ mod chat;
 mod storage;
 mod support;
 mod tools;
+mod webhooks;

@@ -47,7 +47,7 @@ async fn an_internal_tool_call_is_followed_by_speech_in_the_same_stream(backend:
     let app = TestApp::spawn_with(backend, loan_script).await;
     app.upstream.push(
         "gpt-test",
-        Behavior::tool_call("record_answer", &answer("loan_purpose", "a car")),
+        Behavior::tool_call("record_answer", answer("loan_purpose", "a car")),
     );
     app.upstream.push(
         "gpt-test",
@@ -154,7 +154,7 @@ async fn the_tool_loop_is_bounded_and_still_ends_in_speech(backend: Backend) {
     for _ in 0..3 {
         app.upstream.push(
             "gpt-test",
-            Behavior::tool_call("record_answer", &answer("loan_purpose", "a car")),
+            Behavior::tool_call("record_answer", answer("loan_purpose", "a car")),
         );
     }
 
@@ -174,7 +174,7 @@ async fn an_unknown_field_gets_an_explanatory_tool_result(backend: Backend) {
     let app = TestApp::spawn_with(backend, loan_script).await;
     app.upstream.push(
         "gpt-test",
-        Behavior::tool_call("record_answer", &answer("shoe_size", "44")),
+        Behavior::tool_call("record_answer", answer("shoe_size", "44")),
     );
     app.upstream
         .push("gpt-test", Behavior::text(["Sorry, what is the loan for?"]));
@@ -213,7 +213,7 @@ async fn a_resent_request_does_not_reapply_tool_side_effects(backend: Backend) {
     for _ in 0..2 {
         app.upstream.push(
             "gpt-test",
-            Behavior::tool_call("record_answer", &answer("loan_purpose", "a car")),
+            Behavior::tool_call("record_answer", answer("loan_purpose", "a car")),
         );
         app.upstream
             .push("gpt-test", Behavior::text(["How much do you need?"]));
@@ -277,7 +277,7 @@ async fn a_dropped_call_resumes_at_the_first_unanswered_question(backend: Backen
     // Call B, same number written differently: a resumption on the escalation model.
     app.upstream.push(
         "gpt-strong",
-        Behavior::tool_call("record_answer", &answer("amount", "5000")),
+        Behavior::tool_call("record_answer", answer("amount", "5000")),
     );
     app.upstream.push(
         "gpt-strong",
