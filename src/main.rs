@@ -37,8 +37,9 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = startup::shutdown_signal()?;
     let app = startup::Application::build(settings).await?;
-    app.run_until_stopped(startup::shutdown_signal()).await
+    app.run_until_stopped(shutdown).await
 }
 
 fn check_config(settings: &Settings) -> anyhow::Result<()> {

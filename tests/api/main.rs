@@ -7,6 +7,7 @@
 )]
 
 mod chat;
+mod process;
 mod storage;
 mod support;
 mod tools;

@@ -15,6 +15,9 @@ const VAPI_SECRET: &str = "vapi-secret";
 const RETELL_KEY: &str = "key_test_webhook";
 const ELEVENLABS_SECRET: &str = "wsec_test";
 
+/// Extra request headers.
+type Headers = Vec<(&'static str, String)>;
+
 app_tests!(
     a_vapi_end_of_call_report_closes_the_call_and_informs_the_next_one,
     forged_or_unsigned_webhooks_are_rejected_and_change_nothing,
@@ -67,19 +70,19 @@ async fn post_raw(
     request.send().await.unwrap()
 }
 
-fn retell_headers(body: &[u8], key: &str) -> Vec<(&'static str, String)> {
+fn retell_headers(body: &[u8], key: &str) -> Headers {
     let v = chrono::Utc::now().timestamp_millis().to_string();
     let d = hmac_hex(key, &[body, v.as_bytes()]);
     vec![("x-retell-signature", format!("v={v},d={d}"))]
 }
 
-fn elevenlabs_headers(body: &[u8], secret: &str) -> Vec<(&'static str, String)> {
+fn elevenlabs_headers(body: &[u8], secret: &str) -> Headers {
     let t = chrono::Utc::now().timestamp().to_string();
     let v0 = hmac_hex(secret, &[t.as_bytes(), b".", body]);
     vec![("elevenlabs-signature", format!("t={t},v0={v0}"))]
 }
 
-fn vapi_hmac_headers(body: &[u8], secret: &str, timestamp_ms: i64) -> Vec<(&'static str, String)> {
+fn vapi_hmac_headers(body: &[u8], secret: &str, timestamp_ms: i64) -> Headers {
     let ts = timestamp_ms.to_string();
     let signature = hmac_hex(secret, &[ts.as_bytes(), b".", body]);
     vec![("x-timestamp", ts), ("x-signature", signature)]
@@ -234,7 +237,7 @@ async fn forged_or_unsigned_webhooks_are_rejected_and_change_nothing(backend: Ba
     let retell = include_bytes!("../fixtures/retell/call_ended.json").to_vec();
     let eleven = include_bytes!("../fixtures/elevenlabs/post_call_transcription.json").to_vec();
     let stale = chrono::Utc::now().timestamp_millis() - 10 * 60 * 1000;
-    let attempts: Vec<(&str, &[u8], Vec<(&str, String)>)> = vec![
+    let attempts: Vec<(&str, &[u8], Headers)> = vec![
         ("/webhooks/vapi", &vapi, vec![]),
         (
             "/webhooks/vapi",

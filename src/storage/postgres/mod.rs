@@ -50,8 +50,11 @@ impl PostgresStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
         let connect_options =
             PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        // A few connections are kept open so the first turns after a start or an idle spell do
+        // not pay for connection setup inside the memory read budget.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
+            .min_connections(options.max_connections.min(4))
             .acquire_timeout(options.connect_timeout)
             .connect_with(connect_options)
             .await?;

@@ -1,0 +1,110 @@
+//! The real `redial` binary as a child process: for command-line behaviour, signals and kills.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_redial"))
+}
+
+/// A command for the binary with JSON logs and no inherited configuration variables.
+pub fn command(dir: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command.current_dir(dir).kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("REDIAL_") || key == "DATABASE_URL" || key == "OPENAI_API_KEY" {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("RUST_LOG", "info")
+        .env("REDIAL_SERVER__LOG_FORMAT", "json");
+    command
+}
+
+/// Runs the binary to completion.
+pub async fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    command(dir).args(args).output().await.expect("run redial")
+}
+
+/// A running `redial serve`.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    logs: mpsc::UnboundedReceiver<String>,
+}
+
+impl Server {
+    /// Starts `redial [args…]` (which must serve on `127.0.0.1:0` or another free address) and
+    /// waits until it logs that it listens.
+    pub async fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = command(dir)
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redial");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, mut logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = logs.recv().await {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["message"] == "redial listening" {
+                    return entry["addr"].as_str().and_then(|a| a.parse().ok());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("redial did not report its address");
+        Self { child, addr, logs }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no drain.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill redial");
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().expect("pid").to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("redial exits after SIGTERM")
+            .expect("wait");
+        while self.logs.try_recv().is_ok() {}
+        exit
+    }
+}
