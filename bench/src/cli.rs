@@ -11,6 +11,10 @@ use redial_bench::suite::StoreKind;
 #[derive(Debug, Parser)]
 #[command(name = "redial-bench", version)]
 pub struct Cli {
+    /// Worker threads of the tokio runtime that drives the load (and the standalone mock)
+    /// [default: one per CPU]. The suite's mock always runs on a thread of its own.
+    #[arg(long, global = true, env = "REDIAL_BENCH_THREADS")]
+    pub threads: Option<usize>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

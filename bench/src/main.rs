@@ -14,14 +14,17 @@ use redial_bench::suite::{self, SuiteOptions};
 
 use cli::{Cli, Command, LoadArgs, MockArgs, SuiteArgs};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match cli.command {
-        Command::Mock(args) => serve_mock(&args).await,
-        Command::Load(args) => run_load(args).await,
-        Command::Suite(args) => run_suite(args).await,
-    };
+    let outcome = runtime(cli.threads).and_then(|runtime| {
+        runtime.block_on(async {
+            match cli.command {
+                Command::Mock(args) => serve_mock(&args).await,
+                Command::Load(args) => run_load(args).await,
+                Command::Suite(args) => run_suite(args).await,
+            }
+        })
+    });
     match outcome {
         Ok(code) => code,
         Err(error) => {
@@ -29,6 +32,17 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.max(1));
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
 }
 
 async fn serve_mock(args: &MockArgs) -> anyhow::Result<ExitCode> {

@@ -26,17 +26,24 @@ impl SseParser {
     }
 
     /// Consumes `bytes` and returns the data of every event completed by them, in order.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<String> {
         let mut events = Vec::new();
-        for &byte in bytes {
-            if byte == b'\n' {
-                if let Some(event) = self.end_line() {
-                    events.push(event);
-                }
+        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            let (line, rest) = bytes.split_at(newline);
+            bytes = &rest[1..];
+            let event = if self.line.is_empty() {
+                self.end_line(line)
             } else {
-                self.line.push(byte);
-            }
+                let mut joined = std::mem::take(&mut self.line);
+                joined.extend_from_slice(line);
+                let event = self.end_line(&joined);
+                joined.clear();
+                self.line = joined;
+                event
+            };
+            events.extend(event);
         }
+        self.line.extend_from_slice(bytes);
         events
     }
 
@@ -45,14 +52,12 @@ impl SseParser {
         self.has_data || !self.line.is_empty()
     }
 
-    fn end_line(&mut self) -> Option<String> {
-        if self.line.last() == Some(&b'\r') {
-            self.line.pop();
-        }
-        if self.line.is_empty() {
+    fn end_line(&mut self, line: &[u8]) -> Option<String> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
             return self.dispatch();
         }
-        if let Some(value) = self.line.strip_prefix(b"data:") {
+        if let Some(value) = line.strip_prefix(b"data:") {
             let value = value.strip_prefix(b" ").unwrap_or(value);
             if self.has_data {
                 self.data.push(b'\n');
@@ -60,7 +65,6 @@ impl SseParser {
             self.data.extend_from_slice(value);
             self.has_data = true;
         }
-        self.line.clear();
         None
     }
 
@@ -155,6 +159,15 @@ mod tests {
         events.extend(parser.feed(b"\n"));
         assert_eq!(events, vec!["{\"a\":1}", "x\ny", "[DONE]"]);
         assert!(!parser.has_partial_event());
+    }
+
+    #[test]
+    fn feeding_one_byte_at_a_time_gives_the_same_events() {
+        let stream = b"data: {\"x\":1}\r\n\r\n: ping\n\ndata: a\ndata: b\n\ndata: [DONE]\n\n";
+        let mut parser = SseParser::new();
+        let events: Vec<String> = stream.iter().flat_map(|b| parser.feed(&[*b])).collect();
+        assert_eq!(events, vec!["{\"x\":1}", "a\nb", "[DONE]"]);
+        assert_eq!(SseParser::new().feed(stream), events);
     }
 
     #[test]

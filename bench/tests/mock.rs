@@ -398,3 +398,22 @@ impl JsonText for reqwest::Response {
         serde_json::from_slice(&bytes).expect("JSON body")
     }
 }
+
+#[tokio::test]
+async fn an_isolated_mock_serves_from_its_own_thread_until_shut_down() {
+    let listen = "127.0.0.1:0".parse().expect("addr");
+    let mock = MockUpstream::start_isolated(listen, MockConfig::default()).expect("start");
+
+    let response = post(&mock, &chat_body("m", Some(true))).await;
+    let chunks = json_events(&read_events(response, Instant::now()).await);
+    assert_eq!(chunks.len(), 6);
+    mock.shutdown();
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = client()
+        .post(format!("{}/chat/completions", mock.base_url()))
+        .body("{}")
+        .send()
+        .await;
+    assert!(again.is_err(), "the isolated mock must stop accepting");
+}

@@ -202,3 +202,38 @@ fn the_example_config_loads_as_it_is() {
         toml::to_string(&defaults).unwrap()
     );
 }
+
+#[test]
+fn the_example_config_documents_every_key() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let example: toml::Table = toml::from_str(&text).unwrap();
+    let defaults = toml::Value::try_from(Settings::default()).unwrap();
+    for (section, keys) in defaults.as_table().unwrap() {
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
+        for key in keys.keys() {
+            assert!(
+                example.get(section).and_then(|s| s.get(key)).is_some(),
+                "config.example.toml does not document `{section}.{key}`"
+            );
+        }
+    }
+    // The repeated tables are documented in a commented example.
+    for key in [
+        "[[assistants]]",
+        "id =",
+        "filler =",
+        "[[assistants.fields]]",
+        "name =",
+        "question =",
+        "required =",
+        "description =",
+    ] {
+        assert!(
+            text.contains(key),
+            "config.example.toml does not document `{key}`"
+        );
+    }
+}

@@ -7,7 +7,9 @@
 )]
 
 mod chat;
+mod http;
 mod process;
+mod sdk;
 mod storage;
 mod support;
 mod tools;

@@ -99,6 +99,53 @@ impl MockUpstream {
         })
     }
 
+    /// Like [`MockUpstream::start_on`], but serves on a dedicated OS thread with its own
+    /// single-threaded tokio runtime, so the mock's pacing neither waits for nor steals the
+    /// caller's worker threads. The benchmarks use it; it works inside or outside a runtime
+    /// (it blocks the calling thread only until the server thread has started).
+    pub fn start_isolated(listen: SocketAddr, config: MockConfig) -> anyhow::Result<MockUpstream> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the mock's runtime")?;
+        let listener = std::net::TcpListener::bind(listen)
+            .with_context(|| format!("binding the mock upstream to {listen}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener
+            .local_addr()
+            .context("reading the mock's address")?;
+        let state = Arc::new(MockState::new(config));
+        let app = handler::router(Arc::clone(&state));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("mock-upstream".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(error) => return drop(started_tx.send(Err(error))),
+                    };
+                    let server = tokio::spawn(serve(listener, app));
+                    let _ = started_tx.send(Ok(server.abort_handle()));
+                    // Returns when the server is aborted; dropping the runtime then closes
+                    // every connection.
+                    let _ = server.await;
+                });
+            })
+            .context("starting the mock's thread")?;
+        let server = started_rx
+            .recv()
+            .context("the mock's thread died during startup")?
+            .context("registering the mock's listener")?;
+        Ok(MockUpstream {
+            inner: Arc::new(Inner {
+                addr,
+                state,
+                server,
+            }),
+        })
+    }
+
     /// The OpenAI base URL of the mock, `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.inner.addr)

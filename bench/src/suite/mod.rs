@@ -137,7 +137,8 @@ pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
     };
     let scenarios = if options.smoke { smoke() } else { standard() };
     warn_on_low_file_limit(&scenarios);
-    let mock = MockUpstream::start(MockConfig::default()).await?;
+    // The mock gets a thread of its own so its pacing does not queue behind the load generator.
+    let mock = MockUpstream::start_isolated(([127, 0, 0, 1], 0).into(), MockConfig::default())?;
     mock.set_recording(false);
     let client = load::http_client()?;
 
