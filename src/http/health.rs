@@ -1,10 +1,11 @@
 //! Liveness, readiness and metrics.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -53,9 +54,21 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     }
 }
 
-/// Prometheus text format. Requires `server.admin_key` as a bearer token when one is set.
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Prometheus text format. Requires `server.admin_key` as a bearer token when one is set;
+/// without one, only loopback clients may scrape.
+async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let admin = &state.settings.server.admin_key;
+    if admin.is_empty() && !peer.ip().is_loopback() {
+        return ApiError::Forbidden(
+            "metrics are served to loopback clients only; set server.admin_key to scrape remotely"
+                .into(),
+        )
+        .into_response();
+    }
     if !admin.is_empty() && !bearer_matches(&headers, std::slice::from_ref(admin)) {
         return ApiError::Unauthorized("the metrics endpoint requires the admin key".into())
             .into_response();
