@@ -9,27 +9,11 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
-use crate::support::app::{API_KEY, parse_sse, vapi_body};
+use crate::support::app::{API_KEY, app_tests, parse_sse, vapi_body};
 use crate::support::db::{Backend, TestDb, postgres_url};
 use crate::support::process::{Server, run};
 
-macro_rules! process_tests {
-    ($($test:ident),+ $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$test($crate::support::db::Backend::Sqlite).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$test($crate::support::db::Backend::Postgres).await;
-            }
-        }
-    )+};
-}
-
-process_tests!(
+app_tests!(
     a_gateway_killed_after_an_answer_loses_no_confirmed_answer,
     an_analysis_interrupted_by_a_kill_completes_after_restart,
 );
