@@ -7,6 +7,7 @@
 
 mod load;
 mod secret;
+mod validate;
 
 use std::net::SocketAddr;
 use std::time::Duration;

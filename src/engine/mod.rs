@@ -11,6 +11,7 @@ mod persist;
 mod prompt;
 pub mod script;
 pub mod summary;
+mod tool_calls;
 pub mod tools;
 mod turn;
 
@@ -28,7 +29,7 @@ use crate::storage::Store;
 use crate::upstream::LlmClient;
 
 pub use memory::CallContext;
-pub use turn::ToolCalls;
+pub use tool_calls::ToolCalls;
 
 /// One turn to run.
 #[derive(Debug, Clone)]

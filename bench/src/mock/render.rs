@@ -68,6 +68,9 @@ struct ChunkWriter<'a> {
     frames: Vec<Frame>,
     role_sent: bool,
     completion_tokens: u64,
+    /// The last content frame rendered after the role was sent, reused while the text repeats
+    /// (a paced stream of one token is then rendered once, not once per frame).
+    last_content: Option<(String, Bytes)>,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -78,6 +81,7 @@ impl<'a> ChunkWriter<'a> {
             frames: Vec::new(),
             role_sent: false,
             completion_tokens: 0,
+            last_content: None,
         }
     }
 
@@ -91,9 +95,22 @@ impl<'a> ChunkWriter<'a> {
     }
 
     fn content(&mut self, delay: Duration, text: &str) {
+        if let Some((last, bytes)) = &self.last_content
+            && self.role_sent
+            && last == text
+        {
+            let bytes = bytes.clone();
+            self.completion_tokens += 1;
+            self.frames.push(Frame { delay, bytes });
+            return;
+        }
         let mut delta = Map::new();
         delta.insert("content".to_owned(), json!(text));
+        let cacheable = self.role_sent;
         self.delta(delay, delta);
+        if let (true, Some(frame)) = (cacheable, self.frames.last()) {
+            self.last_content = Some((text.to_owned(), frame.bytes.clone()));
+        }
     }
 
     fn tool_call(&mut self, index: usize, id: u64, name: &str, arguments: &str) {

@@ -9,20 +9,82 @@ use serde::Serialize;
 use super::scenarios::Role;
 use super::{RunRecord, TargetKind};
 use crate::load::{LoadMode, LoadReport};
-use crate::report::load_label;
 
-/// Added time to first token at concurrency 1, p50 (ms).
-const TTFT_C1_P50_MS: f64 = 0.5;
-/// Added time to first token at concurrency 1, p99 (ms).
-const TTFT_C1_P99_MS: f64 = 2.0;
-/// Added time to first token under open-loop load, p99 (ms).
-const TTFT_OPEN_P99_MS: f64 = 5.0;
-/// Added inter-chunk gap at the target stream count, p99 (ms).
+/// Added inter-chunk gap allowed at a clean paced step, p99 (ms).
 const GAP_P99_MS: f64 = 1.0;
-/// Concurrent paced streams that must run without stalls.
-const CLEAN_STREAMS: f64 = 1_000.0;
-/// Resident memory at the target stream count (decimal megabytes).
-const RSS_MB: f64 = 100.0;
+
+/// A target: what is measured, in which scenario, and the threshold.
+struct Spec {
+    id: &'static str,
+    what: &'static str,
+    /// The scenario the measure comes from, named in the description.
+    role: Role,
+    comparison: Comparison,
+    threshold: f64,
+    unit: &'static str,
+    measure: fn(&Measures<'_>) -> Option<f64>,
+}
+
+/// The targets of the issue, in the order they are reported.
+const SPECS: [Spec; 6] = [
+    Spec {
+        id: "added_ttft_p50_c1",
+        what: "added TTFT p50",
+        role: Role::TtftSingle,
+        comparison: Comparison::AtMost,
+        threshold: 0.5,
+        unit: "ms",
+        measure: |m| m.added(Role::TtftSingle, |r| r.ttft.p50_ms),
+    },
+    Spec {
+        id: "added_ttft_p99_c1",
+        what: "added TTFT p99",
+        role: Role::TtftSingle,
+        comparison: Comparison::AtMost,
+        threshold: 2.0,
+        unit: "ms",
+        measure: |m| m.added(Role::TtftSingle, |r| r.ttft.p99_ms),
+    },
+    Spec {
+        id: "added_ttft_p99_open",
+        what: "added TTFT p99",
+        role: Role::TtftOpen,
+        comparison: Comparison::AtMost,
+        threshold: 5.0,
+        unit: "ms",
+        measure: |m| m.added(Role::TtftOpen, |r| r.ttft.p99_ms),
+    },
+    Spec {
+        id: "added_gap_p99_paced",
+        what: "added inter-chunk gap p99",
+        role: Role::PacedTarget,
+        comparison: Comparison::AtMost,
+        threshold: GAP_P99_MS,
+        unit: "ms",
+        measure: |m| m.added(Role::PacedTarget, |r| r.gap.p99_ms),
+    },
+    Spec {
+        id: "clean_paced_streams",
+        what: "most concurrent paced streams with no stall, no error and added gap p99 ≤ 1 ms",
+        role: Role::PacedStep,
+        comparison: Comparison::AtLeast,
+        threshold: 1_000.0,
+        unit: "streams",
+        measure: Measures::max_clean_concurrency,
+    },
+    Spec {
+        id: "rss_paced",
+        what: "redial peak RSS",
+        role: Role::PacedTarget,
+        comparison: Comparison::AtMost,
+        threshold: 100.0,
+        unit: "MB",
+        measure: |m| {
+            let run = m.redial(Role::PacedTarget)?;
+            run.rss_peak_bytes.map(|bytes| bytes as f64 / 1e6)
+        },
+    },
+];
 
 /// Whether smaller or larger measurements are better.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -56,160 +118,96 @@ pub struct TargetResult {
     pub met: Option<bool>,
 }
 
-impl TargetResult {
-    fn judge(mut self, measured: Option<f64>) -> Self {
-        self.met = measured.map(|value| match self.comparison {
-            Comparison::AtMost => value <= self.threshold,
-            Comparison::AtLeast => value >= self.threshold,
-        });
-        self.measured = measured;
-        self
-    }
+/// The runs of one store, and the direct runs they are compared with.
+struct Measures<'a> {
+    runs: &'a [RunRecord],
+    store: &'a str,
 }
 
-/// The runs of one store next to the direct baseline.
-struct Pair<'a> {
-    direct: &'a LoadReport,
-    redial: &'a RunRecord,
+impl Measures<'_> {
+    /// The store's run of the scenario with `role`.
+    fn redial(&self, role: Role) -> Option<&RunRecord> {
+        self.runs
+            .iter()
+            .find(|r| r.role == role && r.store.as_deref() == Some(self.store))
+    }
+
+    /// The direct run of the same scenario as `redial`.
+    fn direct(&self, redial: &RunRecord) -> Option<&RunRecord> {
+        self.runs
+            .iter()
+            .find(|r| r.kind == TargetKind::Direct && r.scenario == redial.scenario)
+    }
+
+    /// `measure(redial) − measure(direct)` for the scenario with `role`.
+    fn added(&self, role: Role, measure: fn(&LoadReport) -> f64) -> Option<f64> {
+        let redial = self.redial(role)?;
+        let direct = self.direct(redial)?;
+        Some(measure(&redial.report) - measure(&direct.report))
+    }
+
+    /// The highest paced step whose redial run had no stall, no error and an added gap p99
+    /// within [`GAP_P99_MS`] (`Some(0.0)` when paced steps ran but none was clean).
+    fn max_clean_concurrency(&self) -> Option<f64> {
+        let steps: Vec<&RunRecord> = self
+            .runs
+            .iter()
+            .filter(|r| matches!(r.role, Role::PacedStep | Role::PacedTarget))
+            .filter(|r| r.store.as_deref() == Some(self.store))
+            .collect();
+        if steps.is_empty() {
+            return None;
+        }
+        let clean = steps.into_iter().filter_map(|redial| {
+            let direct = self.direct(redial)?;
+            let counts = &redial.report.counts;
+            let added_gap = redial.report.gap.p99_ms - direct.report.gap.p99_ms;
+            let clean = counts.stall_events == 0
+                && counts.errors() == 0
+                && counts.ok > 0
+                && added_gap <= GAP_P99_MS;
+            clean.then(|| concurrency(&redial.report))
+        });
+        Some(clean.fold(0.0, f64::max))
+    }
+
+    /// The scenario name(s) a target is judged in, for its description.
+    fn scenario_of(&self, role: Role) -> String {
+        match role {
+            Role::PacedStep => "paced ramp".to_owned(),
+            _ => self
+                .redial(role)
+                .map_or_else(|| "not run".to_owned(), |r| r.scenario.clone()),
+        }
+    }
 }
 
 /// Evaluates every target for every store that has runs.
 pub fn evaluate(runs: &[RunRecord], stores: &[String]) -> Vec<TargetResult> {
     stores
         .iter()
-        .flat_map(|store| evaluate_store(runs, store))
+        .flat_map(|store| {
+            let measures = Measures { runs, store };
+            SPECS.iter().map(move |spec| judge(spec, &measures))
+        })
         .collect()
 }
 
-fn evaluate_store(runs: &[RunRecord], store: &str) -> Vec<TargetResult> {
-    let pair = |role| find_pair(runs, store, role);
-    let single = pair(Role::TtftSingle);
-    let open = pair(Role::TtftOpen);
-    let paced = pair(Role::PacedTarget);
-    let target = |id, description: String, comparison, threshold, unit| TargetResult {
-        id,
-        description,
-        store: store.to_owned(),
-        comparison,
-        threshold,
-        unit,
-        measured: None,
-        met: None,
-    };
-    let open_rate = open
-        .as_ref()
-        .map_or(String::new(), |p| load_label(&p.direct.mode));
-    let paced_label = paced
-        .as_ref()
-        .map_or(String::new(), |p| load_label(&p.direct.mode));
-    vec![
-        target(
-            "added_ttft_p50_c1",
-            "added TTFT p50, concurrency 1".into(),
-            Comparison::AtMost,
-            TTFT_C1_P50_MS,
-            "ms",
-        )
-        .judge(
-            single
-                .as_ref()
-                .map(|p| p.redial.report.ttft.p50_ms - p.direct.ttft.p50_ms),
-        ),
-        target(
-            "added_ttft_p99_c1",
-            "added TTFT p99, concurrency 1".into(),
-            Comparison::AtMost,
-            TTFT_C1_P99_MS,
-            "ms",
-        )
-        .judge(
-            single
-                .as_ref()
-                .map(|p| p.redial.report.ttft.p99_ms - p.direct.ttft.p99_ms),
-        ),
-        target(
-            "added_ttft_p99_open",
-            format!("added TTFT p99, open loop {open_rate}"),
-            Comparison::AtMost,
-            TTFT_OPEN_P99_MS,
-            "ms",
-        )
-        .judge(
-            open.as_ref()
-                .map(|p| p.redial.report.ttft.p99_ms - p.direct.ttft.p99_ms),
-        ),
-        target(
-            "added_gap_p99_paced",
-            format!("added inter-chunk gap p99, paced {paced_label}"),
-            Comparison::AtMost,
-            GAP_P99_MS,
-            "ms",
-        )
-        .judge(
-            paced
-                .as_ref()
-                .map(|p| p.redial.report.gap.p99_ms - p.direct.gap.p99_ms),
-        ),
-        target(
-            "clean_paced_streams",
-            "concurrent paced streams without stalls or errors, added gap p99 within target".into(),
-            Comparison::AtLeast,
-            CLEAN_STREAMS,
-            "streams",
-        )
-        .judge(max_clean_concurrency(runs, store)),
-        target(
-            "rss_paced",
-            format!("redial peak RSS during paced {paced_label}"),
-            Comparison::AtMost,
-            RSS_MB,
-            "MB",
-        )
-        .judge(
-            paced
-                .as_ref()
-                .and_then(|p| p.redial.rss_peak_bytes)
-                .map(|b| b as f64 / 1e6),
-        ),
-    ]
-}
-
-fn find_pair<'a>(runs: &'a [RunRecord], store: &str, role: Role) -> Option<Pair<'a>> {
-    let redial = runs
-        .iter()
-        .find(|r| r.role == role && r.store.as_deref() == Some(store))?;
-    let direct = runs
-        .iter()
-        .find(|r| r.kind == TargetKind::Direct && r.scenario == redial.scenario)?;
-    Some(Pair {
-        direct: &direct.report,
-        redial,
-    })
-}
-
-/// The highest paced step whose redial run had no stall, no error and an added gap p99 within
-/// target (`Some(0.0)` when paced steps ran but none was clean).
-fn max_clean_concurrency(runs: &[RunRecord], store: &str) -> Option<f64> {
-    let paced = |r: &&RunRecord| matches!(r.role, Role::PacedStep | Role::PacedTarget);
-    let mut steps = runs
-        .iter()
-        .filter(paced)
-        .filter(|r| r.store.as_deref() == Some(store))
-        .peekable();
-    steps.peek()?;
-    let clean = steps.filter_map(|redial| {
-        let direct = runs
-            .iter()
-            .find(|r| r.kind == TargetKind::Direct && r.scenario == redial.scenario)?;
-        let report = &redial.report;
-        let added_gap = report.gap.p99_ms - direct.report.gap.p99_ms;
-        let clean = report.counts.stall_events == 0
-            && report.counts.errors() == 0
-            && report.counts.ok > 0
-            && added_gap <= GAP_P99_MS;
-        clean.then(|| concurrency(report))
-    });
-    Some(clean.fold(0.0, f64::max))
+fn judge(spec: &Spec, measures: &Measures<'_>) -> TargetResult {
+    let measured = (spec.measure)(measures);
+    TargetResult {
+        id: spec.id,
+        description: format!("{} ({})", spec.what, measures.scenario_of(spec.role)),
+        store: measures.store.to_owned(),
+        comparison: spec.comparison,
+        threshold: spec.threshold,
+        unit: spec.unit,
+        measured,
+        met: measured.map(|value| match spec.comparison {
+            Comparison::AtMost => value <= spec.threshold,
+            Comparison::AtLeast => value >= spec.threshold,
+        }),
+    }
 }
 
 fn concurrency(report: &LoadReport) -> f64 {

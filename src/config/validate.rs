@@ -1,0 +1,177 @@
+//! Checks of the loaded settings that types alone cannot express. Errors name the key and, via
+//! `origin`, where its value came from.
+
+use super::{ConfigError, Secret, Settings};
+
+/// Checks what types alone cannot.
+pub(super) fn validate(
+    settings: &Settings,
+    origin: impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let fail = |key: &str, message: String| {
+        Err(ConfigError(format!(
+            "invalid value for `{key}`{}: {message}",
+            origin(key)
+        )))
+    };
+    let server = &settings.server;
+    if server.dev_mode() && !server.listen.ip().is_loopback() {
+        return fail(
+            "server.listen",
+            format!(
+                "{} is not a loopback address and no `server.api_keys` are configured. Without keys \
+                 redial runs in dev mode and serves loopback only; set `server.api_keys` (or \
+                 REDIAL_SERVER__API_KEYS=key1,key2) to listen on other interfaces",
+                server.listen
+            ),
+        );
+    }
+    if server.api_keys.iter().any(Secret::is_empty) {
+        return fail("server.api_keys", "keys must not be empty strings".into());
+    }
+    if server.body_limit_bytes < 1024 {
+        return fail("server.body_limit_bytes", "must be at least 1024".into());
+    }
+    let url = settings.database.url.expose();
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return fail(
+            "database.url",
+            format!(
+                "{:?} must start with sqlite:, postgres:// or postgresql://",
+                settings.database.url.redacted()
+            ),
+        );
+    }
+    if settings.database.max_connections == 0 {
+        return fail("database.max_connections", "must be at least 1".into());
+    }
+    let upstream = &settings.upstream;
+    match reqwest::Url::parse(&upstream.base_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            return fail(
+                "upstream.base_url",
+                format!("{:?} is not an http(s) URL", upstream.base_url),
+            );
+        }
+    }
+    for (key, value) in [
+        ("upstream.connect_timeout_ms", upstream.connect_timeout_ms),
+        (
+            "upstream.first_token_timeout_ms",
+            upstream.first_token_timeout_ms,
+        ),
+        (
+            "upstream.stream_idle_timeout_ms",
+            upstream.stream_idle_timeout_ms,
+        ),
+        ("upstream.heartbeat_ms", upstream.heartbeat_ms),
+        ("memory.read_budget_ms", settings.memory.read_budget_ms),
+    ] {
+        if value == 0 {
+            return fail(key, "must be greater than 0".into());
+        }
+    }
+    if upstream.apology.trim().is_empty() {
+        return fail(
+            "upstream.apology",
+            "must not be empty: it is what the caller hears when the upstream fails".into(),
+        );
+    }
+    if !crate::platforms::phone::is_region(&settings.memory.default_region) {
+        return fail(
+            "memory.default_region",
+            format!(
+                "{:?} is not an ISO 3166 alpha-2 region code such as \"US\"",
+                settings.memory.default_region
+            ),
+        );
+    }
+    const TEN_YEARS: u64 = 10 * 365 * 86_400;
+    for (key, value) in [
+        (
+            "memory.resume_window_secs",
+            settings.memory.resume_window_secs,
+        ),
+        ("memory.stale_after_secs", settings.memory.stale_after_secs),
+    ] {
+        if value > TEN_YEARS {
+            return fail(key, format!("must be at most {TEN_YEARS} seconds"));
+        }
+    }
+    let analysis = &settings.analysis;
+    if !analysis.actions.iter().any(|a| a == "none") {
+        return fail("analysis.actions", "must include \"none\"".into());
+    }
+    if analysis.max_attempts < 1 {
+        return fail("analysis.max_attempts", "must be at least 1".into());
+    }
+    for (key, value) in [
+        ("analysis.lease_secs", analysis.lease_secs),
+        ("analysis.poll_interval_ms", analysis.poll_interval_ms),
+        ("analysis.timeout_secs", analysis.timeout_secs),
+    ] {
+        if value == 0 {
+            return fail(key, "must be greater than 0".into());
+        }
+    }
+    if settings.upstream.max_tool_rounds == 0 {
+        return fail("upstream.max_tool_rounds", "must be at least 1".into());
+    }
+    validate_assistants(settings, &origin)?;
+    if settings.memory.summary_max_tokens < 16 {
+        return fail("memory.summary_max_tokens", "must be at least 16".into());
+    }
+    Ok(())
+}
+
+/// Assistant ids unique and non-empty; field names unique identifiers; questions and fillers set.
+fn validate_assistants(
+    settings: &Settings,
+    origin: &impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, assistant) in settings.assistants.iter().enumerate() {
+        let at = |key: &str| format!("assistants[{i}].{key}");
+        let fail = |key: String, message: &str| {
+            Err(ConfigError(format!(
+                "invalid value for `{key}`{}: {message}",
+                origin(&key)
+            )))
+        };
+        if assistant.id.trim().is_empty() {
+            return fail(at("id"), "must not be empty");
+        }
+        if !ids.insert(assistant.id.as_str()) {
+            return fail(at("id"), &format!("{:?} is listed twice", assistant.id));
+        }
+        if assistant.filler.trim().is_empty() {
+            return fail(
+                at("filler"),
+                "must not be empty: it is what the caller hears while a tool runs",
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (j, field) in assistant.fields.iter().enumerate() {
+            let key = |k: &str| format!("assistants[{i}].fields[{j}].{k}");
+            let valid_name = !field.name.is_empty()
+                && field
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                return fail(key("name"), "must be letters, digits and underscores");
+            }
+            if !names.insert(field.name.as_str()) {
+                return fail(key("name"), &format!("{:?} is listed twice", field.name));
+            }
+            if field.question.trim().is_empty() {
+                return fail(key("question"), "must not be empty");
+            }
+        }
+    }
+    Ok(())
+}
