@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::{Secret, Settings};
+use super::{NAME_PLACEHOLDER, Secret, Settings};
 
 /// A configuration problem, with the key and the source it came from in its message.
 #[derive(Debug, thiserror::Error)]
@@ -433,6 +433,12 @@ fn validate_assistants(settings: &Settings, layers: &Layers) -> Result<(), Confi
             return fail(
                 at("filler"),
                 "must not be empty: it is what the caller hears while a tool runs",
+            );
+        }
+        if assistant.greeting_unknown.contains(NAME_PLACEHOLDER) {
+            return fail(
+                at("greeting_unknown"),
+                "must not contain {name}: it is said when the caller's name is unknown",
             );
         }
         let mut names = std::collections::BTreeSet::new();
