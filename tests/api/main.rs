@@ -7,5 +7,6 @@
 )]
 
 mod chat;
+mod retell;
 mod storage;
 mod support;
