@@ -88,7 +88,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         },
         pacing: args.pacing_ms.map(millis).transpose()?,
     };
-    let report = load::run(load::http_client()?, config).await?;
+    let report = load::run(config).await?;
     print_load_report(&report, args.json_out.as_deref())?;
     Ok(exit_code(&report.hard_failures()))
 }

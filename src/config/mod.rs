@@ -103,7 +103,11 @@ pub struct WebhookSettings {
 /// The assistant id whose script applies to assistants not listed.
 pub const DEFAULT_ASSISTANT: &str = "default";
 
-/// `[[assistants]]`: what an assistant must collect, and how it sounds while tools run.
+/// The placeholder of a greeting that stands for the caller's name.
+pub const NAME_PLACEHOLDER: &str = "{name}";
+
+/// `[[assistants]]`: what an assistant must collect, how it opens a call, and how it sounds
+/// while tools run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssistantSettings {
@@ -112,6 +116,17 @@ pub struct AssistantSettings {
     /// Spoken while a platform tool runs, when the model said nothing before calling it.
     #[serde(default = "default_filler")]
     pub filler: String,
+    /// The system prompt of platforms that send none (Retell); empty = none.
+    #[serde(default)]
+    pub system_prompt: String,
+    /// What the agent says first on platforms where redial opens the call (Retell); `{name}`
+    /// becomes the caller's known name. Empty = let the caller speak first.
+    #[serde(default)]
+    pub greeting: String,
+    /// Said instead of a `greeting` with `{name}` when the caller's name is unknown. Empty = the
+    /// greeting with the placeholder (and the space or comma before it) removed.
+    #[serde(default)]
+    pub greeting_unknown: String,
     /// The scripted fields, in the order they should be asked.
     #[serde(default)]
     pub fields: Vec<FieldSettings>,
@@ -122,6 +137,9 @@ impl Default for AssistantSettings {
         Self {
             id: DEFAULT_ASSISTANT.into(),
             filler: default_filler(),
+            system_prompt: String::new(),
+            greeting: String::new(),
+            greeting_unknown: String::new(),
             fields: Vec::new(),
         }
     }

@@ -225,6 +225,9 @@ fn the_example_config_documents_every_key() {
         "[[assistants]]",
         "id =",
         "filler =",
+        "system_prompt =",
+        "greeting =",
+        "greeting_unknown =",
         "[[assistants.fields]]",
         "name =",
         "question =",
@@ -236,4 +239,26 @@ fn the_example_config_documents_every_key() {
             "config.example.toml does not document `{key}`"
         );
     }
+}
+
+#[test]
+fn assistants_take_a_prompt_and_greetings_from_the_file() {
+    let f = file(
+        "[[assistants]]\nid = \"agent_1\"\nsystem_prompt = \"You are Ava.\"\n\
+         greeting = \"Hi {name}, this is Ava.\"\ngreeting_unknown = \"Hi, this is Ava.\"\n",
+    );
+    let settings = load(Some(f.path()), env(&[]), &[]).unwrap();
+    let assistant = settings.assistant("agent_1");
+    assert_eq!(assistant.system_prompt, "You are Ava.");
+    assert_eq!(assistant.greeting, "Hi {name}, this is Ava.");
+    assert_eq!(assistant.greeting_unknown, "Hi, this is Ava.");
+    assert_eq!(
+        settings.assistant("other").greeting,
+        "",
+        "the built-in default is silent"
+    );
+
+    let f = file("[[assistants]]\nid = \"a\"\ngreeting_unknown = \"Hi {name}\"\n");
+    let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+    assert!(err.contains("assistants[0].greeting_unknown"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! Checks of the loaded settings that types alone cannot express. Errors name the key and, via
 //! `origin`, where its value came from.
 
-use super::{ConfigError, Secret, Settings};
+use super::{ConfigError, NAME_PLACEHOLDER, Secret, Settings};
 
 /// Checks what types alone cannot.
 pub(super) fn validate(
@@ -152,6 +152,12 @@ fn validate_assistants(
             return fail(
                 at("filler"),
                 "must not be empty: it is what the caller hears while a tool runs",
+            );
+        }
+        if assistant.greeting_unknown.contains(NAME_PLACEHOLDER) {
+            return fail(
+                at("greeting_unknown"),
+                "must not contain {name}: it is said when the caller's name is unknown",
             );
         }
         let mut names = std::collections::BTreeSet::new();

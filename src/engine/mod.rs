@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::openai::{ChatMessage, FinishReason};
@@ -44,6 +45,12 @@ pub struct TurnRequest {
     pub model: Option<String>,
     /// Sampling parameters forwarded upstream.
     pub params: Map<String, Value>,
+    /// Platform tools the platform runs only once the reply has been spoken (Retell's
+    /// `end_call`): the filler is not spoken before them.
+    pub deferred_tools: Vec<String>,
+    /// Speak the assistant's filler before redial's own tools too, when the model has said
+    /// nothing yet in this turn (for transports that voice tool progress, like Retell's).
+    pub hold_before_internal_tools: bool,
 }
 
 /// What a turn produces, in order.
@@ -152,6 +159,18 @@ impl Engine {
         identity: &Identity,
     ) -> Result<CallContext, crate::storage::StoreError> {
         memory::load(self, identity, None).await
+    }
+
+    /// Records `text` as the agent's opening line of the call (the greeting) unless one was
+    /// recorded before, and returns whether this call recorded it — that is, whether the caller
+    /// should hear it. Keyed in the store, so a call is greeted once across reconnects and
+    /// instances.
+    pub async fn record_opening(
+        &self,
+        session_id: Uuid,
+        text: &str,
+    ) -> Result<bool, crate::storage::StoreError> {
+        persist::opening(self, session_id, text).await
     }
 
     /// Starts a turn in a tracked background task and returns its event stream.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::memory::{self, CallContext};
 use super::turn::Outcome;
@@ -78,6 +79,28 @@ async fn try_persist(
     .await;
     *context = Some(ctx);
     result
+}
+
+/// The idempotency key of a call's opening line: one per session.
+const OPENING_KEY: &str = "opening";
+
+/// Stores the opening line as the session's first assistant turn unless it has one; `true`
+/// when this call stored it.
+pub(crate) async fn opening(
+    engine: &Engine,
+    session_id: Uuid,
+    text: &str,
+) -> Result<bool, StoreError> {
+    let turn = NewTurn {
+        idempotency_key: OPENING_KEY.into(),
+        role: TurnRole::Assistant,
+        content: text.to_owned(),
+        tool_name: None,
+        tool_call_id: None,
+        partial: false,
+        created_at: Utc::now(),
+    };
+    Ok(engine.store.append_turns(session_id, &[turn]).await? > 0)
 }
 
 /// The request's new messages (everything after the last assistant message) and the reply, each

@@ -326,7 +326,8 @@ async fn open(
 
 /// Sends tool-call fragments where they belong: redial's own are kept, the platform's pass
 /// through (renumbered so the platform sees indices 0, 1, …), preceded by the filler when the
-/// caller has heard nothing yet.
+/// caller has heard nothing yet — except before deferred tools, which the platform runs after
+/// the reply; redial's own get the filler too when the request asks for a holding line.
 #[derive(Default)]
 struct ToolRouter {
     /// Upstream index → `Some(platform index)` or `None` for an internal call.
@@ -366,18 +367,27 @@ impl ToolRouter {
     ) -> Result<(), ClientGone> {
         let index = fragment.get("index").and_then(Value::as_u64).unwrap_or(0);
         let next_platform = self.routes.values().flatten().count() as u64;
-        let route = *self.routes.entry(index).or_insert_with(|| {
-            let name = fragment
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            (!tools::is_internal(name)).then_some(next_platform)
-        });
+        // Only a call's first fragment carries its name.
+        let name = fragment
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let route = *self
+            .routes
+            .entry(index)
+            .or_insert_with(|| (!tools::is_internal(name)).then_some(next_platform));
+        let silent = outcome.text.trim().is_empty();
         let Some(platform_index) = route else {
+            if silent && ctx.request.hold_before_internal_tools {
+                // The trailing space keeps the model's follow-up from running into the line.
+                let line = format!("{} ", ctx.script.filler.trim_end());
+                speak(ctx, outcome, &line).await?;
+            }
             self.internal.push(&fragment);
             return Ok(());
         };
-        if !self.platform_called && outcome.text.trim().is_empty() {
+        let deferred = ctx.request.deferred_tools.iter().any(|t| t == name);
+        if !self.platform_called && silent && !deferred {
             speak(ctx, outcome, &ctx.script.filler).await?;
         }
         self.platform_called = true;

@@ -52,7 +52,22 @@ pub async fn require_api_key(
 }
 
 fn check(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    let keys = &state.settings.server.api_keys;
+    authorize(
+        &state.settings.server.api_keys,
+        peer,
+        bearer_token(headers),
+        "send it as `Authorization: Bearer <key>`",
+    )
+}
+
+/// Checks a platform's credential: with `keys` configured, `token` must be one of them; in dev
+/// mode (no keys) only loopback peers are served. `how` tells the client where the key goes.
+pub fn authorize(
+    keys: &[Secret],
+    peer: SocketAddr,
+    token: Option<&str>,
+    how: &str,
+) -> Result<(), ApiError> {
     if keys.is_empty() {
         if peer.ip().is_loopback() {
             return Ok(());
@@ -61,10 +76,8 @@ fn check(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), 
             "redial is in dev mode (no server.api_keys) and serves loopback clients only".into(),
         ));
     }
-    match bearer_token(headers) {
-        None => Err(ApiError::Unauthorized(
-            "missing API key: send it as `Authorization: Bearer <key>`".into(),
-        )),
+    match token {
+        None => Err(ApiError::Unauthorized(format!("missing API key: {how}"))),
         Some(token) if token_matches(token, keys) => Ok(()),
         Some(_) => Err(ApiError::Unauthorized("incorrect API key".into())),
     }

@@ -47,6 +47,8 @@ async fn chat(
         tools: request.tools.unwrap_or_default(),
         model: request.model,
         params: request.extra,
+        deferred_tools: Vec::new(),
+        hold_before_internal_tools: false,
     };
     let handle = state.engine.start_turn(turn);
     let heartbeat = Duration::from_millis(state.settings.upstream.heartbeat_ms);

@@ -3,6 +3,7 @@
 pub mod auth;
 mod chat;
 mod health;
+pub mod retell;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
@@ -32,6 +33,8 @@ pub fn router(state: AppState) -> Router {
     ));
     let traced = Router::new()
         .merge(platform)
+        // Retell authenticates by a key in the URL (it sends no headers).
+        .merge(retell::router())
         .merge(webhooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

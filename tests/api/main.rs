@@ -9,6 +9,7 @@
 mod chat;
 mod http;
 mod process;
+mod retell;
 mod sdk;
 mod storage;
 mod support;

@@ -36,6 +36,7 @@ fn loan_script(settings: &mut Settings) {
                 description: "in dollars".into(),
             },
         ],
+        ..AssistantSettings::default()
     });
 }
 

@@ -7,6 +7,7 @@
 //! schedule (no coordinated omission). Only requests started inside the measurement window
 //! (after the warm-up) are recorded; the run waits for them to finish.
 
+mod client;
 mod probe;
 mod stats;
 mod workload;
@@ -19,10 +20,11 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use probe::{Failure, Outcome, Target, send};
+pub use probe::{Failure, Outcome, Target};
 pub use stats::{Counts, Percentiles};
 pub use workload::{Conversation, Workload, WorkloadSpec};
 
+use client::HttpClient;
 use stats::Recorder;
 
 /// Default open-loop cap on requests in flight; requests over it are counted as dropped.
@@ -123,20 +125,9 @@ impl LoadReport {
     }
 }
 
-/// A reqwest client suited to load generation: HTTP/1.1, `TCP_NODELAY`, unbounded keep-alive
-/// pool (one connection per concurrent stream).
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(usize::MAX)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// State shared by every sender of one run.
 struct Run {
-    client: reqwest::Client,
+    client: HttpClient,
     config: LoadConfig,
     workload: Workload,
     recorder: Mutex<Recorder>,
@@ -155,7 +146,8 @@ impl Run {
         let conversation = self.workload.checkout();
         let body = self.workload.body(&conversation);
         let threshold = self.config.stall_threshold();
-        let outcome = send(&self.client, &self.config.target, body, start, threshold).await;
+        let timeout = self.config.target.timeout;
+        let outcome = probe::send(&self.client, body, start, threshold, timeout).await;
         self.workload.checkin(conversation);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if start >= self.measure_from {
@@ -196,9 +188,11 @@ impl Run {
     }
 }
 
-/// Runs one load test and returns its report. Needs a multi-threaded tokio runtime to load more
-/// than one core.
-pub async fn run(client: reqwest::Client, config: LoadConfig) -> anyhow::Result<LoadReport> {
+/// Runs one load test and returns its report. Senders are tokio tasks: a multi-threaded
+/// runtime spreads them over its worker threads.
+pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
+    let target = &config.target;
+    let client = HttpClient::new(&target.url, target.api_key.as_deref()).await?;
     let now = Instant::now();
     let measure_from = now + config.warmup;
     let run = Arc::new(Run {

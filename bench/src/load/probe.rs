@@ -4,16 +4,19 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use reqwest::header::CONTENT_TYPE;
+use http_body_util::BodyExt as _;
+use hyper::Response;
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::client::{ExchangeError, HttpClient};
 use crate::sse::{Payload, SseParser, classify};
 
 /// Where and how requests are sent.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// Full chat-completions URL, e.g. `http://127.0.0.1:8080/v1/chat/completions`.
+    /// Full chat-completions URL, plain `http://`, e.g.
+    /// `http://127.0.0.1:8080/v1/chat/completions`.
     pub url: String,
     /// Sent as `Authorization: Bearer <key>` when set.
     pub api_key: Option<String>,
@@ -65,58 +68,48 @@ impl Outcome {
     }
 }
 
-/// Sends `body` to `target` and reads the SSE answer to its end. Latencies count from `start`,
-/// which is the intended send time in open-loop runs.
-pub async fn send(
-    client: &reqwest::Client,
-    target: &Target,
+/// Sends `body` through `client` and reads the SSE answer to its end. Latencies count from
+/// `start`, which is the intended send time in open-loop runs.
+pub(crate) async fn send(
+    client: &HttpClient,
     body: Bytes,
     start: Instant,
     stall_threshold: Option<Duration>,
+    timeout: Duration,
 ) -> Outcome {
-    let mut request = client
-        .post(&target.url)
-        .header(CONTENT_TYPE, "application/json")
-        .timeout(target.timeout)
-        .body(body);
-    if let Some(key) = &target.api_key {
-        request = request.bearer_auth(key);
+    let read =
+        async |response| read_response(response, StreamTimer::new(start, stall_threshold)).await;
+    match tokio::time::timeout(timeout, client.post(body, read)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(ExchangeError::Connect | ExchangeError::Request)) => {
+            Outcome::failed(Failure::Connect)
+        }
+        Err(_) => Outcome::failed(Failure::Timeout),
     }
-    let response = match request.send().await {
-        Ok(response) => response,
-        Err(error) => return Outcome::failed(transport_failure(&error, Failure::Connect)),
-    };
-    let status = response.status().as_u16();
-    if status != 200 {
-        // Drain the error body so the connection can be reused.
-        let _ = response.bytes().await;
-        return Outcome::failed(Failure::Status(status));
-    }
-    read_stream(response, StreamTimer::new(start, stall_threshold)).await
 }
 
-async fn read_stream(response: reqwest::Response, mut timer: StreamTimer) -> Outcome {
+async fn read_response(response: Response<Incoming>, mut timer: StreamTimer) -> Outcome {
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if status != 200 {
+        // Drain the error body so the connection can be reused.
+        while let Some(Ok(_)) = body.frame().await {}
+        return Outcome::failed(Failure::Status(status));
+    }
     let mut parser = SseParser::new();
-    let mut body = response.bytes_stream();
-    while let Some(item) = body.next().await {
-        let bytes = match item {
-            Ok(bytes) => bytes,
-            Err(error) => return timer.fail(transport_failure(&error, Failure::Body)),
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return timer.fail(Failure::Body);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
         };
         let arrived = Instant::now();
-        for data in parser.feed(&bytes) {
-            timer.on_event(&data, arrived);
+        for event in parser.feed(&data) {
+            timer.on_event(&event, arrived);
         }
     }
     timer.finish()
-}
-
-fn transport_failure(error: &reqwest::Error, otherwise: Failure) -> Failure {
-    if error.is_timeout() {
-        Failure::Timeout
-    } else {
-        otherwise
-    }
 }
 
 /// Tracks the timings of one stream as its events arrive.

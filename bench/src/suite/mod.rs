@@ -140,7 +140,8 @@ pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
     // The mock gets a thread of its own so its pacing does not queue behind the load generator.
     let mock = MockUpstream::start_isolated(([127, 0, 0, 1], 0).into(), MockConfig::default())?;
     mock.set_recording(false);
-    let client = load::http_client()?;
+    // Only for redial's readiness checks; the load itself uses its own lean client.
+    let client = reqwest::Client::new();
 
     let mut results = SuiteResults {
         suite: if options.smoke { "smoke" } else { "standard" },
@@ -158,7 +159,7 @@ pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
         timeout: REQUEST_TIMEOUT,
     };
     for scenario in &scenarios {
-        let report = run_scenario(&client, &mock, scenario, &direct, "direct").await?;
+        let report = run_scenario(&mock, scenario, &direct, "direct").await?;
         results.runs.push(record(scenario, None, None, report));
     }
     if let Some(binary) = &binary {
@@ -265,7 +266,7 @@ impl StoreRun<'_> {
         let label = format!("redial/{}", store.name());
         for scenario in self.scenarios {
             let sampler = redial.sample_memory();
-            let report = run_scenario(self.client, self.mock, scenario, &target, &label).await;
+            let report = run_scenario(self.mock, scenario, &target, &label).await;
             let rss = sampler.finish();
             results
                 .runs
@@ -276,7 +277,6 @@ impl StoreRun<'_> {
 }
 
 async fn run_scenario(
-    client: &reqwest::Client,
     mock: &MockUpstream,
     scenario: &Scenario,
     target: &Target,
@@ -293,7 +293,7 @@ async fn run_scenario(
         workload: scenario.workload.clone(),
         pacing: scenario.pacing,
     };
-    let report = load::run(client.clone(), config).await?;
+    let report = load::run(config).await?;
     tokio::time::sleep(SETTLE).await;
     Ok(report)
 }

@@ -70,7 +70,7 @@ const SPECS: [Spec; 6] = [
         comparison: Comparison::AtLeast,
         threshold: 1_000.0,
         unit: "streams",
-        measure: Measures::max_clean_concurrency,
+        measure: |m| m.max_clean_concurrency(),
     },
     Spec {
         id: "rss_paced",
@@ -214,5 +214,118 @@ fn concurrency(report: &LoadReport) -> f64 {
     match report.mode {
         LoadMode::Closed { concurrency } => concurrency as f64,
         LoadMode::Open { .. } => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Counts, Percentiles, WorkloadSpec};
+
+    fn report(mode: LoadMode, ttft_p50: f64, gap_p99: f64, stalls: u64) -> LoadReport {
+        let latency = |p50: f64| Percentiles {
+            count: 100,
+            p50_ms: p50,
+            p99_ms: p50 * 2.0,
+            ..Percentiles::default()
+        };
+        LoadReport {
+            label: String::new(),
+            mode,
+            duration_secs: 1.0,
+            warmup_secs: 0.0,
+            workload: WorkloadSpec::default(),
+            pacing_ms: None,
+            stall_threshold_ms: None,
+            counts: Counts {
+                sent: 100,
+                ok: 100,
+                stall_events: stalls,
+                ..Counts::default()
+            },
+            throughput_rps: 100.0,
+            max_in_flight: 1,
+            ttft: latency(ttft_p50),
+            done: latency(ttft_p50),
+            gap: Percentiles {
+                count: 100,
+                p99_ms: gap_p99,
+                ..Percentiles::default()
+            },
+        }
+    }
+
+    fn run(scenario: &str, role: Role, store: Option<&str>, report: LoadReport) -> RunRecord {
+        RunRecord {
+            scenario: scenario.to_owned(),
+            role,
+            kind: if store.is_some() {
+                TargetKind::Redial
+            } else {
+                TargetKind::Direct
+            },
+            store: store.map(str::to_owned),
+            rss_peak_bytes: store.map(|_| 80_000_000),
+            report,
+        }
+    }
+
+    #[test]
+    fn targets_compare_each_store_with_the_direct_run_of_the_same_scenario() {
+        let c = |concurrency| LoadMode::Closed { concurrency };
+        let runs = vec![
+            run("ttft-c1", Role::TtftSingle, None, report(c(1), 0.2, 0.0, 0)),
+            run(
+                "paced-c500",
+                Role::PacedStep,
+                None,
+                report(c(500), 1.0, 21.0, 0),
+            ),
+            run(
+                "paced-c1000",
+                Role::PacedTarget,
+                None,
+                report(c(1000), 1.0, 21.0, 0),
+            ),
+            run(
+                "ttft-c1",
+                Role::TtftSingle,
+                Some("pg"),
+                report(c(1), 0.6, 0.0, 0),
+            ),
+            run(
+                "paced-c500",
+                Role::PacedStep,
+                Some("pg"),
+                report(c(500), 1.0, 21.5, 0),
+            ),
+            run(
+                "paced-c1000",
+                Role::PacedTarget,
+                Some("pg"),
+                report(c(1000), 1.0, 21.8, 3),
+            ),
+        ];
+
+        let targets = evaluate(&runs, &["pg".to_owned()]);
+        let get = |id: &str| targets.iter().find(|t| t.id == id).expect(id);
+
+        let p50 = get("added_ttft_p50_c1");
+        assert!((p50.measured.expect("measured") - 0.4).abs() < 1e-9);
+        assert_eq!(p50.met, Some(true));
+        assert_eq!(p50.description, "added TTFT p50 (ttft-c1)");
+        assert_eq!(get("added_ttft_p99_c1").met, Some(true));
+        assert_eq!(
+            (
+                get("added_ttft_p99_open").measured,
+                get("added_ttft_p99_open").met
+            ),
+            (None, None)
+        );
+        assert_eq!(get("added_gap_p99_paced").met, Some(true));
+        let clean = get("clean_paced_streams");
+        assert_eq!((clean.measured, clean.met), (Some(500.0), Some(false)));
+        assert_eq!(get("rss_paced").measured, Some(80.0));
+        assert_eq!(get("rss_paced").met, Some(true));
     }
 }

@@ -1,0 +1,245 @@
+//! One Retell connection: a reader loop, one writer task, a greeting task, and one generation
+//! task per response.
+//!
+//! The reader never waits on the engine or the store, so `ping_pong` is echoed at once even
+//! while a response is being generated. A newer `response_required` / `reminder_required`
+//! supersedes the response in progress: its epoch ends (the writer drops its frames), its task
+//! is aborted (which stops the engine's turn), and the new one starts.
+//!
+//! On shutdown the connection stops reading, lets the response in progress finish, and then
+//! drops the socket without a close frame: Retell treats that as an abnormal close and
+//! reconnects (to another instance), where the call continues from the store. A close code 1000
+//! would hang up the call instead.
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::stream::{SplitStream, StreamExt};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+
+use super::greeting;
+use super::outbox::{self, Outbox};
+use super::protocol::{self, CallInfo, Incoming, ResponseRequest, ServerEvent};
+use super::respond::{self, Ask, ResponseGuard};
+use crate::platforms::{Identity, phone};
+use crate::state::AppState;
+use crate::storage::Platform;
+
+/// How long the begin message waits for `call_details` (which names the caller) before it is
+/// sent without them.
+pub(super) const CALL_DETAILS_WAIT: Duration = Duration::from_millis(1500);
+
+/// How long the writer may take to flush the last frames once the connection ends.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves one Retell connection until Retell closes it or redial shuts down.
+pub(super) async fn serve(socket: WebSocket, state: AppState, call_id: String) {
+    let span = tracing::info_span!("retell", call_id = %call_id);
+    async move {
+        metrics::counter!("redial_retell_connections_total").increment(1);
+        tracing::info!("Retell connected");
+        let (sink, stream) = socket.split();
+        let (outbox, queue) = Outbox::new();
+        let mut writer = AbortOnDropHandle::new(tokio::spawn(outbox::write(sink, queue)));
+        let mut session = Session::new(state, call_id, outbox);
+        let end = session.run(stream).await;
+        session.finish(end).await;
+        drop(session);
+        if tokio::time::timeout(FLUSH_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last Retell frames could not be flushed in time");
+        }
+        tracing::info!(?end, "Retell connection ended");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Why the reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Retell closed the socket, or it failed.
+    Closed,
+    /// redial is shutting down.
+    Shutdown,
+}
+
+/// The per-connection state the reader keeps.
+struct Session {
+    state: AppState,
+    identity: Identity,
+    outbox: Outbox,
+    /// The begin message in preparation (set once started).
+    begin: Option<AbortOnDropHandle<()>>,
+    /// The response in progress.
+    generation: Option<AbortOnDropHandle<()>>,
+}
+
+impl Session {
+    fn new(state: AppState, call_id: String, outbox: Outbox) -> Self {
+        let identity = Identity {
+            platform: Platform::Retell,
+            call_key: call_id,
+            ephemeral: false,
+            caller: None,
+            assistant_id: String::new(),
+        };
+        Self {
+            state,
+            identity,
+            outbox,
+            begin: None,
+            generation: None,
+        }
+    }
+
+    /// Sends `config`, then reads frames until the socket ends or shutdown begins. The begin
+    /// message goes out when `call_details` arrives, or after [`CALL_DETAILS_WAIT`].
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+        if self.outbox.send(ServerEvent::config()).await.is_err() {
+            return End::Closed;
+        }
+        let details_deadline = Instant::now() + CALL_DETAILS_WAIT;
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let waiting = self.begin.is_none();
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return End::Shutdown,
+                () = tokio::time::sleep_until(details_deadline), if waiting => {
+                    tracing::warn!("no call_details from Retell; greeting without them");
+                    self.start_begin();
+                    continue;
+                }
+                message = stream.next() => message,
+            };
+            match message {
+                None => return End::Closed,
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "the Retell socket failed");
+                    return End::Closed;
+                }
+                Some(Ok(message)) => self.on_message(message).await,
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Text(text) => match protocol::parse(text.as_str()) {
+                Ok(incoming) => self.on_incoming(incoming).await,
+                Err(e) => ignore(e.kind(), &e, text.len()),
+            },
+            Message::Binary(bytes) => ignore("binary", &"Retell sends JSON text", bytes.len()),
+            Message::Close(frame) => {
+                let code = frame.as_ref().map(|f| f.code);
+                tracing::info!(?code, "Retell closed the socket");
+            }
+            // The WebSocket layer answers pings itself.
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+
+    async fn on_incoming(&mut self, incoming: Incoming) {
+        match incoming {
+            Incoming::PingPong { timestamp } => {
+                let _ = self.outbox.send(ServerEvent::PingPong { timestamp }).await;
+            }
+            Incoming::CallDetails(call) => self.on_call_details(&call),
+            Incoming::UpdateOnly => {}
+            Incoming::ResponseRequired(request) => self.respond(&request, Ask::Response),
+            Incoming::ReminderRequired(request) => self.respond(&request, Ask::Reminder),
+        }
+    }
+
+    /// Takes the caller and the agent from the call object, then greets.
+    fn on_call_details(&mut self, call: &CallInfo) {
+        if call
+            .call_id
+            .as_deref()
+            .is_some_and(|id| id != self.identity.call_key)
+        {
+            tracing::warn!(
+                details_call_id = ?call.call_id,
+                "call_details name another call id; the URL's call id is used"
+            );
+        }
+        let region = &self.state.settings.memory.default_region;
+        self.identity.caller = call
+            .caller_number()
+            .and_then(|raw| phone::normalize(raw, region));
+        self.identity.assistant_id = call.agent_id.clone().unwrap_or_default();
+        if self.begin.is_some() {
+            tracing::info!("call_details arrived after the begin message; used from now on");
+        }
+        self.start_begin();
+    }
+
+    /// Starts the begin message (once per connection).
+    fn start_begin(&mut self) {
+        if self.begin.is_some() {
+            return;
+        }
+        let task = greeting::send_begin(
+            self.state.engine.clone(),
+            self.identity.clone(),
+            self.outbox.clone(),
+        );
+        self.begin = Some(spawn(task));
+    }
+
+    /// Supersedes the response in progress and starts generating `request`.
+    fn respond(&mut self, request: &ResponseRequest, ask: Ask) {
+        // Retell asked before call_details (or the wait) ended: greet with what is known.
+        self.start_begin();
+        let epoch = self.outbox.supersede();
+        if let Some(previous) = self.generation.take() {
+            if !previous.is_finished() {
+                metrics::counter!("redial_retell_superseded_total").increment(1);
+                tracing::debug!("a newer request superseded the response in progress");
+            }
+        }
+        metrics::counter!("redial_turns_total", "platform" => Platform::Retell.as_str())
+            .increment(1);
+        let turn = respond::turn_request(&self.state.settings, &self.identity, request, ask);
+        let guard = ResponseGuard::new(request.response_id, epoch, self.outbox.clone());
+        let task = respond::run(self.state.engine.clone(), turn, guard);
+        self.generation = Some(spawn(task));
+    }
+
+    /// On shutdown, lets the greeting and the response in progress finish; on close, aborts
+    /// them (dropping a turn's receiver stops it, and the engine stores what was said).
+    async fn finish(&mut self, end: End) {
+        if end == End::Closed {
+            // Nobody is listening: the response in progress needs no closing frame.
+            self.outbox.supersede();
+            return;
+        }
+        for task in [self.begin.take(), self.generation.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A task tied to the connection: aborted when its handle is dropped.
+fn spawn<F>(task: F) -> AbortOnDropHandle<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle: JoinHandle<()> = tokio::spawn(task.in_current_span());
+    AbortOnDropHandle::new(handle)
+}
+
+/// Logs and counts a frame that is ignored (the call goes on). The frame itself is not logged:
+/// it carries the caller's words.
+fn ignore(kind: &'static str, why: &dyn std::fmt::Display, bytes: usize) {
+    metrics::counter!("redial_retell_ignored_frames_total", "kind" => kind).increment(1);
+    tracing::warn!(kind, bytes, why = %why, "ignoring a Retell frame");
+}
