@@ -25,6 +25,7 @@ app_tests!(
     an_elevenlabs_post_call_transcription_is_accepted_when_signed,
     unconfigured_platforms_and_malformed_bodies_are_refused,
     an_invalid_analysis_is_asked_again,
+    vapi_status_updates_open_and_close_the_session_and_other_messages_are_acknowledged,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -483,4 +484,56 @@ async fn an_invalid_analysis_is_asked_again(backend: Backend) {
     assert_eq!(analysis.summary, "Caller wanted a quote.");
     assert_eq!(analyst_requests(&app), 2);
     app.teardown().await;
+}
+
+async fn vapi_status_updates_open_and_close_the_session_and_other_messages_are_acknowledged(
+    backend: Backend,
+) {
+    let app = spawn(backend).await;
+    let secret = [("x-vapi-secret", VAPI_SECRET.to_owned())];
+    let key = "c0a8b1e2-5d3f-4e6a-9b7c-1f2e3d4c5b6a";
+
+    let started = include_bytes!("../fixtures/vapi/status-update-in-progress.json");
+    let response = post_raw(&app, "/webhooks/vapi", started, &secret).await;
+    assert_eq!(response.status(), 200);
+    let (session, _) = app
+        .db
+        .store
+        .load_call(Platform::Vapi, key)
+        .await
+        .unwrap()
+        .expect("the session is warmed");
+    assert_eq!(session.status, SessionStatus::Active);
+
+    let other = include_bytes!("../fixtures/vapi/tool-calls.json");
+    let response = post_raw(&app, "/webhooks/vapi", other, &secret).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({}));
+
+    let ended = include_bytes!("../fixtures/vapi/status-update-ended.json");
+    assert_eq!(
+        post_raw(&app, "/webhooks/vapi", ended, &secret)
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..200 {
+        let (session, _) = app
+            .db
+            .store
+            .load_call(Platform::Vapi, key)
+            .await
+            .unwrap()
+            .unwrap();
+        if session.status == SessionStatus::Ended {
+            assert_eq!(
+                session.ended_reason.as_deref(),
+                Some("pipeline-error-custom-llm-llm-failed")
+            );
+            app.teardown().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the session was not closed");
 }
