@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -54,6 +55,12 @@ impl Application {
         let token = state.shutdown.clone();
         let app =
             crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        // Token-sized SSE frames must leave at once: no Nagle delay waiting for an ACK.
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .into_future();

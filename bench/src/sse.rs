@@ -26,25 +26,29 @@ impl SseParser {
     }
 
     /// Consumes `bytes` and returns the data of every event completed by them, in order.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Vec<String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
         let mut events = Vec::new();
-        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+        self.feed_with(bytes, |data| events.push(data.to_owned()));
+        events
+    }
+
+    /// Consumes `bytes` and calls `on_event` with the data of every event completed by them, in
+    /// order, without allocating per event (invalid UTF-8 is replaced, as in `feed`).
+    pub fn feed_with(&mut self, mut bytes: &[u8], mut on_event: impl FnMut(&str)) {
+        while let Some(newline) = memchr::memchr(b'\n', bytes) {
             let (line, rest) = bytes.split_at(newline);
             bytes = &rest[1..];
-            let event = if self.line.is_empty() {
-                self.end_line(line)
+            if self.line.is_empty() {
+                self.end_line(line, &mut on_event);
             } else {
                 let mut joined = std::mem::take(&mut self.line);
                 joined.extend_from_slice(line);
-                let event = self.end_line(&joined);
+                self.end_line(&joined, &mut on_event);
                 joined.clear();
                 self.line = joined;
-                event
-            };
-            events.extend(event);
+            }
         }
         self.line.extend_from_slice(bytes);
-        events
     }
 
     /// True when bytes of an unfinished event are buffered.
@@ -52,12 +56,11 @@ impl SseParser {
         self.has_data || !self.line.is_empty()
     }
 
-    fn end_line(&mut self, line: &[u8]) -> Option<String> {
+    fn end_line(&mut self, line: &[u8], on_event: &mut impl FnMut(&str)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            return self.dispatch();
-        }
-        if let Some(value) = line.strip_prefix(b"data:") {
+            self.dispatch(on_event);
+        } else if let Some(value) = line.strip_prefix(b"data:") {
             let value = value.strip_prefix(b" ").unwrap_or(value);
             if self.has_data {
                 self.data.push(b'\n');
@@ -65,17 +68,18 @@ impl SseParser {
             self.data.extend_from_slice(value);
             self.has_data = true;
         }
-        None
     }
 
-    fn dispatch(&mut self) -> Option<String> {
+    fn dispatch(&mut self, on_event: &mut impl FnMut(&str)) {
         if !self.has_data {
-            return None;
+            return;
         }
         self.has_data = false;
-        let data = String::from_utf8_lossy(&self.data).into_owned();
+        match std::str::from_utf8(&self.data) {
+            Ok(data) => on_event(data),
+            Err(_) => on_event(&String::from_utf8_lossy(&self.data)),
+        }
         self.data.clear();
-        Some(data)
     }
 }
 

@@ -7,7 +7,6 @@
 //! schedule (no coordinated omission). Only requests started inside the measurement window
 //! (after the warm-up) are recorded; the run waits for them to finish.
 
-mod client;
 mod probe;
 mod stats;
 mod workload;
@@ -16,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -24,7 +24,6 @@ pub use probe::{Failure, Outcome, Target};
 pub use stats::{Counts, Percentiles};
 pub use workload::{Conversation, Workload, WorkloadSpec};
 
-use client::HttpClient;
 use stats::Recorder;
 
 /// Default open-loop cap on requests in flight; requests over it are counted as dropped.
@@ -127,7 +126,7 @@ impl LoadReport {
 
 /// State shared by every sender of one run.
 struct Run {
-    client: HttpClient,
+    client: reqwest::Client,
     config: LoadConfig,
     workload: Workload,
     recorder: Mutex<Recorder>,
@@ -138,16 +137,22 @@ struct Run {
 }
 
 impl Run {
-    /// Sends the next turn of some conversation, starting the clock at `start`, and records it
-    /// if it started inside the window.
+    /// Counts a request in flight, then sends it (see [`Run::send_counted`]).
     async fn send_one(&self, start: Instant) {
-        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.send_counted(start).await;
+    }
+
+    /// Sends the next turn of some conversation, starting the clock at `start`, and records it
+    /// if it started inside the window. The caller has already counted it in flight.
+    async fn send_counted(&self, start: Instant) {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
         self.max_in_flight.fetch_max(in_flight, Ordering::Relaxed);
         let conversation = self.workload.checkout();
         let body = self.workload.body(&conversation);
         let threshold = self.config.stall_threshold();
-        let timeout = self.config.target.timeout;
-        let outcome = probe::send(&self.client, body, start, threshold, timeout).await;
+        let target = &self.config.target;
+        let outcome = probe::send(&self.client, target, body, start, threshold).await;
         self.workload.checkin(conversation);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if start >= self.measure_from {
@@ -188,11 +193,21 @@ impl Run {
     }
 }
 
+/// A reqwest client suited to load generation: HTTP/1.1, `TCP_NODELAY`, unbounded keep-alive
+/// pool (one connection per concurrent stream).
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?)
+}
+
 /// Runs one load test and returns its report. Senders are tokio tasks: a multi-threaded
 /// runtime spreads them over its worker threads.
 pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
-    let target = &config.target;
-    let client = HttpClient::new(&target.url, target.api_key.as_deref()).await?;
+    let client = http_client()?;
     let now = Instant::now();
     let measure_from = now + config.warmup;
     let run = Arc::new(Run {
@@ -210,7 +225,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         LoadMode::Open {
             rate,
             max_in_flight,
-        } => open_loop(&run, rate, max_in_flight, now).await,
+        } => open_loop(&run, rate, max_in_flight, now).await?,
     }
     Ok(run.report())
 }
@@ -238,26 +253,69 @@ async fn sender(run: Arc<Run>, first_at: Instant) {
 }
 
 /// Sends request `k` at `now + k / rate` until the window closes, then waits for all of them.
-async fn open_loop(run: &Arc<Run>, rate: f64, max_in_flight: usize, now: Instant) {
-    let mut requests = JoinSet::new();
-    let rate = rate.max(f64::MIN_POSITIVE);
-    for k in 0_u64.. {
-        let intended = now + Duration::from_secs_f64(k as f64 / rate);
-        if intended >= run.stop_at {
-            break;
-        }
-        tokio::time::sleep_until(intended).await;
-        while requests.try_join_next().is_some() {}
-        if requests.len() >= max_in_flight {
-            if intended >= run.measure_from {
-                run.record(&Outcome::failed(Failure::Dropped));
-            }
-            continue;
-        }
-        let run = Arc::clone(run);
-        requests.spawn(async move { run.send_one(intended).await });
+///
+/// The schedule is kept by an OS thread sleeping with `std::thread::sleep` (sub-millisecond
+/// precision) rather than by tokio timers, whose millisecond ticks would otherwise add up to
+/// ~2 ms of the harness's own lateness to every latency measured from the intended time.
+async fn open_loop(
+    run: &Arc<Run>,
+    rate: f64,
+    max_in_flight: usize,
+    now: Instant,
+) -> anyhow::Result<()> {
+    let (spawned_tx, mut spawned_rx) = tokio::sync::mpsc::unbounded_channel();
+    let scheduler = Scheduler {
+        run: Arc::clone(run),
+        runtime: tokio::runtime::Handle::current(),
+        rate: rate.max(f64::MIN_POSITIVE),
+        max_in_flight: max_in_flight as u64,
+        start: now,
+    };
+    std::thread::Builder::new()
+        .name("open-loop-scheduler".to_owned())
+        .spawn(move || scheduler.run(&spawned_tx))
+        .context("starting the open-loop scheduler thread")?;
+    // The channel closes when the scheduler thread is done; by then every request is in it.
+    while let Some(request) = spawned_rx.recv().await {
+        let _ = request.await;
     }
-    while requests.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The open-loop schedule, kept on a thread of its own.
+struct Scheduler {
+    run: Arc<Run>,
+    runtime: tokio::runtime::Handle,
+    rate: f64,
+    max_in_flight: u64,
+    start: Instant,
+}
+
+impl Scheduler {
+    fn run(self, spawned: &tokio::sync::mpsc::UnboundedSender<tokio::task::JoinHandle<()>>) {
+        for k in 0_u64.. {
+            let intended = self.start + Duration::from_secs_f64(k as f64 / self.rate);
+            if intended >= self.run.stop_at {
+                return;
+            }
+            std::thread::sleep(intended.saturating_duration_since(Instant::now()));
+            if self.run.in_flight.load(Ordering::Relaxed) >= self.max_in_flight {
+                if intended >= self.run.measure_from {
+                    self.run.record(&Outcome::failed(Failure::Dropped));
+                }
+                continue;
+            }
+            // Counted here, not when the task starts, so the cap holds under a backlog.
+            self.run.in_flight.fetch_add(1, Ordering::Relaxed);
+            let run = Arc::clone(&self.run);
+            let request = self
+                .runtime
+                .spawn(async move { run.send_counted(intended).await });
+            if spawned.send(request).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn as_ms(duration: Duration) -> f64 {

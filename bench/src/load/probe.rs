@@ -4,19 +4,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt as _;
-use hyper::Response;
-use hyper::body::Incoming;
+use futures_util::StreamExt as _;
+use reqwest::header::CONTENT_TYPE;
 use tokio::time::Instant;
 
-use super::client::{ExchangeError, HttpClient};
 use crate::sse::{Payload, SseParser, classify};
 
 /// Where and how requests are sent.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// Full chat-completions URL, plain `http://`, e.g.
-    /// `http://127.0.0.1:8080/v1/chat/completions`.
+    /// Full chat-completions URL, e.g. `http://127.0.0.1:8080/v1/chat/completions`.
     pub url: String,
     /// Sent as `Authorization: Bearer <key>` when set.
     pub api_key: Option<String>,
@@ -68,48 +65,56 @@ impl Outcome {
     }
 }
 
-/// Sends `body` through `client` and reads the SSE answer to its end. Latencies count from
-/// `start`, which is the intended send time in open-loop runs.
+/// Sends `body` to `target` and reads the SSE answer to its end. Latencies count from `start`,
+/// which is the intended send time in open-loop runs.
 pub(crate) async fn send(
-    client: &HttpClient,
+    client: &reqwest::Client,
+    target: &Target,
     body: Bytes,
     start: Instant,
     stall_threshold: Option<Duration>,
-    timeout: Duration,
 ) -> Outcome {
-    let read =
-        async |response| read_response(response, StreamTimer::new(start, stall_threshold)).await;
-    match tokio::time::timeout(timeout, client.post(body, read)).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(ExchangeError::Connect | ExchangeError::Request)) => {
-            Outcome::failed(Failure::Connect)
-        }
-        Err(_) => Outcome::failed(Failure::Timeout),
+    let mut request = client
+        .post(&target.url)
+        .header(CONTENT_TYPE, "application/json")
+        .timeout(target.timeout)
+        .body(body);
+    if let Some(key) = &target.api_key {
+        request = request.bearer_auth(key);
     }
-}
-
-async fn read_response(response: Response<Incoming>, mut timer: StreamTimer) -> Outcome {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return Outcome::failed(transport_failure(&error, Failure::Connect)),
+    };
     let status = response.status().as_u16();
-    let mut body = response.into_body();
     if status != 200 {
         // Drain the error body so the connection can be reused.
-        while let Some(Ok(_)) = body.frame().await {}
+        let _ = response.bytes().await;
         return Outcome::failed(Failure::Status(status));
     }
+    read_stream(response, StreamTimer::new(start, stall_threshold)).await
+}
+
+async fn read_stream(response: reqwest::Response, mut timer: StreamTimer) -> Outcome {
     let mut parser = SseParser::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return timer.fail(Failure::Body);
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
+    let mut body = response.bytes_stream();
+    while let Some(item) = body.next().await {
+        let bytes = match item {
+            Ok(bytes) => bytes,
+            Err(error) => return timer.fail(transport_failure(&error, Failure::Body)),
         };
         let arrived = Instant::now();
-        for event in parser.feed(&data) {
-            timer.on_event(&event, arrived);
-        }
+        parser.feed_with(&bytes, |event| timer.on_event(event, arrived));
     }
     timer.finish()
+}
+
+fn transport_failure(error: &reqwest::Error, otherwise: Failure) -> Failure {
+    if error.is_timeout() {
+        Failure::Timeout
+    } else {
+        otherwise
+    }
 }
 
 /// Tracks the timings of one stream as its events arrive.

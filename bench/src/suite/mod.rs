@@ -126,8 +126,9 @@ pub struct SuiteResults {
 }
 
 /// Runs the suite, writes `results.json` and `results.md` into `options.out`, and returns the
-/// results. Setup failures (no redial binary, no Postgres) are errors; failed requests are
-/// reported in [`SuiteResults::hard_failures`].
+/// results. A missing redial binary or an unwritable output directory is an error; failed
+/// requests and stores that cannot be set up (e.g. no Postgres) are reported in
+/// [`SuiteResults::hard_failures`].
 pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
@@ -140,49 +141,71 @@ pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
     // The mock gets a thread of its own so its pacing does not queue behind the load generator.
     let mock = MockUpstream::start_isolated(([127, 0, 0, 1], 0).into(), MockConfig::default())?;
     mock.set_recording(false);
-    // Only for redial's readiness checks; the load itself uses its own lean client.
-    let client = reqwest::Client::new();
-
-    let mut results = SuiteResults {
-        suite: if options.smoke { "smoke" } else { "standard" },
-        started_at: unix_now(),
-        machine: Machine::detect(),
-        scenarios: scenarios.clone(),
-        runs: Vec::new(),
-        redial: Vec::new(),
-        targets: Vec::new(),
-        hard_failures: Vec::new(),
-    };
-    let direct = Target {
-        url: format!("{}/chat/completions", mock.base_url()),
-        api_key: None,
-        timeout: REQUEST_TIMEOUT,
-    };
-    for scenario in &scenarios {
-        let report = run_scenario(&mock, scenario, &direct, "direct").await?;
-        results.runs.push(record(scenario, None, None, report));
-    }
+    let mut results = SuiteResults::new(options.smoke, scenarios);
+    run_direct(&mock, &mut results).await?;
     if let Some(binary) = &binary {
-        for &store in &options.stores {
-            let context = StoreRun {
-                options,
-                binary,
-                mock: &mock,
-                client: &client,
-                scenarios: &scenarios,
-            };
-            // A store that cannot be set up fails the suite but not the other stores.
-            if let Err(error) = context.run(store, &mut results).await {
-                eprintln!("error: redial on {}: {error:#}", store.name());
-                let failure = format!("redial on {}: {error:#}", store.name());
-                results.hard_failures.push(failure);
-            }
-        }
+        run_stores(options, binary, &mock, &mut results).await;
     }
     mock.shutdown();
     finish(&mut results);
     write_results(&options.out, &results)?;
     Ok(results)
+}
+
+impl SuiteResults {
+    fn new(smoke: bool, scenarios: Vec<Scenario>) -> Self {
+        Self {
+            suite: if smoke { "smoke" } else { "standard" },
+            started_at: unix_now(),
+            machine: Machine::detect(),
+            scenarios,
+            runs: Vec::new(),
+            redial: Vec::new(),
+            targets: Vec::new(),
+            hard_failures: Vec::new(),
+        }
+    }
+}
+
+/// Every scenario straight to the mock: the baseline.
+async fn run_direct(mock: &MockUpstream, results: &mut SuiteResults) -> anyhow::Result<()> {
+    let direct = Target {
+        url: format!("{}/chat/completions", mock.base_url()),
+        api_key: None,
+        timeout: REQUEST_TIMEOUT,
+    };
+    for scenario in results.scenarios.clone() {
+        let report = run_scenario(mock, &scenario, &direct, "direct").await?;
+        results.runs.push(record(&scenario, None, None, report));
+    }
+    Ok(())
+}
+
+/// Every scenario through redial, once per store. A store that cannot be set up fails the
+/// suite (as a hard failure) but not the other stores.
+async fn run_stores(
+    options: &SuiteOptions,
+    binary: &Path,
+    mock: &MockUpstream,
+    results: &mut SuiteResults,
+) {
+    // Only for redial's readiness checks; the load generator has its own client.
+    let client = reqwest::Client::new();
+    let scenarios = results.scenarios.clone();
+    let context = StoreRun {
+        options,
+        binary,
+        mock,
+        client: &client,
+        scenarios: &scenarios,
+    };
+    for &store in &options.stores {
+        if let Err(error) = context.run(store, results).await {
+            eprintln!("error: redial on {}: {error:#}", store.name());
+            let failure = format!("redial on {}: {error:#}", store.name());
+            results.hard_failures.push(failure);
+        }
+    }
 }
 
 /// Judges targets and collects hard failures.
