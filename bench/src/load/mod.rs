@@ -103,6 +103,10 @@ pub struct LoadReport {
     pub done: Percentiles,
     /// Gaps between consecutive content chunks.
     pub gap: Percentiles,
+    /// redial's memory read plus prompt build per request (from `Server-Timing`); empty for
+    /// servers that do not send it.
+    #[serde(default)]
+    pub gateway: Percentiles,
 }
 
 impl LoadReport {
@@ -189,6 +193,7 @@ impl Run {
             ttft: summary.ttft,
             done: summary.done,
             gap: summary.gaps,
+            gateway: summary.gateway,
         }
     }
 }

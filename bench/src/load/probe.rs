@@ -53,6 +53,9 @@ pub struct Outcome {
     pub stalls: u32,
     /// Set when the request failed.
     pub failure: Option<Failure>,
+    /// redial's own memory read plus prompt build, from its `Server-Timing` header (`mem` +
+    /// `prompt`); `None` when the server sent no such header (the mock).
+    pub gateway: Option<Duration>,
 }
 
 impl Outcome {
@@ -86,13 +89,40 @@ pub(crate) async fn send(
         Ok(response) => response,
         Err(error) => return Outcome::failed(transport_failure(&error, Failure::Connect)),
     };
+    let gateway = response
+        .headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(gateway_time);
     let status = response.status().as_u16();
     if status != 200 {
         // Drain the error body so the connection can be reused.
         let _ = response.bytes().await;
         return Outcome::failed(Failure::Status(status));
     }
-    read_stream(response, StreamTimer::new(start, stall_threshold)).await
+    let mut outcome = read_stream(response, StreamTimer::new(start, stall_threshold)).await;
+    outcome.gateway = gateway;
+    outcome
+}
+
+/// `mem` + `prompt` of a `Server-Timing` header such as
+/// `mem;dur=0.412;desc="memory read", prompt;dur=0.031, upstream;dur=312.5, total;dur=312.6`.
+pub fn gateway_time(header: &str) -> Option<Duration> {
+    let mut total_ms = None;
+    for metric in header.split(',') {
+        let mut parts = metric.trim().split(';');
+        let name = parts.next().unwrap_or("").trim();
+        if name != "mem" && name != "prompt" {
+            continue;
+        }
+        let duration = parts.find_map(|p| p.trim().strip_prefix("dur=")?.parse::<f64>().ok());
+        if let Some(ms) = duration {
+            *total_ms.get_or_insert(0.0) += ms;
+        }
+    }
+    total_ms
+        .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1_000.0))
 }
 
 async fn read_stream(response: reqwest::Response, mut timer: StreamTimer) -> Outcome {
@@ -216,5 +246,17 @@ mod tests {
         no_content.on_event(ROLE, start);
         no_content.on_event("[DONE]", start);
         assert_eq!(no_content.finish().failure, Some(Failure::NoContent));
+    }
+
+    #[test]
+    fn the_gateway_time_is_memory_plus_prompt_from_server_timing() {
+        let header = r#"mem;dur=0.412;desc="memory read", prompt;dur=0.031;desc="prompt build", upstream;dur=312.5, total;dur=312.6"#;
+        let gateway = gateway_time(header).expect("parsed");
+        assert!(
+            (gateway.as_secs_f64() * 1_000.0 - 0.443).abs() < 1e-6,
+            "{gateway:?}"
+        );
+        assert_eq!(gateway_time("total;dur=3"), None);
+        assert_eq!(gateway_time("mem;dur=x"), None);
     }
 }

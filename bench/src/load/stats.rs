@@ -95,6 +95,7 @@ pub(crate) struct Recorder {
     ttft: Histogram<u64>,
     done: Histogram<u64>,
     gaps: Histogram<u64>,
+    gateway: Histogram<u64>,
     counts: Counts,
 }
 
@@ -105,6 +106,7 @@ pub(crate) struct Summary {
     pub ttft: Percentiles,
     pub done: Percentiles,
     pub gaps: Percentiles,
+    pub gateway: Percentiles,
 }
 
 impl Recorder {
@@ -114,6 +116,7 @@ impl Recorder {
             ttft: histogram()?,
             done: histogram()?,
             gaps: histogram()?,
+            gateway: histogram()?,
             counts: Counts::default(),
         })
     }
@@ -139,6 +142,7 @@ impl Recorder {
             ttft: Percentiles::of(&self.ttft),
             done: Percentiles::of(&self.done),
             gaps: Percentiles::of(&self.gaps),
+            gateway: Percentiles::of(&self.gateway),
         }
     }
 
@@ -149,6 +153,9 @@ impl Recorder {
         }
         if let Some(done) = outcome.done {
             self.done.saturating_record(as_us(done));
+        }
+        if let Some(gateway) = outcome.gateway {
+            self.gateway.saturating_record(as_us(gateway));
         }
     }
 
@@ -190,6 +197,7 @@ mod tests {
                 gaps: vec![Duration::from_millis(20)],
                 stalls: u32::from(ms == 100),
                 failure: None,
+                gateway: Some(Duration::from_micros(300)),
             });
         }
         recorder.record(&Outcome::failed(Failure::Status(503)));

@@ -81,8 +81,8 @@ fn targets_table(targets: &[TargetResult]) -> String {
 
 fn added_table(runs: &[RunRecord]) -> String {
     let mut table = String::from(
-        "| scenario | store | TTFT p50 | TTFT p99 | gap p99 | stalls | RSS peak MB |\n\
-         |---|---|--:|--:|--:|--:|--:|\n",
+        "| scenario | store | TTFT p50 | TTFT p99 | gap p99 | stalls | RSS peak MB | mem+prompt p50 | mem+prompt p99 |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for redial in runs.iter().filter(|r| r.kind == TargetKind::Redial) {
         let Some(direct) = runs
@@ -101,9 +101,16 @@ fn added_table(runs: &[RunRecord]) -> String {
         };
         let has_ttft = r.ttft.count > 0 && d.ttft.count > 0;
         let has_gap = r.gap.count > 0 && d.gap.count > 0;
+        let gateway = |q: f64| {
+            if r.gateway.count > 0 {
+                format!("{q:.3}")
+            } else {
+                dash()
+            }
+        };
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             redial.scenario,
             redial.store.as_deref().unwrap_or_default(),
             delta(has_ttft, r.ttft.p50_ms, d.ttft.p50_ms),
@@ -111,6 +118,8 @@ fn added_table(runs: &[RunRecord]) -> String {
             delta(has_gap, r.gap.p99_ms, d.gap.p99_ms),
             r.counts.stall_events,
             redial.rss_peak_bytes.map_or_else(dash, megabytes),
+            gateway(r.gateway.p50_ms),
+            gateway(r.gateway.p99_ms),
         );
     }
     table

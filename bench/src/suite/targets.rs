@@ -252,6 +252,7 @@ mod tests {
                 p99_ms: gap_p99,
                 ..Percentiles::default()
             },
+            gateway: Percentiles::default(),
         }
     }
 
