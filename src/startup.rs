@@ -66,6 +66,7 @@ impl Application {
             .into_future();
         let mut server = tokio::spawn(server);
         crate::analysis::worker::spawn(&state.engine, &token, &state.workers);
+        spawn_metrics_upkeep(&state);
         tracing::info!(%addr, store = state.store.backend(), dev_mode = state.settings.server.dev_mode(), "redial listening");
 
         tokio::select! {
@@ -88,6 +89,22 @@ impl Application {
         tracing::info!("redial stopped");
         Ok(())
     }
+}
+
+/// Histogram samples wait in the recorder until upkeep folds them in; without it they would
+/// pile up between scrapes (or forever, when nothing scrapes).
+fn spawn_metrics_upkeep(state: &AppState) {
+    const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+    let (metrics, token) = (state.metrics.clone(), state.shutdown.clone());
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => metrics.run_upkeep(),
+                () = token.cancelled() => break,
+            }
+        }
+    });
 }
 
 /// Waits for background writes, at most `grace`.
