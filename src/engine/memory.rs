@@ -1,5 +1,10 @@
-//! Loading what redial knows about a call: its session and caller, created on the first turn,
-//! resuming the caller's unfinished call when there is one.
+//! Loading what redial knows about a call: its session and caller.
+//!
+//! The per-turn read ([`load`]) only reads: an existing call's session and caller in one round
+//! trip, or — on a call's first turn — the caller's profile and any unfinished call to resume.
+//! The new session is then held in memory and written by [`ensure_stored`] off the caller's
+//! critical path (when the turn is persisted, or before one of redial's own tools needs it), so
+//! a write backlog never delays what the caller hears.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -13,23 +18,43 @@ use crate::storage::{
 /// The session of the current call and its caller.
 #[derive(Debug, Clone)]
 pub struct CallContext {
-    /// The call's session.
+    /// The call's session (on a first turn, as it will be stored).
     pub session: CallSession,
-    /// The caller, when identified. On the first turn this is the profile as it was before this
-    /// call was counted.
+    /// The caller, when identified and known. On the first turn this is the profile as it was
+    /// before this call was counted.
     pub caller: Option<Caller>,
-    /// Whether this turn created the session.
+    /// Whether the caller has a phone number (known or not yet stored).
+    pub identified: bool,
+    /// Whether this context's writes created the session.
     pub created: bool,
+    pending: Option<Pending>,
 }
 
-/// Loads the call's session and caller in one round trip; on the first turn of a call, finds
-/// or creates the caller and creates the session (linked to the call it resumes, if any).
+/// A first turn's writes, not yet done.
+#[derive(Debug, Clone)]
+struct Pending {
+    new: NewSession,
+    phone: Option<String>,
+    /// An abandoned `active` call this one resumes, to mark `dropped`.
+    drop_previous: Option<(Uuid, DateTime<Utc>)>,
+}
+
+impl CallContext {
+    /// Whether the session is in the store.
+    pub fn is_stored(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
+/// Reads the call's session and caller: one round trip for a known call; for a new call, the
+/// caller's profile and the call it resumes (nothing is written; see [`ensure_stored`]).
 pub(crate) async fn load(
     engine: &Engine,
     identity: &Identity,
     model: Option<&str>,
 ) -> Result<CallContext, StoreError> {
     let store = &engine.store;
+    let identified = identity.caller.is_some();
     if let Some((session, caller)) = store
         .load_call(identity.platform, &identity.call_key)
         .await?
@@ -37,20 +62,105 @@ pub(crate) async fn load(
         return Ok(CallContext {
             session,
             caller,
+            identified,
             created: false,
+            pending: None,
         });
     }
     let now = Utc::now();
     let caller = match &identity.caller {
-        Some(phone) => Some(store.upsert_caller(phone, now).await?),
+        Some(phone) => store.get_caller_by_phone(phone).await?,
         None => None,
     };
     let resumed = match &caller {
         Some(caller) => resumable(engine, caller.caller_id, &identity.assistant_id, now).await?,
         None => None,
     };
+    let new = new_session(
+        engine,
+        identity,
+        caller.as_ref(),
+        resumed.as_ref(),
+        model,
+        now,
+    );
+    let session = unstored(&new, caller.as_ref());
+    let drop_previous = resumed
+        .filter(|s| s.status == SessionStatus::Active)
+        .map(|s| (s.session_id, s.last_activity_at));
+    let pending = Pending {
+        new,
+        phone: identity.caller.clone(),
+        drop_previous,
+    };
+    Ok(CallContext {
+        session,
+        caller,
+        identified,
+        created: false,
+        pending: Some(pending),
+    })
+}
+
+/// Writes a first turn's caller and session (marking the resumed call dropped when it was
+/// abandoned). Idempotent: a session another request created meanwhile is adopted.
+pub(crate) async fn ensure_stored(
+    engine: &Engine,
+    context: &mut CallContext,
+) -> Result<(), StoreError> {
+    let Some(pending) = context.pending.clone() else {
+        return Ok(());
+    };
+    let store = &engine.store;
+    let now = Utc::now();
+    let mut new = pending.new;
+    if let Some(phone) = &pending.phone {
+        let caller = store.upsert_caller(phone, now).await?;
+        new.caller_id = Some(caller.caller_id);
+        if context.caller.is_none() {
+            context.caller = Some(caller);
+        }
+    }
+    if let Some((previous, last_activity)) = pending.drop_previous {
+        let close = CloseSession {
+            status: SessionStatus::Dropped,
+            ended_reason: Some("went silent; resumed by a new call".into()),
+            ended_at: last_activity,
+            details: serde_json::json!({}),
+        };
+        store.close_session(previous, &close).await?;
+    }
+    let (session, created) = store.create_session(&new).await?;
+    if created && session.resumes_session_id.is_some() {
+        metrics::counter!("redial_resumed_calls_total").increment(1);
+    }
+    context.session = session;
+    context.created = created;
+    context.pending = None;
+    Ok(())
+}
+
+/// Reads and, for a new call, stores the context at once (webhooks, workers, greetings).
+pub(crate) async fn load_stored(
+    engine: &Engine,
+    identity: &Identity,
+    model: Option<&str>,
+) -> Result<CallContext, StoreError> {
+    let mut context = load(engine, identity, model).await?;
+    ensure_stored(engine, &mut context).await?;
+    Ok(context)
+}
+
+fn new_session(
+    engine: &Engine,
+    identity: &Identity,
+    caller: Option<&Caller>,
+    resumed: Option<&CallSession>,
+    model: Option<&str>,
+    now: DateTime<Utc>,
+) -> NewSession {
     let script = engine.settings.assistant(&identity.assistant_id);
-    let (attempt, resumes_session_id, answers) = match &resumed {
+    let (attempt, resumes_session_id, answers) = match resumed {
         Some(previous) => (
             previous.attempt + 1,
             Some(previous.session_id),
@@ -63,11 +173,11 @@ pub(crate) async fn load(
     } else {
         SessionStatus::Active
     };
-    let new = NewSession {
+    NewSession {
         session_id: Uuid::now_v7(),
         platform: identity.platform,
         call_key: identity.call_key.clone(),
-        caller_id: caller.as_ref().map(|c| c.caller_id),
+        caller_id: caller.map(|c| c.caller_id),
         assistant_id: identity.assistant_id.clone(),
         attempt,
         resumes_session_id,
@@ -75,20 +185,35 @@ pub(crate) async fn load(
         status,
         model: model.map(str::to_owned),
         started_at: now,
-    };
-    let (session, created) = store.create_session(&new).await?;
-    if created && session.resumes_session_id.is_some() {
-        metrics::counter!("redial_resumed_calls_total").increment(1);
     }
-    Ok(CallContext {
-        session,
-        caller,
-        created,
-    })
+}
+
+/// The session as `create_session` will store it (the caller's counts are snapshotted).
+fn unstored(new: &NewSession, caller: Option<&Caller>) -> CallSession {
+    CallSession {
+        session_id: new.session_id,
+        platform: new.platform,
+        call_key: new.call_key.clone(),
+        caller_id: new.caller_id,
+        assistant_id: new.assistant_id.clone(),
+        status: new.status,
+        attempt: new.attempt,
+        resumes_session_id: new.resumes_session_id,
+        answers: new.answers.clone(),
+        prior_calls: caller.map_or(0, |c| c.call_count),
+        prior_call_at: caller.and_then(|c| c.last_call_at),
+        model: new.model.clone(),
+        ended_reason: None,
+        details: serde_json::json!({}),
+        started_at: new.started_at,
+        last_activity_at: new.started_at,
+        ended_at: None,
+        version: 0,
+    }
 }
 
 /// The caller's unfinished call with this assistant within the resume window, when the
-/// assistant's script has required fields. An abandoned `active` call is marked `dropped`.
+/// assistant's script has required fields.
 async fn resumable(
     engine: &Engine,
     caller_id: Uuid,
@@ -106,22 +231,7 @@ async fn resumable(
         .store
         .find_resumable(caller_id, assistant_id, since, stale_before, None)
         .await?;
-    let Some(previous) = found.filter(|s| script::incomplete(script, &s.answers)) else {
-        return Ok(None);
-    };
-    if previous.status == SessionStatus::Active {
-        let close = CloseSession {
-            status: SessionStatus::Dropped,
-            ended_reason: Some("went silent; resumed by a new call".into()),
-            ended_at: previous.last_activity_at,
-            details: serde_json::json!({}),
-        };
-        engine
-            .store
-            .close_session(previous.session_id, &close)
-            .await?;
-    }
-    Ok(Some(previous))
+    Ok(found.filter(|s| script::incomplete(script, &s.answers)))
 }
 
 fn seconds(secs: u64) -> chrono::Duration {

@@ -158,7 +158,7 @@ impl Engine {
         &self,
         identity: &Identity,
     ) -> Result<CallContext, crate::storage::StoreError> {
-        memory::load(self, identity, None).await
+        memory::load_stored(self, identity, None).await
     }
 
     /// Records `text` as the agent's opening line of the call (the greeting) unless one was

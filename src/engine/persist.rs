@@ -46,10 +46,14 @@ async fn try_persist(
     context: &mut Option<CallContext>,
     outcome: &Outcome,
 ) -> Result<(), StoreError> {
-    let ctx = match context.take() {
+    let mut ctx = match context.take() {
         Some(ctx) => ctx,
         None => memory::load(engine, &request.identity, outcome.model.as_deref()).await?,
     };
+    if let Err(e) = memory::ensure_stored(engine, &mut ctx).await {
+        *context = Some(ctx);
+        return Err(e);
+    }
     let session_id = ctx.session.session_id;
     let turns = new_turns(&request.messages, outcome);
     let result = async {

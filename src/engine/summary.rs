@@ -30,8 +30,10 @@ pub fn estimate_tokens(text: &str) -> usize {
 pub struct SummaryInput<'a> {
     /// The current call.
     pub session: &'a CallSession,
-    /// The caller, when known.
+    /// The caller's profile, when one is stored.
     pub caller: Option<&'a Caller>,
+    /// Whether the caller has a phone number (a first-time caller has no profile yet).
+    pub identified: bool,
     /// Script lines (resumption notice, confirmed answers, next question), highest priority
     /// first; provided by the script layer, already quoted.
     pub script_lines: &'a [String],
@@ -43,7 +45,7 @@ pub fn build(input: &SummaryInput<'_>, max_tokens: usize) -> Option<String> {
     if let Some(caller) = input.caller {
         lines.extend(caller_lines(caller));
     }
-    lines.extend(history_lines(input.session, input.caller));
+    lines.extend(history_lines(input.session, input.caller, input.identified));
     if lines.is_empty() {
         return None;
     }
@@ -75,10 +77,10 @@ fn caller_lines(caller: &Caller) -> Vec<String> {
     lines
 }
 
-fn history_lines(session: &CallSession, caller: Option<&Caller>) -> Vec<String> {
+fn history_lines(session: &CallSession, caller: Option<&Caller>, identified: bool) -> Vec<String> {
     let mut lines = Vec::new();
     if session.prior_calls == 0 {
-        if caller.is_some() {
+        if caller.is_some() || identified {
             lines.push("This is the caller's first call.".to_owned());
         }
         return lines;

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Engine;
-use super::memory::CallContext;
+use super::memory::{self, CallContext};
 use super::script;
 use crate::config::AssistantSettings;
 use crate::storage::{CallerPatch, NewAudit};
@@ -114,6 +114,13 @@ pub async fn execute(
             "memory is unavailable for this call right now; carry on without it",
         );
     };
+    // A first turn's session is written only now that a tool needs it.
+    if let Err(e) = memory::ensure_stored(engine, context).await {
+        tracing::error!(error = %e, "storing the call before a tool failed");
+        return ToolResult::error(
+            "memory is unavailable for this call right now; carry on without it",
+        );
+    }
     let result = match name {
         RECORD_ANSWER => record_answer(engine, context, arguments).await,
         REMEMBER_CALLER => remember_caller(engine, context, arguments).await,

@@ -107,13 +107,14 @@ fn build_prompt(
     let input = SummaryInput {
         session: &context.session,
         caller: context.caller.as_ref(),
+        identified: context.identified,
         script_lines: &script_lines,
     };
     let summary = summary::build(&input, engine.settings.memory.summary_max_tokens);
     let mut offered = request.tools.clone();
     offered.extend(tools::definitions(
         script,
-        context.caller.is_some(),
+        context.identified,
         &request.tools,
     ));
     (prompt::with_summary(&request.messages, summary), offered)

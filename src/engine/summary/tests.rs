@@ -56,6 +56,7 @@ fn a_returning_caller_gets_count_date_summary_sentiment_and_action() {
     let input = SummaryInput {
         session: &session,
         caller: Some(&caller),
+        identified: true,
         script_lines: &[],
     };
     let summary = build(&input, 300).unwrap();
@@ -80,6 +81,7 @@ fn caller_values_are_quoted_as_data() {
     let input = SummaryInput {
         session: &session,
         caller: Some(&caller),
+        identified: true,
         script_lines: &[],
     };
     let summary = build(&input, 300).unwrap();
@@ -101,6 +103,7 @@ fn the_budget_is_a_hard_limit_and_drops_lowest_priority_lines_first() {
     let input = SummaryInput {
         session: &session,
         caller: Some(&caller),
+        identified: true,
         script_lines: &script,
     };
     for budget in [16, 40, 60, 80, 120] {
@@ -129,6 +132,7 @@ fn an_unknown_caller_without_history_gets_no_summary() {
     let input = SummaryInput {
         session: &session,
         caller: None,
+        identified: false,
         script_lines: &[],
     };
     assert_eq!(build(&input, 300), None);
