@@ -243,8 +243,8 @@ fn server_timing(timings: &TurnTimings, started: Instant, total: Option<Duration
     parts.join(", ")
 }
 
-fn json_event(value: &serde_json::Value) -> Event {
-    Event::default().data(value.to_string())
+fn json_event(json: &str) -> Event {
+    Event::default().data(json)
 }
 
 fn ms(d: Duration) -> f64 {

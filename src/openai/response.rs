@@ -26,23 +26,29 @@ impl FinishReason {
     }
 }
 
-/// Builds the chunks of one streamed completion, sharing id, creation time and model.
+/// Builds the chunks of one streamed completion, sharing id, creation time and model. Text
+/// chunks — one per token, the hot path — are written straight into a string from a
+/// precomputed prefix; the rare tool-call and finish chunks go through `serde_json`.
 #[derive(Debug, Clone)]
 pub struct ChunkBuilder {
     id: String,
     created: i64,
     model: String,
     role_sent: bool,
+    /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":{`
+    prefix: String,
 }
 
 impl ChunkBuilder {
     /// Starts a completion.
     pub fn new(id: String, created: i64, model: String) -> Self {
+        let prefix = chunk_prefix(&id, created, &model);
         Self {
             id,
             created,
             model,
             role_sent: false,
+            prefix,
         }
     }
 
@@ -59,22 +65,32 @@ impl ChunkBuilder {
     /// Sets the model reported from now on.
     pub fn set_model(&mut self, model: &str) {
         model.clone_into(&mut self.model);
+        self.prefix = chunk_prefix(&self.id, self.created, &self.model);
     }
 
-    /// A content delta. The first delta of the completion also carries `role`.
-    pub fn content(&mut self, text: &str) -> Value {
-        let delta = self.with_role(json!({"content": text}));
-        self.chunk(&delta, None)
+    /// A content delta, as JSON text. The first delta of the completion also carries `role`.
+    pub fn content(&mut self, text: &str) -> String {
+        let escaped = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+        let mut out = String::with_capacity(self.prefix.len() + escaped.len() + 64);
+        out.push_str(&self.prefix);
+        if !self.role_sent {
+            self.role_sent = true;
+            out.push_str(r#""role":"assistant","#);
+        }
+        out.push_str(r#""content":"#);
+        out.push_str(&escaped);
+        out.push_str(r#"},"finish_reason":null}]}"#);
+        out
     }
 
-    /// A tool-call delta, passed through in OpenAI's exact streaming shape.
-    pub fn tool_call(&mut self, delta: &Value) -> Value {
+    /// A tool-call delta, passed through in OpenAI's exact streaming shape, as JSON text.
+    pub fn tool_call(&mut self, delta: &Value) -> String {
         let delta = self.with_role(json!({"tool_calls": [delta]}));
         self.chunk(&delta, None)
     }
 
-    /// The final chunk: empty delta and the finish reason.
-    pub fn finish(&mut self, reason: FinishReason) -> Value {
+    /// The final chunk: empty delta and the finish reason, as JSON text.
+    pub fn finish(&mut self, reason: FinishReason) -> String {
         let delta = self.with_role(json!({}));
         self.chunk(&delta, Some(reason))
     }
@@ -87,7 +103,7 @@ impl ChunkBuilder {
         delta
     }
 
-    fn chunk(&self, delta: &Value, finish: Option<FinishReason>) -> Value {
+    fn chunk(&self, delta: &Value, finish: Option<FinishReason>) -> String {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -95,7 +111,17 @@ impl ChunkBuilder {
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         })
+        .to_string()
     }
+}
+
+fn chunk_prefix(id: &str, created: i64, model: &str) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        r#"{{"id":{},"object":"chat.completion.chunk","created":{created},"model":{},"choices":[{{"index":0,"delta":{{"#,
+        quote(id),
+        quote(model)
+    )
 }
 
 /// A non-streamed `chat.completion`.
@@ -118,4 +144,30 @@ pub fn completion(
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_chunks_are_exact_openai_chunks() {
+        let mut chunks = ChunkBuilder::new("chatcmpl-1".into(), 1_755_700_000, "m\"x".into());
+        let first: Value = serde_json::from_str(&chunks.content("Hi \"there\"\n")).unwrap();
+        assert_eq!(
+            first,
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_755_700_000,
+                   "model": "m\"x", "choices": [{"index": 0,
+                   "delta": {"role": "assistant", "content": "Hi \"there\"\n"}, "finish_reason": null}]})
+        );
+        chunks.set_model("other");
+        let second: Value = serde_json::from_str(&chunks.content("!")).unwrap();
+        assert_eq!(second["choices"][0]["delta"], json!({"content": "!"}));
+        assert_eq!(second["model"], "other");
+        let finish: Value = serde_json::from_str(&chunks.finish(FinishReason::Stop)).unwrap();
+        assert_eq!(
+            finish["choices"][0],
+            json!({"index": 0, "delta": {}, "finish_reason": "stop"})
+        );
+    }
 }

@@ -1,5 +1,13 @@
 //! Parsing one upstream `chat.completion.chunk` into [`Delta`]s.
+//!
+//! This runs for every token of every stream, so the chunk is deserialised into borrowed,
+//! typed fields (no intermediate `serde_json::Value` tree for the common text chunk); only
+//! tool-call fragments, which are passed through as they are, become `Value`s.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::UpstreamError;
@@ -17,40 +25,61 @@ pub enum Delta {
     Finish(FinishReason),
 }
 
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    error: Option<StreamError>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChunkDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    #[serde(default, rename = "role")]
+    _role: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct StreamError {
+    #[serde(default)]
+    message: Option<String>,
+}
+
 /// Parses the `data:` of one SSE event. An `{"error":…}` object is an upstream failure.
 pub fn parse_chunk(data: &str) -> Result<Vec<Delta>, UpstreamError> {
-    let chunk: Value = serde_json::from_str(data)
-        .map_err(|e| UpstreamError::Decode(format!("chunk is not JSON: {e}")))?;
-    if let Some(error) = chunk.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error");
+    let chunk: Chunk<'_> = serde_json::from_str(data)
+        .map_err(|e| UpstreamError::Decode(format!("chunk is not a completion chunk: {e}")))?;
+    if let Some(error) = chunk.error {
+        let message = error.message.unwrap_or_else(|| "unknown error".into());
         return Err(UpstreamError::Status {
             status: 502,
             body: format!("error in stream: {message}"),
         });
     }
     let mut out = Vec::new();
-    let Some(choice) = chunk
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-    else {
+    let Some(choice) = chunk.choices.into_iter().next() else {
         return Ok(out); // usage-only or keep-alive chunk
     };
-    if let Some(delta) = choice.get("delta") {
-        if let Some(text) = delta.get("content").and_then(Value::as_str) {
-            if !text.is_empty() {
-                out.push(Delta::Text(text.to_owned()));
-            }
+    if let Some(delta) = choice.delta {
+        if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+            out.push(Delta::Text(text.into_owned()));
         }
-        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            out.extend(calls.iter().cloned().map(Delta::ToolCall));
-        }
+        out.extend(delta.tool_calls.into_iter().flatten().map(Delta::ToolCall));
     }
-    if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-        out.push(Delta::Finish(FinishReason::parse(reason)));
+    if let Some(reason) = choice.finish_reason {
+        out.push(Delta::Finish(FinishReason::parse(&reason)));
     }
     Ok(out)
 }
@@ -62,8 +91,11 @@ mod tests {
 
     #[test]
     fn text_tool_and_finish_deltas_are_parsed() {
-        let text = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#;
-        assert_eq!(parse_chunk(text).unwrap(), vec![Delta::Text("Hi".into())]);
+        let text = r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi \"you\"\n"},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_chunk(text).unwrap(),
+            vec![Delta::Text("Hi \"you\"\n".into())]
+        );
         let tool = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"f","arguments":""}}]}}]}"#;
         assert_eq!(
             parse_chunk(tool).unwrap(),
@@ -78,6 +110,11 @@ mod tests {
         );
         assert!(
             parse_chunk(r#"{"choices":[],"usage":{"total_tokens":3}}"#)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse_chunk(r#"{"choices":[{"delta":{"content":null}}]}"#)
                 .unwrap()
                 .is_empty()
         );
