@@ -56,31 +56,29 @@ async fn try_persist(
     }
     let session_id = ctx.session.session_id;
     let turns = new_turns(&request.messages, outcome);
-    let result = async {
-        engine.store.append_turns(session_id, &turns).await?;
-        engine
-            .store
-            .touch_session(session_id, outcome.model.as_deref(), Utc::now())
-            .await?;
-        if let Some(caller) = &ctx.caller {
-            let entry = NewAudit {
-                caller_id: Some(caller.caller_id),
-                session_id: Some(session_id),
-                actor: format!("engine:{}", request.identity.platform),
-                action: if ctx.created {
-                    "create".into()
-                } else {
-                    "read".into()
-                },
-                reason: "turn".into(),
-                details: json!({"memory_used": true}),
-                created_at: Utc::now(),
-            };
-            engine.store.append_audit(&[entry]).await?;
-        }
-        Ok(())
-    }
-    .await;
+    let audit: Vec<NewAudit> = ctx
+        .caller
+        .iter()
+        .map(|caller| NewAudit {
+            caller_id: Some(caller.caller_id),
+            session_id: Some(session_id),
+            actor: format!("engine:{}", request.identity.platform),
+            action: if ctx.created {
+                "create".into()
+            } else {
+                "read".into()
+            },
+            reason: "turn".into(),
+            details: json!({"memory_used": true}),
+            created_at: Utc::now(),
+        })
+        .collect();
+    // One transaction: the turns, the session's activity and model, and the audit entry.
+    let result = engine
+        .store
+        .save_turn(session_id, &turns, outcome.model.as_deref(), &audit)
+        .await
+        .map(drop);
     *context = Some(ctx);
     result
 }

@@ -48,9 +48,19 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// How to open a store.
+///
+/// Each backend keeps reads apart from writes so that a backlog of writes never makes the
+/// per-turn read wait for a connection:
+/// - SQLite (a file): one writer connection, through which every write goes (writers queue in
+///   the pool rather than on the database's busy timeout), and `max_connections` query-only
+///   reader connections for the pure reads. `sqlite::memory:` has a single connection for both.
+/// - Postgres: the main pool of `max_connections` for writes and most reads, plus a small reader
+///   pool of `max(2, max_connections / 4)` read-only connections for the per-turn reads
+///   (`load_call`, `get_session`, `get_caller_by_phone`, `find_resumable`).
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// Largest number of pooled connections.
+    /// Largest number of pooled connections: SQLite's reader pool, Postgres' main pool (see the
+    /// type's documentation for the connections added to it).
     pub max_connections: u32,
     /// How long to wait for a connection before failing.
     pub connect_timeout: Duration,
@@ -100,7 +110,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Cheap round trip proving the database answers (readiness).
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Closes the pool, waiting for checked-out connections to return.
+    /// Closes the store's pools, waiting for checked-out connections to return.
     async fn close(&self);
 
     // ---- callers ------------------------------------------------------------------------------
@@ -167,7 +177,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> StoreResult<AnswerOutcome>;
 
-    /// Marks the session's last activity and the model that served it.
+    /// Marks the session's last activity and the model that served it: `last_activity_at`
+    /// becomes `now` unless it is already later, `model` is replaced when given, and the
+    /// version is bumped.
     async fn touch_session(
         &self,
         session_id: Uuid,
@@ -190,6 +202,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends turns to a session's log in order. A turn whose `idempotency_key` is already
     /// stored for the session is skipped. Returns how many were inserted.
     async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64>;
+
+    /// Stores a finished turn in one transaction, all or nothing:
+    /// - appends `turns` in order, skipping those whose `idempotency_key` is already stored for
+    ///   the session (as [`Store::append_turns`]);
+    /// - when a turn was inserted or `model` is given, touches the session once (as
+    ///   [`Store::touch_session`]): `last_activity_at` becomes the newest inserted turn's
+    ///   `created_at` unless it is already later (never backwards; skipped turns do not move
+    ///   it), `model` is replaced when given, and the version is bumped by one;
+    /// - appends the `audit` entries (as [`Store::append_audit`]).
+    ///
+    /// Returns how many turns were inserted. An unknown session fails with
+    /// [`StoreError::NotFound`] and stores nothing, audit entries included. Saving the same turn
+    /// again inserts no turn, but audit entries have no dedupe key: they are appended again (a
+    /// retried save records the access twice, which overstates rather than loses it).
+    async fn save_turn(
+        &self,
+        session_id: Uuid,
+        turns: &[NewTurn],
+        model: Option<&str>,
+        audit: &[NewAudit],
+    ) -> StoreResult<u64>;
 
     /// The session's turns, oldest first.
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;

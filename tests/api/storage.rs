@@ -5,6 +5,7 @@ mod analyses;
 mod answers;
 mod callers;
 mod jobs;
+mod pools;
 mod resume;
 mod sessions;
 mod turns;

@@ -1,6 +1,6 @@
 //! Post-call analyses and the audit log on Postgres.
 
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{AnalysisRow, AuditRow};
@@ -88,6 +88,15 @@ pub(super) async fn append_audit(pool: &PgPool, entries: &[NewAudit]) -> StoreRe
     if entries.is_empty() {
         return Ok(());
     }
+    let mut conn = pool.acquire().await?;
+    insert_audit(&mut conn, entries).await
+}
+
+/// Inserts audit entries (none is a no-op).
+pub(super) async fn insert_audit(conn: &mut PgConnection, entries: &[NewAudit]) -> StoreResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let mut insert = QueryBuilder::<Postgres>::new(
         "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
          created_at) ",
@@ -101,7 +110,7 @@ pub(super) async fn append_audit(pool: &PgPool, entries: &[NewAudit]) -> StoreRe
             .push_bind(&entry.details)
             .push_bind(entry.created_at);
     });
-    insert.build().execute(pool).await?;
+    insert.build().execute(conn).await?;
     Ok(())
 }
 

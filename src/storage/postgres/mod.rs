@@ -1,5 +1,10 @@
 //! The Postgres store: production backend, safe for several redial instances sharing a database.
 //!
+//! The store keeps two pools: the main pool (`max_connections`) for writes and most reads, and a
+//! small pool of read-only connections for the per-turn reads (`load_call`, `get_session`,
+//! `get_caller_by_phone`, `find_resumable`), so a backlog of writes holding every main
+//! connection (waiting on row locks, say) never makes a turn wait for its memory read.
+//!
 //! Multi-statement writes run in a transaction and lock the rows they read-modify-write with
 //! `for no key update` (which leaves foreign-key checks of concurrent inserts unblocked); the job
 //! queue uses `for update skip locked`.
@@ -40,11 +45,20 @@ type AuditRow = rows::AuditRow<Uuid, DateTime<Utc>>;
 /// Postgres implementation of [`Store`].
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
+    /// Writes and everything not on the hot path.
     pool: PgPool,
+    /// Read-only connections reserved for the per-turn reads.
+    reader: PgPool,
+}
+
+/// The size of the reader pool for a main pool of `max_connections`: a quarter of it, at least
+/// two, so one slow read does not make the next wait.
+fn reader_connections(max_connections: u32) -> u32 {
+    (max_connections / 4).max(2)
 }
 
 impl PostgresStore {
-    /// Opens a pool to `url` (`postgres://…`) without migrating. Fails with
+    /// Opens the pools to `url` (`postgres://…`) without migrating. Fails with
     /// [`StoreError::Database`] when no connection can be made within `connect_timeout`.
     #[tracing::instrument(name = "store.connect", skip_all, fields(backend = "postgres"))]
     pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
@@ -56,9 +70,18 @@ impl PostgresStore {
             .max_connections(options.max_connections)
             .min_connections(options.max_connections.min(4))
             .acquire_timeout(options.connect_timeout)
-            .connect_with(connect_options)
+            .connect_with(connect_options.clone())
             .await?;
-        Ok(Self { pool })
+        // Up to four readers are kept warm like the main pool's connections. They are read-only,
+        // so a write sent to them by mistake fails instead of taking locks on the hot path.
+        let readers = reader_connections(options.max_connections);
+        let reader = PgPoolOptions::new()
+            .max_connections(readers)
+            .min_connections(readers.min(4))
+            .acquire_timeout(options.connect_timeout)
+            .connect_with(connect_options.options([("default_transaction_read_only", "on")]))
+            .await?;
+        Ok(Self { pool, reader })
     }
 }
 
@@ -81,6 +104,7 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        self.reader.close().await;
         self.pool.close().await;
     }
 
@@ -93,7 +117,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>> {
-        callers::get_caller_by_phone(&self.pool, phone).await
+        callers::get_caller_by_phone(&self.reader, phone).await
     }
 
     async fn update_caller(
@@ -110,7 +134,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
-        sessions::get_session(&self.pool, session_id).await
+        sessions::get_session(&self.reader, session_id).await
     }
 
     async fn load_call(
@@ -118,7 +142,7 @@ impl Store for PostgresStore {
         platform: Platform,
         call_key: &str,
     ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
-        sessions::load_call(&self.pool, platform, call_key).await
+        sessions::load_call(&self.reader, platform, call_key).await
     }
 
     async fn find_resumable(
@@ -130,7 +154,7 @@ impl Store for PostgresStore {
         exclude: Option<Uuid>,
     ) -> StoreResult<Option<CallSession>> {
         sessions::find_resumable(
-            &self.pool,
+            &self.reader,
             caller_id,
             assistant_id,
             started_since,
@@ -170,6 +194,16 @@ impl Store for PostgresStore {
 
     async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
         turns::append_turns(&self.pool, session_id, turns).await
+    }
+
+    async fn save_turn(
+        &self,
+        session_id: Uuid,
+        turns: &[NewTurn],
+        model: Option<&str>,
+        audit: &[NewAudit],
+    ) -> StoreResult<u64> {
+        turns::save_turn(&self.pool, session_id, turns, model, audit).await
     }
 
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {

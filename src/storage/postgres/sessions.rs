@@ -204,15 +204,29 @@ pub(super) async fn touch_session(
     model: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    touch(&mut conn, session_id, model, Some(now)).await
+}
+
+/// Moves the session's `last_activity_at` forward to `at` (never backwards; kept when `None`),
+/// replaces its model when given and bumps its version. An unknown session is
+/// [`StoreError::NotFound`].
+pub(super) async fn touch(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    model: Option<&str>,
+    at: Option<DateTime<Utc>>,
+) -> StoreResult<()> {
+    // greatest() ignores a null argument.
     let done = sqlx::query(
         "update call_session set last_activity_at = greatest(last_activity_at, $2), \
-         model = coalesce($3, model), version = version + 1, updated_at = $2 \
+         model = coalesce($3, model), version = version + 1, updated_at = coalesce($2, updated_at) \
          where session_id = $1",
     )
     .bind(session_id)
-    .bind(now)
+    .bind(at)
     .bind(model)
-    .execute(pool)
+    .execute(conn)
     .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound);

@@ -1,12 +1,12 @@
 //! The turn log on Postgres.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::TurnRow;
+use super::{TurnRow, analyses, sessions};
 use crate::storage::rows::convert_all;
-use crate::storage::{NewTurn, StoreError, StoreResult, Turn};
+use crate::storage::{NewAudit, NewTurn, StoreError, StoreResult, Turn};
 
 #[tracing::instrument(
     name = "store.append_turns",
@@ -19,17 +19,61 @@ pub(super) async fn append_turns(
     turns: &[NewTurn],
 ) -> StoreResult<u64> {
     let mut tx = pool.begin().await?;
-    // Locking the session serialises appends to one call, so `seq` follows append order.
+    let created = insert_turns(&mut tx, session_id, turns).await?;
+    if let Some(newest) = created.iter().max() {
+        sessions::touch(&mut tx, session_id, None, Some(*newest)).await?;
+    }
+    tx.commit().await?;
+    let inserted = created.len() as u64;
+    tracing::Span::current().record("inserted", inserted);
+    Ok(inserted)
+}
+
+#[tracing::instrument(
+    name = "store.save_turn",
+    skip_all,
+    fields(backend = "postgres", %session_id, turns = turns.len(), audit = audit.len(),
+           inserted = tracing::field::Empty)
+)]
+pub(super) async fn save_turn(
+    pool: &PgPool,
+    session_id: Uuid,
+    turns: &[NewTurn],
+    model: Option<&str>,
+    audit: &[NewAudit],
+) -> StoreResult<u64> {
+    let mut tx = pool.begin().await?;
+    let created = insert_turns(&mut tx, session_id, turns).await?;
+    let newest = created.iter().max().copied();
+    if newest.is_some() || model.is_some() {
+        sessions::touch(&mut tx, session_id, model, newest).await?;
+    }
+    analyses::insert_audit(&mut tx, audit).await?;
+    tx.commit().await?;
+    let inserted = created.len() as u64;
+    tracing::Span::current().record("inserted", inserted);
+    Ok(inserted)
+}
+
+/// Inserts `turns` into an existing session's log inside a transaction, skipping keys already
+/// stored; returns the `created_at` of each inserted turn. The session's row stays locked until
+/// the transaction ends, which serialises appends to one call so `seq` follows append order. An
+/// unknown session is [`StoreError::NotFound`], even with no turns.
+async fn insert_turns(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    turns: &[NewTurn],
+) -> StoreResult<Vec<DateTime<Utc>>> {
     let exists: Option<i32> =
         sqlx::query_scalar("select 1 from call_session where session_id = $1 for no key update")
             .bind(session_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?;
     if exists.is_none() {
         return Err(StoreError::NotFound);
     }
     if turns.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let mut insert = QueryBuilder::<Postgres>::new(
         "insert into turn (session_id, idempotency_key, role, content, tool_name, tool_call_id, \
@@ -46,21 +90,7 @@ pub(super) async fn append_turns(
             .push_bind(turn.created_at);
     });
     insert.push(" on conflict (session_id, idempotency_key) do nothing returning created_at");
-    let created: Vec<DateTime<Utc>> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-    if let Some(newest) = created.iter().max() {
-        sqlx::query(
-            "update call_session set last_activity_at = greatest(last_activity_at, $2), \
-             version = version + 1, updated_at = $2 where session_id = $1",
-        )
-        .bind(session_id)
-        .bind(newest)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    let inserted = created.len() as u64;
-    tracing::Span::current().record("inserted", inserted);
-    Ok(inserted)
+    Ok(insert.build_query_scalar().fetch_all(conn).await?)
 }
 
 #[tracing::instrument(name = "store.list_turns", skip_all, fields(backend = "postgres", %session_id))]

@@ -1,6 +1,6 @@
 //! Post-call analyses and the audit log on SQLite.
 
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{AnalysisRow, AuditRow, begin_write, id, ms};
@@ -91,6 +91,18 @@ pub(super) async fn append_audit(pool: &SqlitePool, entries: &[NewAudit]) -> Sto
     if entries.is_empty() {
         return Ok(());
     }
+    let mut conn = pool.acquire().await?;
+    insert_audit(&mut conn, entries).await
+}
+
+/// Inserts audit entries (none is a no-op).
+pub(super) async fn insert_audit(
+    conn: &mut SqliteConnection,
+    entries: &[NewAudit],
+) -> StoreResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let mut insert = QueryBuilder::<Sqlite>::new(
         "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
          created_at) ",
@@ -104,7 +116,7 @@ pub(super) async fn append_audit(pool: &SqlitePool, entries: &[NewAudit]) -> Sto
             .push_bind(&entry.details)
             .push_bind(ms(entry.created_at));
     });
-    insert.build().execute(pool).await?;
+    insert.build().execute(conn).await?;
     Ok(())
 }
 

@@ -1,9 +1,19 @@
 //! The SQLite store: the embedded zero-setup default (`sqlite://redial.db`, created when missing).
 //!
-//! Times are stored as unix milliseconds, ids as hyphenated text and JSON as text. The database
-//! runs in WAL mode so readers never wait for the writer. SQLite has one writer at a time: every
-//! multi-statement write starts with `begin immediate`, taking the write lock up front, so two
-//! writers queue on `busy_timeout` instead of failing when a read lock cannot be upgraded.
+//! Times are stored as unix milliseconds, ids as hyphenated text and JSON as text.
+//!
+//! The database runs in WAL mode, where readers never wait for the writer, and the store keeps
+//! two pools over the file so that they never wait for a connection held by one either:
+//! - the **writer**, exactly one connection: every write goes through it, so concurrent writes
+//!   of this process queue in the pool (asynchronously, first come first served) instead of
+//!   holding several connections that spin on `busy_timeout` for the one write lock;
+//! - the **readers**, `max_connections` query-only connections (`PRAGMA query_only`), serving
+//!   every pure read: `load_call`, the `get_*` and `list_*` methods, `find_resumable`, `ping`.
+//!
+//! Every multi-statement write starts with `begin immediate`, taking the write lock up front, so
+//! it waits on `busy_timeout` for a writer of another process instead of failing when a read
+//! lock cannot be upgraded. `sqlite::memory:` keeps one connection serving both roles: the
+//! database lives only as long as that connection.
 
 mod analyses;
 mod callers;
@@ -68,39 +78,56 @@ async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, 
 /// SQLite implementation of [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// The single writer connection (also the reader for an in-memory database).
+    writer: SqlitePool,
+    /// Query-only connections for the pure reads.
+    reader: SqlitePool,
 }
 
 impl SqliteStore {
-    /// Opens a pool to `url` without migrating: `sqlite://redial.db` or `sqlite:redial.db`
+    /// Opens the pools to `url` without migrating: `sqlite://redial.db` or `sqlite:redial.db`
     /// (relative), `sqlite:///abs/path.db`, or `sqlite::memory:` (one connection holding a private
-    /// in-memory database for the pool's lifetime). The file is created when missing.
+    /// in-memory database for the store's lifetime, serving reads and writes). The file is
+    /// created when missing.
     #[tracing::instrument(name = "store.connect", skip_all, fields(backend = "sqlite"))]
     pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let mut connect = SqliteConnectOptions::from_str(url)
+        let connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
-            .create_if_missing(true)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let mut pool = SqlitePoolOptions::new().acquire_timeout(options.connect_timeout);
+        let pool = || SqlitePoolOptions::new().acquire_timeout(options.connect_timeout);
+        // The writer is never closed for idleness: it is the one connection every write needs.
+        let writer = pool()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
         if in_memory {
             // The database lives as long as a connection to it does, and shared-cache
             // connections would fail with SQLITE_LOCKED rather than wait: keep exactly one.
-            pool = pool
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        } else {
-            connect = connect
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal);
-            pool = pool.max_connections(options.max_connections);
+            let writer = writer.connect_with(connect.create_if_missing(true)).await?;
+            return Ok(Self {
+                reader: writer.clone(),
+                writer,
+            });
         }
-        Ok(Self {
-            pool: pool.connect_with(connect).await?,
-        })
+        // The writer creates the file and switches it to WAL (a persistent setting) before
+        // any reader opens it.
+        let writer = writer
+            .connect_with(
+                connect
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal),
+            )
+            .await?;
+        let reader = pool()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(connect.pragma("query_only", "ON"))
+            .await?;
+        Ok(Self { writer, reader })
     }
 }
 
@@ -112,30 +139,31 @@ impl Store for SqliteStore {
 
     #[tracing::instrument(name = "store.migrate", skip_all, fields(backend = "sqlite"))]
     async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.writer).await?;
         Ok(())
     }
 
     #[tracing::instrument(name = "store.ping", skip_all, fields(backend = "sqlite"))]
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("select 1").execute(&self.pool).await?;
+        sqlx::query("select 1").execute(&self.reader).await?;
         Ok(())
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
     }
 
     async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller> {
-        callers::upsert_caller(&self.pool, phone, now).await
+        callers::upsert_caller(&self.writer, phone, now).await
     }
 
     async fn get_caller(&self, caller_id: Uuid) -> StoreResult<Option<Caller>> {
-        callers::get_caller(&self.pool, caller_id).await
+        callers::get_caller(&self.reader, caller_id).await
     }
 
     async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>> {
-        callers::get_caller_by_phone(&self.pool, phone).await
+        callers::get_caller_by_phone(&self.reader, phone).await
     }
 
     async fn update_caller(
@@ -144,15 +172,15 @@ impl Store for SqliteStore {
         patch: &CallerPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<Caller> {
-        callers::update_caller(&self.pool, caller_id, patch, now).await
+        callers::update_caller(&self.writer, caller_id, patch, now).await
     }
 
     async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)> {
-        sessions::create_session(&self.pool, new).await
+        sessions::create_session(&self.writer, new).await
     }
 
     async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
-        sessions::get_session(&self.pool, session_id).await
+        sessions::get_session(&self.reader, session_id).await
     }
 
     async fn load_call(
@@ -160,7 +188,7 @@ impl Store for SqliteStore {
         platform: Platform,
         call_key: &str,
     ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
-        sessions::load_call(&self.pool, platform, call_key).await
+        sessions::load_call(&self.reader, platform, call_key).await
     }
 
     async fn find_resumable(
@@ -172,7 +200,7 @@ impl Store for SqliteStore {
         exclude: Option<Uuid>,
     ) -> StoreResult<Option<CallSession>> {
         sessions::find_resumable(
-            &self.pool,
+            &self.reader,
             caller_id,
             assistant_id,
             started_since,
@@ -190,7 +218,7 @@ impl Store for SqliteStore {
         required: &[String],
         now: DateTime<Utc>,
     ) -> StoreResult<AnswerOutcome> {
-        sessions::record_answer(&self.pool, session_id, field, value, required, now).await
+        sessions::record_answer(&self.writer, session_id, field, value, required, now).await
     }
 
     async fn touch_session(
@@ -199,7 +227,7 @@ impl Store for SqliteStore {
         model: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        sessions::touch_session(&self.pool, session_id, model, now).await
+        sessions::touch_session(&self.writer, session_id, model, now).await
     }
 
     async fn close_session(
@@ -207,15 +235,25 @@ impl Store for SqliteStore {
         session_id: Uuid,
         close: &CloseSession,
     ) -> StoreResult<CallSession> {
-        sessions::close_session(&self.pool, session_id, close).await
+        sessions::close_session(&self.writer, session_id, close).await
     }
 
     async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
-        turns::append_turns(&self.pool, session_id, turns).await
+        turns::append_turns(&self.writer, session_id, turns).await
+    }
+
+    async fn save_turn(
+        &self,
+        session_id: Uuid,
+        turns: &[NewTurn],
+        model: Option<&str>,
+        audit: &[NewAudit],
+    ) -> StoreResult<u64> {
+        turns::save_turn(&self.writer, session_id, turns, model, audit).await
     }
 
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {
-        turns::list_turns(&self.pool, session_id).await
+        turns::list_turns(&self.reader, session_id).await
     }
 
     async fn record_webhook(
@@ -223,11 +261,11 @@ impl Store for SqliteStore {
         event: &NewWebhookEvent,
         job: Option<&NewJob>,
     ) -> StoreResult<Recorded> {
-        jobs::record_webhook(&self.pool, event, job).await
+        jobs::record_webhook(&self.writer, event, job).await
     }
 
     async fn enqueue_job(&self, job: &NewJob) -> StoreResult<Recorded> {
-        jobs::enqueue_job(&self.pool, job).await
+        jobs::enqueue_job(&self.writer, job).await
     }
 
     async fn claim_job(
@@ -236,11 +274,11 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> StoreResult<Option<Job>> {
-        jobs::claim_job(&self.pool, worker, now, lease).await
+        jobs::claim_job(&self.writer, worker, now, lease).await
     }
 
     async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
-        jobs::complete_job(&self.pool, job_id, now).await
+        jobs::complete_job(&self.writer, job_id, now).await
     }
 
     async fn fail_job(
@@ -250,11 +288,11 @@ impl Store for SqliteStore {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        jobs::fail_job(&self.pool, job_id, error, retry_at, now).await
+        jobs::fail_job(&self.writer, job_id, error, retry_at, now).await
     }
 
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
-        jobs::get_job(&self.pool, job_id).await
+        jobs::get_job(&self.reader, job_id).await
     }
 
     async fn save_analysis(
@@ -262,18 +300,18 @@ impl Store for SqliteStore {
         analysis: &NewAnalysis,
         caller_update: Option<&CallerAnalysisUpdate>,
     ) -> StoreResult<Recorded> {
-        analyses::save_analysis(&self.pool, analysis, caller_update).await
+        analyses::save_analysis(&self.writer, analysis, caller_update).await
     }
 
     async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
-        analyses::list_analyses(&self.pool, session_id).await
+        analyses::list_analyses(&self.reader, session_id).await
     }
 
     async fn append_audit(&self, entries: &[NewAudit]) -> StoreResult<()> {
-        analyses::append_audit(&self.pool, entries).await
+        analyses::append_audit(&self.writer, entries).await
     }
 
     async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>> {
-        analyses::list_audit(&self.pool, caller_id, limit).await
+        analyses::list_audit(&self.reader, caller_id, limit).await
     }
 }

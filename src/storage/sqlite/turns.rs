@@ -1,11 +1,11 @@
 //! The turn log on SQLite.
 
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{TurnRow, begin_write, id, ms};
+use super::{TurnRow, analyses, begin_write, id, ms, sessions};
 use crate::storage::rows::convert_all;
-use crate::storage::{NewTurn, StoreError, StoreResult, Turn};
+use crate::storage::{NewAudit, NewTurn, StoreError, StoreResult, Turn};
 
 #[tracing::instrument(
     name = "store.append_turns",
@@ -18,16 +18,60 @@ pub(super) async fn append_turns(
     turns: &[NewTurn],
 ) -> StoreResult<u64> {
     let mut tx = begin_write(pool).await?;
+    let created = insert_turns(&mut tx, session_id, turns).await?;
+    if let Some(newest) = created.iter().max() {
+        sessions::touch(&mut tx, session_id, None, Some(*newest)).await?;
+    }
+    tx.commit().await?;
+    let inserted = created.len() as u64;
+    tracing::Span::current().record("inserted", inserted);
+    Ok(inserted)
+}
+
+#[tracing::instrument(
+    name = "store.save_turn",
+    skip_all,
+    fields(backend = "sqlite", %session_id, turns = turns.len(), audit = audit.len(),
+           inserted = tracing::field::Empty)
+)]
+pub(super) async fn save_turn(
+    pool: &SqlitePool,
+    session_id: Uuid,
+    turns: &[NewTurn],
+    model: Option<&str>,
+    audit: &[NewAudit],
+) -> StoreResult<u64> {
+    let mut tx = begin_write(pool).await?;
+    let created = insert_turns(&mut tx, session_id, turns).await?;
+    let newest = created.iter().max().copied();
+    if newest.is_some() || model.is_some() {
+        sessions::touch(&mut tx, session_id, model, newest).await?;
+    }
+    analyses::insert_audit(&mut tx, audit).await?;
+    tx.commit().await?;
+    let inserted = created.len() as u64;
+    tracing::Span::current().record("inserted", inserted);
+    Ok(inserted)
+}
+
+/// Inserts `turns` into an existing session's log inside a write transaction, skipping keys
+/// already stored; returns the `created_at` of each inserted turn. An unknown session is
+/// [`StoreError::NotFound`], even with no turns.
+async fn insert_turns(
+    conn: &mut SqliteConnection,
+    session_id: Uuid,
+    turns: &[NewTurn],
+) -> StoreResult<Vec<i64>> {
     let exists: Option<i32> =
         sqlx::query_scalar("select 1 from call_session where session_id = $1")
             .bind(id(session_id))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?;
     if exists.is_none() {
         return Err(StoreError::NotFound);
     }
     if turns.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let mut insert = QueryBuilder::<Sqlite>::new(
         "insert into turn (session_id, idempotency_key, role, content, tool_name, tool_call_id, \
@@ -44,21 +88,7 @@ pub(super) async fn append_turns(
             .push_bind(ms(turn.created_at));
     });
     insert.push(" on conflict (session_id, idempotency_key) do nothing returning created_at");
-    let created: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-    if let Some(newest) = created.iter().max() {
-        sqlx::query(
-            "update call_session set last_activity_at = max(last_activity_at, $2), \
-             version = version + 1, updated_at = $2 where session_id = $1",
-        )
-        .bind(id(session_id))
-        .bind(newest)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    let inserted = created.len() as u64;
-    tracing::Span::current().record("inserted", inserted);
-    Ok(inserted)
+    Ok(insert.build_query_scalar().fetch_all(conn).await?)
 }
 
 #[tracing::instrument(name = "store.list_turns", skip_all, fields(backend = "sqlite", %session_id))]

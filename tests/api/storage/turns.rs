@@ -1,12 +1,16 @@
 //! The turn log: ordered, idempotent, advancing the session's activity.
 
 use super::*;
-use redial::storage::Turn;
+use redial::storage::{NewAudit, Turn};
 
 on_both_backends!(
     append_turns_stores_turns_in_order_and_advances_last_activity,
     append_turns_skips_turns_whose_key_is_already_stored,
     turns_of_an_unknown_session_are_not_found_and_list_empty,
+    save_turn_stores_turns_in_order_with_the_model_activity_and_audit,
+    saving_a_turn_again_adds_no_turn_and_keeps_activity_but_appends_its_audit_again,
+    save_turn_never_moves_activity_backwards_and_touches_only_for_a_turn_or_a_model,
+    save_turn_for_an_unknown_session_fails_and_stores_nothing,
 );
 
 async fn append_turns_stores_turns_in_order_and_advances_last_activity(store: Arc<dyn Store>) {
@@ -105,6 +109,207 @@ async fn turns_of_an_unknown_session_are_not_found_and_list_empty(store: Arc<dyn
         "got {appended:?}"
     );
     assert!(listed.is_empty());
+}
+
+async fn save_turn_stores_turns_in_order_with_the_model_activity_and_audit(store: Arc<dyn Store>) {
+    // Arrange
+    let (caller, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let reply = NewTurn {
+        role: TurnRole::Assistant,
+        ..user_turn("r1", "Nice to meet you, Ada.", at(3))
+    };
+    let turns = vec![
+        user_turn("m1", "Hello", at(1)),
+        user_turn("m2", "My name is Ada", at(2)),
+        reply,
+    ];
+    let audit = [turn_audit(caller, session.session_id, at(3))];
+
+    // Act
+    let inserted = store
+        .save_turn(session.session_id, &turns, Some("gpt-next"), &audit)
+        .await
+        .expect("save turn");
+
+    // Assert
+    assert_eq!(inserted, 3);
+    let listed = store.list_turns(session.session_id).await.expect("list");
+    assert_eq!(listed.iter().map(to_new).collect::<Vec<_>>(), turns);
+    assert!(listed.windows(2).all(|w| w[0].seq < w[1].seq));
+    let stored = stored_session(store.as_ref(), session.session_id).await;
+    assert_eq!(stored.last_activity_at, at(3));
+    assert_eq!(stored.model.as_deref(), Some("gpt-next"));
+    assert_eq!(stored.version, session.version + 1, "one touch, one bump");
+    let trail = store.list_audit(caller, 10).await.expect("audit");
+    assert_eq!(trail.len(), 1);
+    assert_eq!(
+        (
+            trail[0].session_id,
+            trail[0].reason.as_str(),
+            trail[0].created_at
+        ),
+        (Some(session.session_id), "turn", at(3))
+    );
+}
+
+async fn saving_a_turn_again_adds_no_turn_and_keeps_activity_but_appends_its_audit_again(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let (caller, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let id = session.session_id;
+    let turns = [
+        user_turn("m1", "Hello", at(1)),
+        user_turn("m2", "Ada", at(2)),
+    ];
+    let audit = [turn_audit(caller, id, at(2))];
+    store
+        .save_turn(id, &turns, Some("gpt-test"), &audit)
+        .await
+        .expect("first save");
+    // A retry mints new times for the same keys.
+    let retried = [
+        user_turn("m1", "Hello", at(8)),
+        user_turn("m2", "Ada", at(9)),
+    ];
+
+    // Act
+    let again = store
+        .save_turn(id, &retried, Some("gpt-test"), &audit)
+        .await
+        .expect("save again");
+    let extended = store
+        .save_turn(
+            id,
+            &[turns[1].clone(), user_turn("m3", "Yes", at(5))],
+            None,
+            &[],
+        )
+        .await
+        .expect("save with one new turn");
+
+    // Assert
+    assert_eq!((again, extended), (0, 1));
+    let listed = store.list_turns(id).await.expect("list");
+    let keys: Vec<(&str, DateTime<Utc>)> = listed
+        .iter()
+        .map(|t| (t.idempotency_key.as_str(), t.created_at))
+        .collect();
+    assert_eq!(keys, [("m1", at(1)), ("m2", at(2)), ("m3", at(5))]);
+    let stored = stored_session(store.as_ref(), id).await;
+    assert_eq!(
+        stored.last_activity_at,
+        at(5),
+        "skipped turns do not move activity"
+    );
+    assert_eq!(
+        store.list_audit(caller, 10).await.expect("audit").len(),
+        2,
+        "audit entries have no dedupe key: a re-save appends them again"
+    );
+}
+
+async fn save_turn_never_moves_activity_backwards_and_touches_only_for_a_turn_or_a_model(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let (_, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let id = session.session_id;
+    store
+        .save_turn(id, &[user_turn("late", "later", at(10))], None, &[])
+        .await
+        .expect("save the later turn");
+    let after_late = stored_session(store.as_ref(), id).await;
+
+    // Act
+    let nothing = store.save_turn(id, &[], None, &[]).await.expect("nothing");
+    let untouched = stored_session(store.as_ref(), id).await;
+    let model_only = store
+        .save_turn(id, &[], Some("gpt-fallback"), &[])
+        .await
+        .expect("model only");
+    let with_model = stored_session(store.as_ref(), id).await;
+    let early = store
+        .save_turn(id, &[user_turn("early", "earlier", at(4))], None, &[])
+        .await
+        .expect("save an earlier turn");
+    let after_early = stored_session(store.as_ref(), id).await;
+
+    // Assert
+    assert_eq!((nothing, model_only, early), (0, 0, 1));
+    assert_eq!(after_late.last_activity_at, at(10));
+    assert_eq!(
+        after_late.model.as_deref(),
+        Some("gpt-test"),
+        "no model given"
+    );
+    assert_eq!(
+        untouched, after_late,
+        "no turn and no model: the session is untouched"
+    );
+    assert_eq!(with_model.model.as_deref(), Some("gpt-fallback"));
+    assert_eq!(with_model.last_activity_at, at(10));
+    assert_eq!(with_model.version, after_late.version + 1);
+    assert_eq!(after_early.last_activity_at, at(10), "never backwards");
+    assert_eq!(after_early.model.as_deref(), Some("gpt-fallback"));
+    assert_eq!(after_early.version, with_model.version + 1);
+}
+
+async fn save_turn_for_an_unknown_session_fails_and_stores_nothing(store: Arc<dyn Store>) {
+    // Arrange
+    let caller = store
+        .upsert_caller(PHONE, at(0))
+        .await
+        .expect("upsert")
+        .caller_id;
+    let unknown = Uuid::now_v7();
+
+    // Act
+    let saved = store
+        .save_turn(
+            unknown,
+            &[user_turn("m1", "Hello", at(1))],
+            Some("gpt-test"),
+            &[turn_audit(caller, unknown, at(1))],
+        )
+        .await;
+    let empty = store
+        .save_turn(unknown, &[], None, &[turn_audit(caller, unknown, at(1))])
+        .await;
+
+    // Assert
+    assert!(matches!(saved, Err(StoreError::NotFound)), "got {saved:?}");
+    assert!(matches!(empty, Err(StoreError::NotFound)), "got {empty:?}");
+    assert!(store.list_turns(unknown).await.expect("list").is_empty());
+    assert!(
+        store
+            .list_audit(caller, 10)
+            .await
+            .expect("audit")
+            .is_empty(),
+        "no audit entry without its turn"
+    );
+}
+
+/// The audit entry the engine writes with a turn.
+fn turn_audit(caller_id: Uuid, session_id: Uuid, created_at: DateTime<Utc>) -> NewAudit {
+    NewAudit {
+        caller_id: Some(caller_id),
+        session_id: Some(session_id),
+        actor: "engine:vapi".to_owned(),
+        action: "read".to_owned(),
+        reason: "turn".to_owned(),
+        details: json!({ "memory_used": true }),
+        created_at,
+    }
+}
+
+async fn stored_session(store: &dyn Store, session_id: Uuid) -> CallSession {
+    store
+        .get_session(session_id)
+        .await
+        .expect("get session")
+        .expect("session exists")
 }
 
 fn to_new(turn: &Turn) -> NewTurn {

@@ -108,8 +108,17 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    run_with_url(backend, |store, _| body(store)).await;
+}
+
+/// As [`run`], also giving `body` the database's URL (for raw connections beside the store).
+pub async fn run_with_url<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(Arc<dyn Store>, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let db = TestDb::new(backend).await;
-    let outcome = AssertUnwindSafe(body(Arc::clone(&db.store)))
+    let outcome = AssertUnwindSafe(body(Arc::clone(&db.store), db.url.clone()))
         .catch_unwind()
         .await;
     db.teardown().await;
