@@ -121,10 +121,25 @@ fn build_prompt(
 }
 
 /// Loads memory within `memory.read_budget_ms`; past it, or on error, the turn goes on without.
+///
+/// The read runs as a task of its own that is left to finish when the budget runs out, rather
+/// than being dropped mid-query: a query cancelled halfway costs its pooled connection (it must
+/// be closed and reopened), and under load that churn would slow every later read.
 async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallContext> {
     let budget = Duration::from_millis(engine.settings.memory.read_budget_ms);
-    let model = request.model.as_deref();
-    match timeout(budget, memory::load(engine, &request.identity, model)).await {
+    let (task_engine, identity) = (engine.clone(), request.identity.clone());
+    let model = request.model.clone();
+    let read = engine.tasks.spawn(async move {
+        memory::load(&task_engine, &identity, model.as_deref()).await
+    });
+    let result = match timeout(budget, read).await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(join_error)) => Ok(Err(crate::storage::StoreError::Corrupt(format!(
+            "memory read task failed: {join_error}"
+        )))),
+        Err(elapsed) => Err(elapsed),
+    };
+    match result {
         Ok(Ok(context)) => Some(context),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "memory read failed; the turn continues without memory");
