@@ -129,9 +129,9 @@ async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallConte
     let budget = Duration::from_millis(engine.settings.memory.read_budget_ms);
     let (task_engine, identity) = (engine.clone(), request.identity.clone());
     let model = request.model.clone();
-    let read = engine.tasks.spawn(async move {
-        memory::load(&task_engine, &identity, model.as_deref()).await
-    });
+    let read = engine
+        .tasks
+        .spawn(async move { memory::load(&task_engine, &identity, model.as_deref()).await });
     let result = match timeout(budget, read).await {
         Ok(Ok(result)) => Ok(result),
         Ok(Err(join_error)) => Ok(Err(crate::storage::StoreError::Corrupt(format!(
