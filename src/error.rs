@@ -2,7 +2,7 @@
 //! `{"error":{"message","type","param","code"}}`, with the right status.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -138,24 +138,6 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         Self::Internal(anyhow::Error::new(e).context("storage"))
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType(
-                "expected a request body with Content-Type: application/json".into(),
-            ),
-            JsonRejection::JsonSyntaxError(e) => {
-                Self::bad_request(format!("the body is not valid JSON: {}", e.body_text()))
-            }
-            JsonRejection::JsonDataError(e) => {
-                Self::bad_request(format!("the body has the wrong shape: {}", e.body_text()))
-            }
-            JsonRejection::BytesRejection(e) => Self::from(e),
-            other => Self::bad_request(other.body_text()),
-        }
     }
 }
 

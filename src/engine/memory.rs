@@ -39,13 +39,6 @@ struct Pending {
     drop_previous: Option<(Uuid, DateTime<Utc>)>,
 }
 
-impl CallContext {
-    /// Whether the session is in the store.
-    pub fn is_stored(&self) -> bool {
-        self.pending.is_none()
-    }
-}
-
 /// Reads the call's session and caller: one round trip for a known call; for a new call, the
 /// caller's profile and the call it resumes (nothing is written; see [`ensure_stored`]).
 pub(crate) async fn load(

@@ -90,23 +90,6 @@ impl MakeRequestId for MakeRequestV7 {
     }
 }
 
-/// `Json<T>` whose rejections are [`ApiError`]s, so bad bodies get OpenAI-shaped errors.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
-        Ok(Self(value))
-    }
-}
-
 /// The raw request body, whose rejections (over the size limit, unreadable) are [`ApiError`]s.
 #[derive(Debug, Clone, Default)]
 pub struct RawBody(pub axum::body::Bytes);

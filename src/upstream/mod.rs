@@ -11,7 +11,6 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::config::{Secret, UpstreamSettings};
-use crate::openai::FinishReason;
 
 pub use sse::{Delta, parse_chunk};
 
@@ -189,14 +188,6 @@ impl UpstreamStream {
             }
         }
     }
-}
-
-/// The reason as a [`FinishReason`], for callers that track it.
-pub fn finish_of(deltas: &[Delta]) -> Option<FinishReason> {
-    deltas.iter().find_map(|d| match d {
-        Delta::Finish(reason) => Some(*reason),
-        _ => None,
-    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
