@@ -107,15 +107,18 @@ fn spawn_metrics_upkeep(state: &AppState) {
     });
 }
 
-/// Waits for background writes, at most `grace`.
+/// Waits for background work (turns finishing, their writes queued) and then for the turn
+/// writer to drain its queue, at most `grace` in all.
 async fn drain(state: &AppState, grace: Duration) {
     state.tasks.close();
-    if tokio::time::timeout(grace, state.tasks.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        state.tasks.wait().await;
+        state.engine.writes_drained().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::error!(
-            pending = state.tasks.len(),
+            tasks = state.tasks.len(),
+            queued_writes = state.engine.pending_writes(),
             "background writes did not finish before the shutdown deadline"
         );
     }

@@ -41,17 +41,19 @@ impl AppState {
         let settings = Arc::new(settings);
         let tasks = TaskTracker::new();
         let llm = LlmClient::new(&settings.upstream)?;
+        let shutdown = CancellationToken::new();
         let engine = Engine::new(
             Arc::clone(&settings),
             Arc::clone(&store),
             llm,
             tasks.clone(),
+            shutdown.clone(),
         );
         Ok(Self(Arc::new(Inner {
             settings,
             store,
             tasks,
-            shutdown: CancellationToken::new(),
+            shutdown,
             metrics: metrics_handle(),
             engine,
             workers: TaskTracker::new(),

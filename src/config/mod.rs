@@ -248,6 +248,11 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long to wait for the database before giving up, in seconds.
     pub connect_timeout_secs: u64,
+    /// Most finished turns written in one transaction by the write-behind queue.
+    pub write_batch_max: usize,
+    /// Turns running or waiting for their write; a turn beyond it waits for room before it
+    /// starts, so memory stays bounded when the database falls behind.
+    pub write_queue_capacity: usize,
 }
 
 impl Default for DatabaseSettings {
@@ -256,6 +261,8 @@ impl Default for DatabaseSettings {
             url: DatabaseUrl::default(),
             max_connections: 10,
             connect_timeout_secs: 5,
+            write_batch_max: 128,
+            write_queue_capacity: 8192,
         }
     }
 }

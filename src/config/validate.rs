@@ -48,6 +48,12 @@ pub(super) fn validate(
     if settings.database.max_connections == 0 {
         return fail("database.max_connections", "must be at least 1".into());
     }
+    if settings.database.write_batch_max == 0 {
+        return fail("database.write_batch_max", "must be at least 1".into());
+    }
+    if settings.database.write_queue_capacity == 0 {
+        return fail("database.write_queue_capacity", "must be at least 1".into());
+    }
     let upstream = &settings.upstream;
     match reqwest::Url::parse(&upstream.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => {}

@@ -14,12 +14,14 @@ pub mod summary;
 mod tool_calls;
 pub mod tools;
 mod turn;
+mod writer;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -113,21 +115,32 @@ pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) llm: LlmClient,
     pub(crate) tasks: TaskTracker,
+    pub(crate) writer: writer::WriteQueue,
 }
 
 impl Engine {
-    /// Assembles an engine.
+    /// Assembles an engine and starts its turn writer (the write-behind queue configured by
+    /// `database.write_*`), which drains and stops once `shutdown` is cancelled. Must be called
+    /// within a Tokio runtime.
     pub fn new(
         settings: Arc<Settings>,
         store: Arc<dyn Store>,
         llm: LlmClient,
         tasks: TaskTracker,
+        shutdown: CancellationToken,
     ) -> Self {
+        let writer = writer::WriteQueue::spawn(
+            Arc::clone(&store),
+            shutdown,
+            settings.database.write_queue_capacity,
+            settings.database.write_batch_max,
+        );
         Self {
             settings,
             store,
             llm,
             tasks,
+            writer,
         }
     }
 
@@ -171,6 +184,17 @@ impl Engine {
         text: &str,
     ) -> Result<bool, crate::storage::StoreError> {
         persist::opening(self, session_id, text).await
+    }
+
+    /// Turns (and tool audit entries) handed to the write-behind queue and not yet stored.
+    pub fn pending_writes(&self) -> usize {
+        self.writer.pending()
+    }
+
+    /// Resolves once the write-behind queue has been drained and its writer has stopped; it
+    /// stops after shutdown begins, once every turn that started has handed in its write.
+    pub async fn writes_drained(&self) {
+        self.writer.stopped().await;
     }
 
     /// Starts a turn in a tracked background task and returns its event stream.

@@ -1,5 +1,7 @@
 //! Persisting a turn after its last event was sent: off the caller's critical path, never
-//! cancelled by a client disconnect, retried briefly, and idempotent.
+//! cancelled by a client disconnect, idempotent. A call's first turn stores its caller and
+//! session here (retried briefly); the turn itself goes to the write-behind queue
+//! ([`super::writer`]), which writes it with other calls' turns in one transaction.
 
 use std::time::Duration;
 
@@ -10,42 +12,55 @@ use uuid::Uuid;
 
 use super::memory::{self, CallContext};
 use super::turn::Outcome;
+use super::writer::{self, Slot};
 use super::{Engine, TurnRequest};
 use crate::openai::{ChatMessage, Role};
-use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole};
+use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
 
-/// Delays between persistence attempts.
+/// Delays between attempts to store a new call's caller and session.
 const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 
-/// Stores the turn's new messages and reply, with retries; failures are logged and counted.
+/// Stores the turn's new messages and reply: makes sure the call's session exists, then hands
+/// the turn to the writer through `slot` (or, when the queue was closed, writes it directly).
+/// Failures are logged and counted.
 pub(crate) async fn persist(
     engine: &Engine,
     request: &TurnRequest,
     context: Option<CallContext>,
     outcome: &Outcome,
+    slot: Option<Slot>,
 ) {
     let mut context = context;
     let mut delays = RETRY_DELAYS.iter();
-    loop {
-        let Err(e) = try_persist(engine, request, &mut context, outcome).await else {
-            return;
-        };
-        let Some(delay) = delays.next() else {
-            tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
-            metrics::counter!("redial_persist_failures_total").increment(1);
-            return;
-        };
-        tracing::warn!(error = %e, "persisting the turn failed; retrying");
-        tokio::time::sleep(*delay).await;
+    let ctx = loop {
+        match prepare(engine, request, &mut context, outcome).await {
+            Ok(ctx) => break ctx,
+            Err(e) => {
+                let Some(delay) = delays.next() else {
+                    tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
+                    metrics::counter!("redial_persist_failures_total").increment(1);
+                    return;
+                };
+                tracing::warn!(error = %e, "storing the call failed; retrying");
+                tokio::time::sleep(*delay).await;
+            }
+        }
+    };
+    let write = turn_write(request, &ctx, outcome);
+    match slot {
+        Some(slot) => slot.write(write),
+        None => writer::write_direct(engine.store.as_ref(), std::slice::from_ref(&write)).await,
     }
 }
 
-async fn try_persist(
+/// The call's stored context: loaded again when the turn ran without memory, and its caller
+/// and session written when this is the call's first turn.
+async fn prepare(
     engine: &Engine,
     request: &TurnRequest,
     context: &mut Option<CallContext>,
     outcome: &Outcome,
-) -> Result<(), StoreError> {
+) -> Result<CallContext, StoreError> {
     let mut ctx = match context.take() {
         Some(ctx) => ctx,
         None => memory::load(engine, &request.identity, outcome.model.as_deref()).await?,
@@ -54,9 +69,13 @@ async fn try_persist(
         *context = Some(ctx);
         return Err(e);
     }
+    Ok(ctx)
+}
+
+/// The turns, the session's activity and model, and the audit entry, for one transaction.
+fn turn_write(request: &TurnRequest, ctx: &CallContext, outcome: &Outcome) -> TurnWrite {
     let session_id = ctx.session.session_id;
-    let turns = new_turns(&request.messages, outcome);
-    let audit: Vec<NewAudit> = ctx
+    let audit = ctx
         .caller
         .iter()
         .map(|caller| NewAudit {
@@ -73,14 +92,12 @@ async fn try_persist(
             created_at: Utc::now(),
         })
         .collect();
-    // One transaction: the turns, the session's activity and model, and the audit entry.
-    let result = engine
-        .store
-        .save_turn(session_id, &turns, outcome.model.as_deref(), &audit)
-        .await
-        .map(drop);
-    *context = Some(ctx);
-    result
+    TurnWrite {
+        session_id,
+        turns: new_turns(&request.messages, outcome),
+        model: outcome.model.clone(),
+        audit,
+    }
 }
 
 /// The idempotency key of a call's opening line: one per session.

@@ -9,7 +9,7 @@ use super::Engine;
 use super::memory::{self, CallContext};
 use super::script;
 use crate::config::AssistantSettings;
-use crate::storage::{CallerPatch, NewAudit};
+use crate::storage::{CallerPatch, NewAudit, TurnWrite};
 
 /// Confirms one scripted field.
 pub const RECORD_ANSWER: &str = "record_answer";
@@ -259,8 +259,13 @@ async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &st
         details,
         created_at: Utc::now(),
     };
-    if let Err(e) = engine.store.append_audit(&[entry]).await {
-        tracing::error!(error = %e, "audit entry lost");
-        metrics::counter!("redial_audit_failures_total").increment(1);
-    }
+    // Written behind the conversation, with other calls' turns; the tool's own write is
+    // already committed.
+    let write = TurnWrite {
+        session_id: context.session.session_id,
+        turns: Vec::new(),
+        model: None,
+        audit: vec![entry],
+    };
+    engine.writer.submit(engine.store.as_ref(), write).await;
 }

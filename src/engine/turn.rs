@@ -56,6 +56,9 @@ pub(super) async fn run(
     timings: Arc<TurnTimings>,
     started: Instant,
 ) {
+    // A place in the write queue first: when the database has fallen far behind, new turns
+    // wait here rather than piling up unwritten work.
+    let slot = engine.writer.reserve().await;
     let mut context = read_memory(&engine, &request).await;
     let _ = timings.memory.set(started.elapsed());
     metrics::histogram!("redial_memory_read_seconds").record(started.elapsed().as_secs_f64());
@@ -90,7 +93,7 @@ pub(super) async fn run(
     }
     drop(tx);
     metrics::histogram!("redial_turn_seconds").record(started.elapsed().as_secs_f64());
-    persist::persist(&engine, &request, context, &outcome).await;
+    persist::persist(&engine, &request, context, &outcome, slot).await;
 }
 
 /// The upstream messages (summary inserted) and the tools offered (platform's and redial's).

@@ -200,12 +200,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ---- turns --------------------------------------------------------------------------------
 
     /// Appends turns to a session's log in order. A turn whose `idempotency_key` is already
-    /// stored for the session is skipped. Returns how many were inserted.
-    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64>;
+    /// stored for the session is skipped. Returns how many were inserted; when any was, the
+    /// session's `last_activity_at` moves to the newest of them (never backwards) and its
+    /// version is bumped. An unknown session is [`StoreError::NotFound`]. ([`Store::save_turn`]
+    /// with no model and no audit.)
+    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
+        self.save_turn(session_id, turns, None, &[]).await
+    }
 
     /// Stores a finished turn in one transaction, all or nothing:
     /// - appends `turns` in order, skipping those whose `idempotency_key` is already stored for
-    ///   the session (as [`Store::append_turns`]);
+    ///   the session;
     /// - when a turn was inserted or `model` is given, touches the session once (as
     ///   [`Store::touch_session`]): `last_activity_at` becomes the newest inserted turn's
     ///   `created_at` unless it is already later (never backwards; skipped turns do not move
@@ -216,13 +221,37 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`StoreError::NotFound`] and stores nothing, audit entries included. Saving the same turn
     /// again inserts no turn, but audit entries have no dedupe key: they are appended again (a
     /// retried save records the access twice, which overstates rather than loses it).
+    ///
+    /// A batch of one for [`Store::save_turns`].
     async fn save_turn(
         &self,
         session_id: Uuid,
         turns: &[NewTurn],
         model: Option<&str>,
         audit: &[NewAudit],
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<u64> {
+        let write = TurnWrite {
+            session_id,
+            turns: turns.to_vec(),
+            model: model.map(str::to_owned),
+            audit: audit.to_vec(),
+        };
+        match self.save_turns(std::slice::from_ref(&write)).await?.first() {
+            Some(Some(inserted)) => Ok(*inserted),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Stores a batch of finished turns, of one session or many, in one transaction (group
+    /// commit): each item as [`Store::save_turn`] describes, in batch order, so two items of
+    /// one session behave as two saves one after the other (the session's version is bumped
+    /// once per item that touches it, the last given model wins, turns keep batch order).
+    ///
+    /// Returns, per item, how many of its turns were inserted, or `None` when its session does
+    /// not exist (nothing of that item is stored, audit entries included; the other items are).
+    /// Any other failure stores nothing of the batch. Postgres locks the batch's sessions in id
+    /// order, so concurrent batches of several instances cannot deadlock one another.
+    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>>;
 
     /// The session's turns, oldest first.
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;

@@ -300,6 +300,19 @@ pub struct NewTurn {
     pub created_at: DateTime<Utc>,
 }
 
+/// One finished turn of a session to store, as [`Store::save_turns`] takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnWrite {
+    /// The session the turn belongs to.
+    pub session_id: Uuid,
+    /// The turns to append, in order (keys already stored are skipped).
+    pub turns: Vec<NewTurn>,
+    /// The model that served the turn, when known.
+    pub model: Option<String>,
+    /// Accesses to record with it.
+    pub audit: Vec<NewAudit>,
+}
+
 /// Whether a keyed write was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {

@@ -15,3 +15,4 @@ mod storage;
 mod support;
 mod tools;
 mod webhooks;
+mod writes;

@@ -15,6 +15,7 @@ mod jobs;
 mod sessions;
 mod turns;
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -27,8 +28,8 @@ use uuid::Uuid;
 use super::rows;
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, Caller, CallerAnalysisUpdate, CallerPatch,
-    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewTurn,
-    NewWebhookEvent, Platform, Recorded, Store, StoreError, StoreResult, Turn,
+    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewWebhookEvent,
+    Platform, Recorded, Store, StoreError, StoreResult, Turn, TurnWrite,
 };
 
 /// The Postgres migrations, embedded at build time.
@@ -41,6 +42,16 @@ type TurnRow = rows::TurnRow<Uuid, DateTime<Utc>>;
 type JobRow = rows::JobRow<Uuid, DateTime<Utc>>;
 type AnalysisRow = rows::AnalysisRow<Uuid, DateTime<Utc>>;
 type AuditRow = rows::AuditRow<Uuid, DateTime<Utc>>;
+
+/// `value` as Postgres `text` can hold it: NUL, which it cannot store, becomes U+FFFD (for text
+/// that comes from callers, so that one stray character never loses a turn).
+fn text(value: &str) -> Cow<'_, str> {
+    if value.contains('\0') {
+        Cow::Owned(value.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
 
 /// Postgres implementation of [`Store`].
 #[derive(Debug, Clone)]
@@ -192,18 +203,8 @@ impl Store for PostgresStore {
         sessions::close_session(&self.pool, session_id, close).await
     }
 
-    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
-        turns::append_turns(&self.pool, session_id, turns).await
-    }
-
-    async fn save_turn(
-        &self,
-        session_id: Uuid,
-        turns: &[NewTurn],
-        model: Option<&str>,
-        audit: &[NewAudit],
-    ) -> StoreResult<u64> {
-        turns::save_turn(&self.pool, session_id, turns, model, audit).await
+    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
+        turns::save_turns(&self.pool, batch).await
     }
 
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {

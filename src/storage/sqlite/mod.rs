@@ -37,8 +37,8 @@ use uuid::fmt::Hyphenated;
 use super::rows;
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, Caller, CallerAnalysisUpdate, CallerPatch,
-    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewTurn,
-    NewWebhookEvent, Platform, Recorded, Store, StoreError, StoreResult, Turn,
+    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewWebhookEvent,
+    Platform, Recorded, Store, StoreError, StoreResult, Turn, TurnWrite,
 };
 
 /// The SQLite migrations, embedded at build time.
@@ -238,18 +238,8 @@ impl Store for SqliteStore {
         sessions::close_session(&self.writer, session_id, close).await
     }
 
-    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
-        turns::append_turns(&self.writer, session_id, turns).await
-    }
-
-    async fn save_turn(
-        &self,
-        session_id: Uuid,
-        turns: &[NewTurn],
-        model: Option<&str>,
-        audit: &[NewAudit],
-    ) -> StoreResult<u64> {
-        turns::save_turn(&self.writer, session_id, turns, model, audit).await
+    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
+        turns::save_turns(&self.writer, batch).await
     }
 
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {

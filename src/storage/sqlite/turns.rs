@@ -5,53 +5,44 @@ use uuid::Uuid;
 
 use super::{TurnRow, analyses, begin_write, id, ms, sessions};
 use crate::storage::rows::convert_all;
-use crate::storage::{NewAudit, NewTurn, StoreError, StoreResult, Turn};
+use crate::storage::{NewTurn, StoreError, StoreResult, Turn, TurnWrite};
 
 #[tracing::instrument(
-    name = "store.append_turns",
+    name = "store.save_turns",
     skip_all,
-    fields(backend = "sqlite", %session_id, turns = turns.len(), inserted = tracing::field::Empty)
+    fields(backend = "sqlite", items = batch.len(), inserted = tracing::field::Empty)
 )]
-pub(super) async fn append_turns(
+pub(super) async fn save_turns(
     pool: &SqlitePool,
-    session_id: Uuid,
-    turns: &[NewTurn],
-) -> StoreResult<u64> {
+    batch: &[TurnWrite],
+) -> StoreResult<Vec<Option<u64>>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One write transaction, item after item: statements are in-process calls here, the commit
+    // is what a batch saves.
     let mut tx = begin_write(pool).await?;
-    let created = insert_turns(&mut tx, session_id, turns).await?;
-    if let Some(newest) = created.iter().max() {
-        sessions::touch(&mut tx, session_id, None, Some(*newest)).await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for write in batch {
+        let created = match insert_turns(&mut tx, write.session_id, &write.turns).await {
+            Ok(created) => created,
+            Err(StoreError::NotFound) => {
+                results.push(None);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let newest = created.iter().max().copied();
+        if newest.is_some() || write.model.is_some() {
+            sessions::touch(&mut tx, write.session_id, write.model.as_deref(), newest).await?;
+        }
+        analyses::insert_audit(&mut tx, &write.audit).await?;
+        results.push(Some(created.len() as u64));
     }
     tx.commit().await?;
-    let inserted = created.len() as u64;
+    let inserted: u64 = results.iter().flatten().sum();
     tracing::Span::current().record("inserted", inserted);
-    Ok(inserted)
-}
-
-#[tracing::instrument(
-    name = "store.save_turn",
-    skip_all,
-    fields(backend = "sqlite", %session_id, turns = turns.len(), audit = audit.len(),
-           inserted = tracing::field::Empty)
-)]
-pub(super) async fn save_turn(
-    pool: &SqlitePool,
-    session_id: Uuid,
-    turns: &[NewTurn],
-    model: Option<&str>,
-    audit: &[NewAudit],
-) -> StoreResult<u64> {
-    let mut tx = begin_write(pool).await?;
-    let created = insert_turns(&mut tx, session_id, turns).await?;
-    let newest = created.iter().max().copied();
-    if newest.is_some() || model.is_some() {
-        sessions::touch(&mut tx, session_id, model, newest).await?;
-    }
-    analyses::insert_audit(&mut tx, audit).await?;
-    tx.commit().await?;
-    let inserted = created.len() as u64;
-    tracing::Span::current().record("inserted", inserted);
-    Ok(inserted)
+    Ok(results)
 }
 
 /// Inserts `turns` into an existing session's log inside a write transaction, skipping keys
@@ -73,23 +64,35 @@ async fn insert_turns(
     if turns.is_empty() {
         return Ok(Vec::new());
     }
-    let mut insert = QueryBuilder::<Sqlite>::new(
-        "insert into turn (session_id, idempotency_key, role, content, tool_name, tool_call_id, \
-         partial, created_at) ",
-    );
-    insert.push_values(turns, |mut row, turn| {
-        row.push_bind(id(session_id))
-            .push_bind(&turn.idempotency_key)
-            .push_bind(turn.role.as_str())
-            .push_bind(&turn.content)
-            .push_bind(&turn.tool_name)
-            .push_bind(&turn.tool_call_id)
-            .push_bind(turn.partial)
-            .push_bind(ms(turn.created_at));
-    });
-    insert.push(" on conflict (session_id, idempotency_key) do nothing returning created_at");
-    Ok(insert.build_query_scalar().fetch_all(conn).await?)
+    let mut created = Vec::with_capacity(turns.len());
+    for chunk in turns.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "insert into turn (session_id, idempotency_key, role, content, tool_name, \
+             tool_call_id, partial, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, turn| {
+            row.push_bind(id(session_id))
+                .push_bind(&turn.idempotency_key)
+                .push_bind(turn.role.as_str())
+                .push_bind(&turn.content)
+                .push_bind(&turn.tool_name)
+                .push_bind(&turn.tool_call_id)
+                .push_bind(turn.partial)
+                .push_bind(ms(turn.created_at));
+        });
+        insert.push(" on conflict (session_id, idempotency_key) do nothing returning created_at");
+        created.extend(
+            insert
+                .build_query_scalar::<i64>()
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
+    Ok(created)
 }
+
+/// Rows per multi-row insert: 8 parameters each, under SQLite's 32,766 per statement.
+const ROWS_PER_STATEMENT: usize = 4_000;
 
 #[tracing::instrument(name = "store.list_turns", skip_all, fields(backend = "sqlite", %session_id))]
 pub(super) async fn list_turns(pool: &SqlitePool, session_id: Uuid) -> StoreResult<Vec<Turn>> {

@@ -1,7 +1,7 @@
 //! The turn log: ordered, idempotent, advancing the session's activity.
 
 use super::*;
-use redial::storage::{NewAudit, Turn};
+use redial::storage::{NewAudit, Turn, TurnWrite};
 
 on_both_backends!(
     append_turns_stores_turns_in_order_and_advances_last_activity,
@@ -11,6 +11,11 @@ on_both_backends!(
     saving_a_turn_again_adds_no_turn_and_keeps_activity_but_appends_its_audit_again,
     save_turn_never_moves_activity_backwards_and_touches_only_for_a_turn_or_a_model,
     save_turn_for_an_unknown_session_fails_and_stores_nothing,
+    save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_skips_unknown_sessions,
+    a_key_repeated_within_a_batch_is_stored_once_for_its_first_item,
+    an_empty_batch_stores_nothing,
+    a_batch_larger_than_one_statement_is_stored_whole,
+    concurrent_batches_over_the_same_sessions_in_opposite_orders_all_commit,
 );
 
 async fn append_turns_stores_turns_in_order_and_advances_last_activity(store: Arc<dyn Store>) {
@@ -289,6 +294,192 @@ async fn save_turn_for_an_unknown_session_fails_and_stores_nothing(store: Arc<dy
             .is_empty(),
         "no audit entry without its turn"
     );
+}
+
+async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_skips_unknown_sessions(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let (caller, first) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let (_, second) = caller_with_session(store.as_ref(), "call-2", at(0)).await;
+    let unknown = Uuid::now_v7();
+    let batch = [
+        TurnWrite {
+            session_id: first.session_id,
+            turns: vec![
+                user_turn("a1", "Hello", at(1)),
+                user_turn("a2", "Ada", at(2)),
+            ],
+            model: Some("gpt-one".to_owned()),
+            audit: vec![turn_audit(caller, first.session_id, at(2))],
+        },
+        TurnWrite {
+            session_id: unknown,
+            turns: vec![user_turn("u1", "lost", at(3))],
+            model: Some("gpt-unknown".to_owned()),
+            audit: vec![turn_audit(caller, unknown, at(3))],
+        },
+        TurnWrite {
+            session_id: second.session_id,
+            turns: vec![user_turn("b1", "Hi", at(4))],
+            model: None,
+            audit: vec![turn_audit(caller, second.session_id, at(4))],
+        },
+        // The first session's next turn, queued behind the others; "a2" is already in the
+        // batch, so only "a3" is new.
+        TurnWrite {
+            session_id: first.session_id,
+            turns: vec![user_turn("a2", "Ada", at(5)), user_turn("a3", "Yes", at(6))],
+            model: Some("gpt-two".to_owned()),
+            audit: vec![],
+        },
+    ];
+
+    // Act
+    let results = store.save_turns(&batch).await.expect("save batch");
+
+    // Assert
+    assert_eq!(results, [Some(2), None, Some(1), Some(1)]);
+    let keys = |turns: Vec<Turn>| -> Vec<String> {
+        turns.into_iter().map(|t| t.idempotency_key).collect()
+    };
+    assert_eq!(
+        keys(store.list_turns(first.session_id).await.expect("list")),
+        ["a1", "a2", "a3"]
+    );
+    assert_eq!(
+        keys(store.list_turns(second.session_id).await.expect("list")),
+        ["b1"]
+    );
+    assert!(store.list_turns(unknown).await.expect("list").is_empty());
+    let first_stored = stored_session(store.as_ref(), first.session_id).await;
+    assert_eq!(first_stored.last_activity_at, at(6));
+    assert_eq!(
+        first_stored.model.as_deref(),
+        Some("gpt-two"),
+        "the last model wins"
+    );
+    assert_eq!(
+        first_stored.version,
+        first.version + 2,
+        "two items touched it: two bumps, as two saves"
+    );
+    let second_stored = stored_session(store.as_ref(), second.session_id).await;
+    assert_eq!(second_stored.last_activity_at, at(4));
+    assert_eq!(second_stored.model, second.model, "no model given");
+    assert_eq!(second_stored.version, second.version + 1);
+    let trail = store.list_audit(caller, 10).await.expect("audit");
+    let mut audited: Vec<Option<Uuid>> = trail.iter().map(|e| e.session_id).collect();
+    audited.sort();
+    let mut expected = vec![Some(first.session_id), Some(second.session_id)];
+    expected.sort();
+    assert_eq!(audited, expected, "no audit entry for the unknown session");
+}
+
+async fn a_key_repeated_within_a_batch_is_stored_once_for_its_first_item(store: Arc<dyn Store>) {
+    // Arrange: a re-sent request queued right behind the original.
+    let (_, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let write = |content: &str, when: i64| TurnWrite {
+        session_id: session.session_id,
+        turns: vec![user_turn("m1", content, at(when))],
+        model: None,
+        audit: vec![],
+    };
+
+    // Act
+    let results = store
+        .save_turns(&[write("original", 1), write("re-sent", 2)])
+        .await
+        .expect("save batch");
+
+    // Assert
+    assert_eq!(results, [Some(1), Some(0)]);
+    let listed = store.list_turns(session.session_id).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].content, "original");
+    let stored = stored_session(store.as_ref(), session.session_id).await;
+    assert_eq!(stored.last_activity_at, at(1));
+    assert_eq!(
+        stored.version,
+        session.version + 1,
+        "the re-sent item inserted nothing and gave no model: no touch"
+    );
+}
+
+async fn an_empty_batch_stores_nothing(store: Arc<dyn Store>) {
+    // Act
+    let results = store.save_turns(&[]).await.expect("empty batch");
+
+    // Assert
+    assert!(results.is_empty());
+}
+
+async fn a_batch_larger_than_one_statement_is_stored_whole(store: Arc<dyn Store>) {
+    // Arrange: 4,500 turns of 8 parameters each, more than one insert statement may bind.
+    let (_, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let turns: Vec<NewTurn> = (0..4_500)
+        .map(|i| user_turn(&format!("m{i}"), "a", at(1)))
+        .collect();
+    let write = TurnWrite {
+        session_id: session.session_id,
+        turns,
+        model: None,
+        audit: vec![],
+    };
+
+    // Act
+    let results = store
+        .save_turns(std::slice::from_ref(&write))
+        .await
+        .expect("save a long turn");
+
+    // Assert
+    assert_eq!(results, [Some(4_500)]);
+    let listed = store.list_turns(session.session_id).await.expect("list");
+    assert_eq!(listed.len(), 4_500);
+    assert_eq!(
+        listed[4_499].idempotency_key, "m4499",
+        "order is kept across statements"
+    );
+}
+
+async fn concurrent_batches_over_the_same_sessions_in_opposite_orders_all_commit(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: two writers (two instances, say) each batching turns of the same two calls, in
+    // opposite orders. Locking in batch order would deadlock them.
+    let (_, first) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let (_, second) = caller_with_session(store.as_ref(), "call-2", at(0)).await;
+    let writer = |sessions: [Uuid; 2], name: &'static str| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for round in 0..20 {
+                let batch: Vec<TurnWrite> = sessions
+                    .iter()
+                    .map(|session_id| TurnWrite {
+                        session_id: *session_id,
+                        turns: vec![user_turn(&format!("{name}-{round}"), "hi", at(round))],
+                        model: None,
+                        audit: vec![],
+                    })
+                    .collect();
+                store.save_turns(&batch).await?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    };
+
+    // Act
+    let forward = writer([first.session_id, second.session_id], "forward");
+    let backward = writer([second.session_id, first.session_id], "backward");
+    let (forward, backward) = (forward.await.expect("join"), backward.await.expect("join"));
+
+    // Assert
+    forward.expect("forward batches commit");
+    backward.expect("backward batches commit");
+    for session in [first.session_id, second.session_id] {
+        assert_eq!(store.list_turns(session).await.expect("list").len(), 40);
+    }
 }
 
 /// The audit entry the engine writes with a turn.

@@ -146,10 +146,10 @@ impl TestApp {
         self.post("/v1/chat/completions", body).await
     }
 
-    /// Waits until background writes (turn persistence) are done.
+    /// Waits until background work and the writes it queued (turn persistence) are done.
     pub async fn settle(&self) {
         for _ in 0..200 {
-            if self.state.tasks.is_empty() {
+            if self.state.tasks.is_empty() && self.state.engine.pending_writes() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

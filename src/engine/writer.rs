@@ -1,0 +1,212 @@
+//! The write-behind queue: finished turns of every call, written by one background task that
+//! groups whatever is waiting into one transaction (group commit).
+//!
+//! One transaction per turn costs a commit (a WAL flush) per turn; at hundreds of turns a
+//! second that is what limits a small Postgres, and the turns that wait for it pile up in
+//! memory. The writer takes up to `database.write_batch_max` waiting turns at a time and stores
+//! them with [`Store::save_turns`], so the commit rate follows the database's speed rather than
+//! the turn rate.
+//!
+//! The queue is bounded by `database.write_queue_capacity`, counting turns from their start: a
+//! turn reserves its place ([`WriteQueue::reserve`]) before it runs, so when the database falls
+//! behind, new turns wait for room instead of piling up unwritten work. Shutdown closes the queue:
+//! turns holding a place still hand their write in and the writer drains everything before it
+//! exits; a turn that finds the queue closed writes directly ([`write_direct`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, OwnedPermit, Receiver, Sender};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::storage::{Store, StoreError, TurnWrite};
+
+/// Delays between attempts of a failed write.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
+
+/// The sending side of the write-behind queue (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct WriteQueue {
+    tx: Sender<TurnWrite>,
+    /// Writes handed in and not yet stored (or given up on).
+    pending: Arc<AtomicUsize>,
+    /// The writer task.
+    writer: TaskTracker,
+}
+
+/// A reserved place in the queue for one write.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    permit: OwnedPermit<TurnWrite>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    /// Hands the write to the writer; never waits.
+    pub(crate) fn write(self, write: TurnWrite) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.permit.send(write);
+    }
+}
+
+impl WriteQueue {
+    /// Starts the writer; it drains the queue and exits once `shutdown` is cancelled and every
+    /// reserved place has been used or released.
+    pub(crate) fn spawn(
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+        capacity: usize,
+        batch_max: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let writer = TaskTracker::new();
+        writer.spawn(run(
+            store,
+            rx,
+            shutdown,
+            batch_max.max(1),
+            Arc::clone(&pending),
+        ));
+        writer.close();
+        Self {
+            tx,
+            pending,
+            writer,
+        }
+    }
+
+    /// A place for one write, waiting while the queue is full; `None` once it is closed.
+    pub(crate) async fn reserve(&self) -> Option<Slot> {
+        let permit = match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(_)) => return None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("redial_write_queue_full_total").increment(1);
+                tracing::warn!(
+                    "the write queue is full; the turn waits for the database to catch up"
+                );
+                self.tx.clone().reserve_owned().await.ok()?
+            }
+        };
+        Some(Slot {
+            permit,
+            pending: Arc::clone(&self.pending),
+        })
+    }
+
+    /// Queues a write, waiting for room; once the queue is closed, writes it directly.
+    pub(crate) async fn submit(&self, store: &dyn Store, write: TurnWrite) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::error::SendError(write)) = self.tx.send(write).await {
+            write_direct(store, std::slice::from_ref(&write)).await;
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Writes handed to the writer and not yet stored.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the writer has drained the queue and stopped (after shutdown).
+    pub(crate) async fn stopped(&self) {
+        self.writer.wait().await;
+    }
+}
+
+/// The writer: takes what is waiting (up to `batch_max`) and stores it in one transaction.
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: Receiver<TurnWrite>,
+    shutdown: CancellationToken,
+    batch_max: usize,
+    pending: Arc<AtomicUsize>,
+) {
+    let mut batch = Vec::with_capacity(batch_max);
+    let mut closed = false;
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, batch_max) => received,
+            () = shutdown.cancelled(), if !closed => {
+                // Reserved places may still be used; recv_many returns 0 once they are.
+                rx.close();
+                closed = true;
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        metrics::histogram!("redial_write_batch_size").record(received as f64);
+        metrics::gauge!("redial_write_queue_depth").set(rx.len() as f64);
+        write_direct(&*store, &batch).await;
+        pending.fetch_sub(received, Ordering::SeqCst);
+        batch.clear();
+    }
+}
+
+/// Stores `batch` in one transaction, retrying briefly. When it keeps failing, each write is
+/// tried on its own, so one write the database rejects (bad data) does not take the others
+/// down. What cannot be stored is logged and counted in `redial_persist_failures_total`.
+pub(crate) async fn write_direct(store: &dyn Store, batch: &[TurnWrite]) {
+    match save_with_retries(store, batch).await {
+        Ok(results) => {
+            for (write, result) in batch.iter().zip(results) {
+                if result.is_none() {
+                    lost(write, &StoreError::NotFound);
+                }
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, writes = batch.len(), "a batch of turns failed; storing them one by one");
+            for write in batch {
+                match store.save_turns(std::slice::from_ref(write)).await {
+                    Ok(results) if results.first().is_some_and(Option::is_some) => {}
+                    Ok(_) => lost(write, &StoreError::NotFound),
+                    Err(e) => lost(write, &e),
+                }
+            }
+        }
+        Err(e) => {
+            if let Some(write) = batch.first() {
+                lost(write, &e);
+            }
+        }
+    }
+}
+
+async fn save_with_retries(
+    store: &dyn Store,
+    batch: &[TurnWrite],
+) -> Result<Vec<Option<u64>>, StoreError> {
+    let mut delays = RETRY_DELAYS.iter();
+    loop {
+        match store.save_turns(batch).await {
+            Ok(results) => return Ok(results),
+            Err(e) => {
+                let Some(delay) = delays.next() else {
+                    return Err(e);
+                };
+                tracing::warn!(error = %e, writes = batch.len(), "writing turns failed; retrying");
+                tokio::time::sleep(*delay).await;
+            }
+        }
+    }
+}
+
+fn lost(write: &TurnWrite, error: &StoreError) {
+    tracing::error!(
+        error = %error,
+        session_id = %write.session_id,
+        turns = write.turns.len(),
+        audit_entries = write.audit.len(),
+        "storing a turn failed; it is not stored"
+    );
+    metrics::counter!("redial_persist_failures_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests;
