@@ -250,6 +250,9 @@ pub struct DatabaseSettings {
     pub connect_timeout_secs: u64,
     /// Most finished turns written in one transaction by the write-behind queue.
     pub write_batch_max: usize,
+    /// How long the writer waits for more turns to join a transaction once one is waiting, in
+    /// milliseconds (0: write at once).
+    pub write_linger_ms: u64,
     /// Turns running or waiting for their write; a turn beyond it waits for room before it
     /// starts, so memory stays bounded when the database falls behind.
     pub write_queue_capacity: usize,
@@ -262,6 +265,7 @@ impl Default for DatabaseSettings {
             max_connections: 10,
             connect_timeout_secs: 5,
             write_batch_max: 128,
+            write_linger_ms: 5,
             write_queue_capacity: 8192,
         }
     }

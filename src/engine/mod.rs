@@ -1,10 +1,12 @@
 //! The conversation engine: transport-agnostic turns.
 //!
 //! A transport (HTTP SSE, Retell WebSocket) hands [`Engine::start_turn`] a [`TurnRequest`] and
-//! reads [`TurnEvent`]s from the returned [`TurnHandle`]. The turn itself runs as a tracked
-//! background task: it loads memory under a hard budget, builds the prompt, streams the
-//! upstream (with fallbacks), and persists the turn after the last event was sent — so a client
-//! that disconnects never cancels a write, and shutdown drains them.
+//! reads [`TurnEvent`]s from the returned [`TurnHandle`]. The turn runs in the reading task —
+//! it loads memory under a hard budget, builds the prompt and streams the upstream (with
+//! fallbacks), so tokens reach the transport without a hand-off between tasks — and whatever is
+//! left when the handle is dropped (persisting the turn, or finishing it after a disconnect) runs
+//! on in a tracked background task: a client that disconnects never cancels a write, and
+//! shutdown drains them.
 
 mod memory;
 mod persist;
@@ -16,13 +18,17 @@ pub mod tools;
 mod turn;
 mod writer;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TrackedFuture;
 use uuid::Uuid;
 
 use crate::config::Settings;
@@ -97,15 +103,64 @@ pub struct TurnTimings {
     pub model: OnceLock<String>,
 }
 
-/// The reading end of a running turn.
-#[derive(Debug)]
+/// A running turn, read with [`TurnHandle::recv`].
+///
+/// The turn runs in the task that reads it: each `recv` drives the turn's own work (memory,
+/// upstream, tools) until an event is ready, so a token reaches the transport without a hand-off
+/// between tasks. Dropping the handle — the turn's events all read, a client gone, a response
+/// superseded — hands whatever is left of the turn (finishing, persisting) to a background task
+/// that shutdown drains; the turn is never cancelled halfway.
 pub struct TurnHandle {
-    /// The events, ending with [`TurnEvent::Finish`].
-    pub events: mpsc::Receiver<TurnEvent>,
+    events: mpsc::Receiver<TurnEvent>,
+    turn: Option<TrackedFuture<Pin<Box<dyn Future<Output = ()> + Send>>>>,
     /// Timings, filled as they become known.
     pub timings: Arc<TurnTimings>,
     /// When the turn started.
     pub started: Instant,
+}
+
+impl std::fmt::Debug for TurnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnHandle")
+            .field("running", &self.turn.is_some())
+            .field("timings", &self.timings)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TurnHandle {
+    /// The next event, driving the turn until one is ready; `None` once the turn has sent its
+    /// last event. The future may be dropped at any time (a timeout, say) without losing
+    /// anything: the turn lives in the handle.
+    pub async fn recv(&mut self) -> Option<TurnEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TurnEvent>> {
+        if let Poll::Ready(event) = self.events.poll_recv(cx) {
+            return Poll::Ready(event);
+        }
+        if let Some(turn) = self.turn.as_mut()
+            && Pin::new(turn).poll(cx).is_ready()
+        {
+            self.turn = None;
+        }
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for TurnHandle {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        // Still tracked: shutdown waits for it. Without a runtime (it is shutting down) there
+        // is nothing left to run it on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(turn);
+        }
+    }
 }
 
 /// The engine, shared by every transport.
@@ -134,6 +189,7 @@ impl Engine {
             shutdown,
             settings.database.write_queue_capacity,
             settings.database.write_batch_max,
+            Duration::from_millis(settings.database.write_linger_ms),
         );
         Self {
             settings,
@@ -197,18 +253,20 @@ impl Engine {
         self.writer.stopped().await;
     }
 
-    /// Starts a turn in a tracked background task and returns its event stream.
+    /// Starts a turn; it runs as its handle is read (see [`TurnHandle`]) and is tracked for
+    /// shutdown from now until it has finished.
     pub fn start_turn(&self, request: TurnRequest) -> TurnHandle {
         let (tx, events) = mpsc::channel(64);
         let timings = Arc::new(TurnTimings::default());
         let started = Instant::now();
         let engine = self.clone();
         let task_timings = Arc::clone(&timings);
-        self.tasks.spawn(async move {
+        let turn: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             turn::run(engine, request, tx, task_timings, started).await;
         });
         TurnHandle {
             events,
+            turn: Some(self.tasks.track_future(turn)),
             timings,
             started,
         }

@@ -10,30 +10,50 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::Engine;
 use super::memory::{self, CallContext};
 use super::turn::Outcome;
 use super::writer::{self, Slot};
-use super::{Engine, TurnRequest};
 use crate::openai::{ChatMessage, Role};
+use crate::platforms::Identity;
 use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
 
 /// Delays between attempts to store a new call's caller and session.
 const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 
-/// Stores the turn's new messages and reply: makes sure the call's session exists, then hands
-/// the turn to the writer through `slot` (or, when the queue was closed, writes it directly).
-/// Failures are logged and counted.
+/// What a finished turn leaves to store.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// The request's new messages and the reply, keyed.
+    turns: Vec<NewTurn>,
+    /// The model that answered.
+    model: Option<String>,
+}
+
+impl Finished {
+    /// The turns to store for a request's `messages` and its `outcome`.
+    pub(crate) fn of(messages: &[ChatMessage], outcome: Outcome) -> Self {
+        Self {
+            turns: new_turns(messages, &outcome),
+            model: outcome.model,
+        }
+    }
+}
+
+/// Stores a finished turn: makes sure the call's session exists, then hands the turn to the
+/// writer through `slot` (or, when the queue was closed, writes it directly). Failures are
+/// logged and counted.
 pub(crate) async fn persist(
     engine: &Engine,
-    request: &TurnRequest,
+    identity: &Identity,
     context: Option<CallContext>,
-    outcome: &Outcome,
+    finished: Finished,
     slot: Option<Slot>,
 ) {
     let mut context = context;
     let mut delays = RETRY_DELAYS.iter();
     let ctx = loop {
-        match prepare(engine, request, &mut context, outcome).await {
+        match prepare(engine, identity, &mut context, finished.model.as_deref()).await {
             Ok(ctx) => break ctx,
             Err(e) => {
                 let Some(delay) = delays.next() else {
@@ -46,7 +66,7 @@ pub(crate) async fn persist(
             }
         }
     };
-    let write = turn_write(request, &ctx, outcome);
+    let write = turn_write(identity, &ctx, finished);
     match slot {
         Some(slot) => slot.write(write),
         None => writer::write_direct(engine.store.as_ref(), std::slice::from_ref(&write)).await,
@@ -57,13 +77,13 @@ pub(crate) async fn persist(
 /// and session written when this is the call's first turn.
 async fn prepare(
     engine: &Engine,
-    request: &TurnRequest,
+    identity: &Identity,
     context: &mut Option<CallContext>,
-    outcome: &Outcome,
+    model: Option<&str>,
 ) -> Result<CallContext, StoreError> {
     let mut ctx = match context.take() {
         Some(ctx) => ctx,
-        None => memory::load(engine, &request.identity, outcome.model.as_deref()).await?,
+        None => memory::load(engine, identity, model).await?,
     };
     if let Err(e) = memory::ensure_stored(engine, &mut ctx).await {
         *context = Some(ctx);
@@ -73,7 +93,7 @@ async fn prepare(
 }
 
 /// The turns, the session's activity and model, and the audit entry, for one transaction.
-fn turn_write(request: &TurnRequest, ctx: &CallContext, outcome: &Outcome) -> TurnWrite {
+fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> TurnWrite {
     let session_id = ctx.session.session_id;
     let audit = ctx
         .caller
@@ -81,7 +101,7 @@ fn turn_write(request: &TurnRequest, ctx: &CallContext, outcome: &Outcome) -> Tu
         .map(|caller| NewAudit {
             caller_id: Some(caller.caller_id),
             session_id: Some(session_id),
-            actor: format!("engine:{}", request.identity.platform),
+            actor: format!("engine:{}", identity.platform),
             action: if ctx.created {
                 "create".into()
             } else {
@@ -94,8 +114,8 @@ fn turn_write(request: &TurnRequest, ctx: &CallContext, outcome: &Outcome) -> Tu
         .collect();
     TurnWrite {
         session_id,
-        turns: new_turns(&request.messages, outcome),
-        model: outcome.model.clone(),
+        turns: finished.turns,
+        model: finished.model,
         audit,
     }
 }

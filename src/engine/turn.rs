@@ -16,6 +16,7 @@ use super::tools::{self, ToolResult};
 use super::{Engine, TurnEvent, TurnRequest, TurnTimings, persist, prompt, script};
 use crate::config::AssistantSettings;
 use crate::openai::{ChatMessage, Content, FinishReason, Role, ToolCall};
+use crate::platforms::Identity;
 use crate::upstream::{Delta, UpstreamError, UpstreamStream};
 
 /// What the turn produced, for persistence.
@@ -59,22 +60,38 @@ pub(super) async fn run(
     // A place in the write queue first: when the database has fallen far behind, new turns
     // wait here rather than piling up unwritten work.
     let slot = engine.writer.reserve().await;
-    let mut context = read_memory(&engine, &request).await;
+    let (identity, context, finished) = converse(&engine, request, tx, &timings, started).await;
+    metrics::histogram!("redial_turn_seconds").record(started.elapsed().as_secs_f64());
+    // Only what the write needs is still held here: the request's history, the prompt and the
+    // reply were freed with the conversation, so turns that wait for the database cost little.
+    persist::persist(&engine, &identity, context, finished, slot).await;
+}
+
+/// The conversation part of a turn: memory, prompt, upstream passes and events. Returns what
+/// persisting it needs.
+async fn converse(
+    engine: &Engine,
+    request: TurnRequest,
+    tx: Sender<TurnEvent>,
+    timings: &TurnTimings,
+    started: Instant,
+) -> (Identity, Option<CallContext>, persist::Finished) {
+    let mut context = read_memory(engine, &request).await;
     let _ = timings.memory.set(started.elapsed());
     metrics::histogram!("redial_memory_read_seconds").record(started.elapsed().as_secs_f64());
 
     let prompt_started = Instant::now();
     let script = engine.settings.assistant(&request.identity.assistant_id);
-    let (mut messages, offered) = build_prompt(&engine, &request, context.as_ref(), script);
+    let (mut messages, offered) = build_prompt(engine, &request, context.as_ref(), script);
     let _ = timings.prompt.set(prompt_started.elapsed());
 
     let ctx = TurnCtx {
-        engine: &engine,
+        engine,
         request: &request,
         script,
-        primary: primary_model(&engine, &request, context.as_ref()),
+        primary: primary_model(engine, &request, context.as_ref()),
         tx: &tx,
-        timings: &timings,
+        timings,
         started,
     };
     let mut outcome = Outcome::default();
@@ -91,9 +108,8 @@ pub(super) async fn run(
         outcome.partial = true;
         metrics::counter!("redial_client_disconnects_total").increment(1);
     }
-    drop(tx);
-    metrics::histogram!("redial_turn_seconds").record(started.elapsed().as_secs_f64());
-    persist::persist(&engine, &request, context, &outcome, slot).await;
+    let finished = persist::Finished::of(&request.messages, outcome);
+    (request.identity, context, finished)
 }
 
 /// The upstream messages (summary inserted) and the tools offered (platform's and redial's).
@@ -132,15 +148,18 @@ async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallConte
     let budget = Duration::from_millis(engine.settings.memory.read_budget_ms);
     let (task_engine, identity) = (engine.clone(), request.identity.clone());
     let model = request.model.clone();
-    let read = engine
-        .tasks
-        .spawn(async move { memory::load(&task_engine, &identity, model.as_deref()).await });
-    let result = match timeout(budget, read).await {
-        Ok(Ok(result)) => Ok(result),
-        Ok(Err(join_error)) => Ok(Err(crate::storage::StoreError::Corrupt(format!(
-            "memory read task failed: {join_error}"
-        )))),
-        Err(elapsed) => Err(elapsed),
+    let mut read =
+        Box::pin(async move { memory::load(&task_engine, &identity, model.as_deref()).await });
+    // Polled here while within budget (no hand-off to another task on the common path);
+    // past it, handed to a task of its own to finish.
+    let result = match timeout(budget, &mut read).await {
+        Ok(result) => Ok(result),
+        Err(elapsed) => {
+            engine.tasks.spawn(async move {
+                let _ = read.await;
+            });
+            Err(elapsed)
+        }
     };
     match result {
         Ok(Ok(context)) => Some(context),

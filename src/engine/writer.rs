@@ -5,7 +5,9 @@
 //! second that is what limits a small Postgres, and the turns that wait for it pile up in
 //! memory. The writer takes up to `database.write_batch_max` waiting turns at a time and stores
 //! them with [`Store::save_turns`], so the commit rate follows the database's speed rather than
-//! the turn rate.
+//! the turn rate. Once a write arrives, the writer lingers up to `database.write_linger_ms` for
+//! others to join it (a few milliseconds that no caller waits for: turns are written after their
+//! reply), which keeps batches from shrinking to one turn each when the database is idle.
 //!
 //! The queue is bounded by `database.write_queue_capacity`, counting turns from their start: a
 //! turn reserves its place ([`WriteQueue::reserve`]) before it runs, so when the database falls
@@ -59,6 +61,7 @@ impl WriteQueue {
         shutdown: CancellationToken,
         capacity: usize,
         batch_max: usize,
+        linger: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let pending = Arc::new(AtomicUsize::new(0));
@@ -68,6 +71,7 @@ impl WriteQueue {
             rx,
             shutdown,
             batch_max.max(1),
+            linger,
             Arc::clone(&pending),
         ));
         writer.close();
@@ -117,12 +121,14 @@ impl WriteQueue {
     }
 }
 
-/// The writer: takes what is waiting (up to `batch_max`) and stores it in one transaction.
+/// The writer: takes what is waiting, waits up to `linger` for more (up to `batch_max` in all)
+/// and stores the batch in one transaction.
 async fn run(
     store: Arc<dyn Store>,
     mut rx: Receiver<TurnWrite>,
     shutdown: CancellationToken,
     batch_max: usize,
+    linger: Duration,
     pending: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(batch_max);
@@ -140,6 +146,19 @@ async fn run(
         if received == 0 {
             break;
         }
+        if !linger.is_zero() && batch.len() < batch_max {
+            // Group commit: give other calls' turns a moment to join this transaction.
+            let deadline = tokio::time::sleep(linger);
+            tokio::pin!(deadline);
+            while batch.len() < batch_max {
+                let room = batch_max - batch.len();
+                tokio::select! {
+                    more = rx.recv_many(&mut batch, room) => if more == 0 { break },
+                    () = &mut deadline => break,
+                }
+            }
+        }
+        let received = batch.len();
         metrics::histogram!("redial_write_batch_size").record(received as f64);
         metrics::gauge!("redial_write_queue_depth").set(rx.len() as f64);
         write_direct(&*store, &batch).await;

@@ -112,9 +112,7 @@ async fn stream_response(
     requested_model: String,
     heartbeat: Duration,
 ) -> Response {
-    let first = tokio::time::timeout(heartbeat, handle.events.recv())
-        .await
-        .ok();
+    let first = tokio::time::timeout(heartbeat, handle.recv()).await.ok();
     let timing = server_timing(&handle.timings, handle.started, None);
     let model = handle
         .timings
@@ -147,7 +145,7 @@ fn sse_events(
         loop {
             let event = match pending.take() {
                 Some(event) => event,
-                None => handle.events.recv().await,
+                None => handle.recv().await,
             };
             if let Some(model) = handle.timings.model.get() {
                 if model != chunks.model() {
@@ -182,7 +180,7 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
     let mut text = String::new();
     let mut calls = ToolCalls::default();
     let mut finish = FinishReason::Stop;
-    while let Some(event) = handle.events.recv().await {
+    while let Some(event) = handle.recv().await {
         match event {
             TurnEvent::Text(t) => text.push_str(&t),
             TurnEvent::ToolCall(delta) => calls.push(&delta),

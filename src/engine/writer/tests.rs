@@ -58,7 +58,7 @@ async fn keys(store: &dyn Store, session_id: Uuid) -> Vec<String> {
 async fn shutdown_drains_reserved_writes_and_later_writes_go_straight_to_the_store() {
     let (_dir, store, session_id) = store_with_session().await;
     let shutdown = CancellationToken::new();
-    let queue = WriteQueue::spawn(Arc::clone(&store), shutdown.clone(), 4, 2);
+    let queue = WriteQueue::spawn(Arc::clone(&store), shutdown.clone(), 4, 2, Duration::ZERO);
     let queued = queue.reserve().await.unwrap();
     let in_flight = queue.reserve().await.unwrap();
     queued.write(write(session_id, "queued"));
@@ -100,7 +100,13 @@ async fn shutdown_drains_reserved_writes_and_later_writes_go_straight_to_the_sto
 async fn writes_queued_together_are_stored_in_order() {
     let (_dir, store, session_id) = store_with_session().await;
     let shutdown = CancellationToken::new();
-    let queue = WriteQueue::spawn(Arc::clone(&store), shutdown.clone(), 16, 4);
+    let queue = WriteQueue::spawn(
+        Arc::clone(&store),
+        shutdown.clone(),
+        16,
+        4,
+        Duration::from_millis(5),
+    );
 
     for i in 0..10 {
         queue

@@ -75,7 +75,7 @@ pub(super) async fn run(engine: Engine, turn: TurnRequest, guard: ResponseGuard)
     let mut handle = engine.start_turn(turn);
     let mut platform_calls = ToolCalls::default();
     let mut finished = false;
-    while let Some(event) = handle.events.recv().await {
+    while let Some(event) = handle.recv().await {
         let sent = match event {
             TurnEvent::Text(text) => guard.content(text).await,
             TurnEvent::ToolCall(delta) => {

@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use sqlx::Connection as _;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::rows;
@@ -68,6 +71,27 @@ fn reader_connections(max_connections: u32) -> u32 {
     (max_connections / 4).max(2)
 }
 
+/// A pooled connection idle for this long is pinged before use (it may have been dropped by
+/// a database restart or a network device meanwhile); a busier one is used as it is, sparing
+/// every query a round trip.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature of sqlx's before_acquire hook"
+)]
+fn ping_if_idle(
+    conn: &mut PgConnection,
+    meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_IF_IDLE_FOR {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
+
 impl PostgresStore {
     /// Opens the pools to `url` (`postgres://…`) without migrating. Fails with
     /// [`StoreError::Database`] when no connection can be made within `connect_timeout`.
@@ -78,6 +102,8 @@ impl PostgresStore {
         // A few connections are kept open so the first turns after a start or an idle spell do
         // not pay for connection setup inside the memory read budget.
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .max_connections(options.max_connections)
             .min_connections(options.max_connections.min(4))
             .acquire_timeout(options.connect_timeout)
@@ -87,6 +113,8 @@ impl PostgresStore {
         // so a write sent to them by mistake fails instead of taking locks on the hot path.
         let readers = reader_connections(options.max_connections);
         let reader = PgPoolOptions::new()
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .max_connections(readers)
             .min_connections(readers.min(4))
             .acquire_timeout(options.connect_timeout)

@@ -96,7 +96,13 @@ impl SqliteStore {
             .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = || SqlitePoolOptions::new().acquire_timeout(options.connect_timeout);
+        // No ping before handing out a connection: an in-process connection does not go stale,
+        // and the ping would be one more round trip to its worker thread on every query.
+        let pool = || {
+            SqlitePoolOptions::new()
+                .acquire_timeout(options.connect_timeout)
+                .test_before_acquire(false)
+        };
         // The writer is never closed for idleness: it is the one connection every write needs.
         let writer = pool()
             .max_connections(1)
