@@ -106,6 +106,8 @@ fn print_load_report(
         target: "",
         report,
         rss_peak_bytes: None,
+        server_cpu_cores: None,
+        bench_cpu_cores: None,
     };
     println!("{}", runs_table(&[row]));
     Ok(())

@@ -13,11 +13,15 @@ pub struct Row<'a> {
     pub report: &'a LoadReport,
     /// Peak RSS of the server under test during the run, bytes.
     pub rss_peak_bytes: Option<u64>,
+    /// CPU of the server under test during the run, cores.
+    pub server_cpu_cores: Option<f64>,
+    /// CPU of the benchmark process (load generator and mock) during the run, cores.
+    pub bench_cpu_cores: Option<f64>,
 }
 
 const HEADER: &str = "| run | target | load | ok | errors | stalls | req/s | TTFT p50 | p90 | p99 \
-    | p99.9 | max | [DONE] p50 | p99 | gap p50 | gap p99 | gap max | RSS peak MB |\n\
-    |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+    | p99.9 | max | [DONE] p50 | p99 | gap p50 | gap p99 | gap max | RSS peak MB | CPU redial | CPU bench |\n\
+    |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
 
 /// A markdown table with one row per run.
 pub fn runs_table(rows: &[Row<'_>]) -> String {
@@ -44,6 +48,8 @@ pub fn runs_table(rows: &[Row<'_>]) -> String {
             ms(&report.gap, report.gap.p99_ms),
             ms(&report.gap, report.gap.max_ms),
             row.rss_peak_bytes.map_or_else(dash, megabytes),
+            row.server_cpu_cores.map_or_else(dash, cores),
+            row.bench_cpu_cores.map_or_else(dash, cores),
         ];
         // Writing to a String cannot fail.
         let _ = writeln!(table, "| {} |", cells.join(" | "));
@@ -71,6 +77,11 @@ fn ms(percentiles: &Percentiles, value: f64) -> String {
 /// Bytes as decimal megabytes with one decimal.
 pub fn megabytes(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1e6)
+}
+
+/// CPU use in cores, two decimals.
+pub fn cores(cores: f64) -> String {
+    format!("{cores:.2}")
 }
 
 /// The placeholder for a missing value.

@@ -60,6 +60,27 @@ pub fn process_memory(pid: u32) -> anyhow::Result<ProcessMemory> {
     })
 }
 
+/// CPU time (user + system, all threads) a process has used, from `/proc/<pid>/stat` (`self`
+/// for this process). Linux reports it in clock ticks of 1/100 s (`USER_HZ`), so the
+/// resolution is 10 ms.
+pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / 100.0)
+        .with_context(|| format!("no CPU times in {path}"))
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// may hold spaces and parentheses, so fields are counted after its closing parenthesis.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// The soft `Max open files` limit of this process.
 pub fn open_files_limit() -> Option<u64> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
@@ -89,6 +110,15 @@ fn parse_kb(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (redial (x) y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 1234 56 0 0 20 0 \
+                    9 0 100 1000000 500 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(1290));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert!(cpu_seconds("self").is_ok_and(|s| s >= 0.0));
+    }
 
     #[test]
     fn own_memory_and_limits_are_readable() {

@@ -13,7 +13,7 @@ mod store;
 mod targets;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -75,8 +75,19 @@ pub struct RunRecord {
     pub store: Option<String>,
     /// Highest redial `VmRSS` sampled during the run, bytes.
     pub rss_peak_bytes: Option<u64>,
+    /// CPU used while the load ran (warm-up included), in cores (CPU seconds per second).
+    pub cpu: CpuUse,
     /// The load report.
     pub report: LoadReport,
+}
+
+/// CPU used during a run, in cores: 1.0 is one core busy for the whole run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CpuUse {
+    /// redial's process (`None` for direct runs).
+    pub redial_cores: Option<f64>,
+    /// The benchmark process: load generator and mock upstream.
+    pub bench_cores: Option<f64>,
 }
 
 impl RunRecord {
@@ -175,8 +186,10 @@ async fn run_direct(mock: &MockUpstream, results: &mut SuiteResults) -> anyhow::
         timeout: REQUEST_TIMEOUT,
     };
     for scenario in results.scenarios.clone() {
-        let report = run_scenario(mock, &scenario, &direct, "direct").await?;
-        results.runs.push(record(&scenario, None, None, report));
+        let (report, cpu) = run_scenario(mock, &scenario, &direct, "direct", None).await?;
+        results
+            .runs
+            .push(record(&scenario, None, None, cpu, report));
     }
     Ok(())
 }
@@ -289,11 +302,12 @@ impl StoreRun<'_> {
         let label = format!("redial/{}", store.name());
         for scenario in self.scenarios {
             let sampler = redial.sample_memory();
-            let report = run_scenario(self.mock, scenario, &target, &label).await;
+            let run = run_scenario(self.mock, scenario, &target, &label, Some(redial.pid())).await;
             let rss = sampler.finish();
+            let (report, cpu) = run?;
             results
                 .runs
-                .push(record(scenario, Some(store), rss, report?));
+                .push(record(scenario, Some(store), rss, cpu, report));
         }
         Ok(())
     }
@@ -304,7 +318,8 @@ async fn run_scenario(
     scenario: &Scenario,
     target: &Target,
     label: &str,
-) -> anyhow::Result<LoadReport> {
+    redial_pid: Option<u32>,
+) -> anyhow::Result<(LoadReport, CpuUse)> {
     eprintln!("-- {} via {label}", scenario.name);
     mock.set_config(scenario.mock.clone());
     let config = LoadConfig {
@@ -316,15 +331,32 @@ async fn run_scenario(
         workload: scenario.workload.clone(),
         pacing: scenario.pacing,
     };
+    let redial_pid = redial_pid.map(|pid| pid.to_string());
+    let cpu_now = || {
+        let redial = redial_pid
+            .as_deref()
+            .and_then(|pid| machine::cpu_seconds(pid).ok());
+        (redial, machine::cpu_seconds("self").ok(), Instant::now())
+    };
+    let before = cpu_now();
     let report = load::run(config).await?;
+    let after = cpu_now();
+    let elapsed = after.2.duration_since(before.2).as_secs_f64();
+    let cores =
+        |a: Option<f64>, b: Option<f64>| Some((b? - a?) / elapsed).filter(|c| c.is_finite());
+    let cpu = CpuUse {
+        redial_cores: cores(before.0, after.0),
+        bench_cores: cores(before.1, after.1),
+    };
     tokio::time::sleep(SETTLE).await;
-    Ok(report)
+    Ok((report, cpu))
 }
 
 fn record(
     scenario: &Scenario,
     store: Option<StoreKind>,
     rss_peak_bytes: Option<u64>,
+    cpu: CpuUse,
     report: LoadReport,
 ) -> RunRecord {
     RunRecord {
@@ -337,6 +369,7 @@ fn record(
         },
         store: store.map(|s| s.name().to_owned()),
         rss_peak_bytes,
+        cpu,
         report,
     }
 }

@@ -134,6 +134,8 @@ fn all_runs(runs: &[RunRecord]) -> String {
             target,
             report: &run.report,
             rss_peak_bytes: run.rss_peak_bytes,
+            server_cpu_cores: run.cpu.redial_cores,
+            bench_cpu_cores: run.cpu.bench_cores,
         })
         .collect();
     runs_table(&rows)

@@ -267,6 +267,7 @@ mod tests {
             },
             store: store.map(str::to_owned),
             rss_peak_bytes: store.map(|_| 80_000_000),
+            cpu: crate::suite::CpuUse::default(),
             report,
         }
     }
