@@ -5,6 +5,7 @@
 //! SQLite, the embedded zero-setup default. Both are held to one conformance suite
 //! (`tests/api/storage.rs`). The store saves values as given: callers mint ids and timestamps.
 
+mod batch;
 mod postgres;
 mod rows;
 mod rules;

@@ -1,9 +1,12 @@
 //! Post-call analyses and the audit log on Postgres.
 
+use std::borrow::Borrow;
+
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{AnalysisRow, AuditRow};
+use crate::storage::batch::ROWS_PER_STATEMENT;
 use crate::storage::rows::{convert_all, missing_parent};
 use crate::storage::{
     Analysis, AuditEntry, CallerAnalysisUpdate, NewAnalysis, NewAudit, Recorded, StoreError,
@@ -92,25 +95,29 @@ pub(super) async fn append_audit(pool: &PgPool, entries: &[NewAudit]) -> StoreRe
     insert_audit(&mut conn, entries).await
 }
 
-/// Inserts audit entries (none is a no-op).
-pub(super) async fn insert_audit(conn: &mut PgConnection, entries: &[NewAudit]) -> StoreResult<()> {
-    if entries.is_empty() {
-        return Ok(());
+/// Inserts audit entries (none is a no-op), in statements of at most
+/// [`ROWS_PER_STATEMENT`] rows.
+pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
+    conn: &mut PgConnection,
+    entries: &[E],
+) -> StoreResult<()> {
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Postgres>::new(
+            "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
+             created_at) ",
+        );
+        insert.push_values(chunk, |mut row, entry| {
+            let entry = entry.borrow();
+            row.push_bind(entry.caller_id)
+                .push_bind(entry.session_id)
+                .push_bind(&entry.actor)
+                .push_bind(&entry.action)
+                .push_bind(&entry.reason)
+                .push_bind(&entry.details)
+                .push_bind(entry.created_at);
+        });
+        insert.build().execute(&mut *conn).await?;
     }
-    let mut insert = QueryBuilder::<Postgres>::new(
-        "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
-         created_at) ",
-    );
-    insert.push_values(entries, |mut row, entry| {
-        row.push_bind(entry.caller_id)
-            .push_bind(entry.session_id)
-            .push_bind(&entry.actor)
-            .push_bind(&entry.action)
-            .push_bind(&entry.reason)
-            .push_bind(&entry.details)
-            .push_bind(entry.created_at);
-    });
-    insert.build().execute(conn).await?;
     Ok(())
 }
 

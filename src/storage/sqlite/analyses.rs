@@ -1,9 +1,12 @@
 //! Post-call analyses and the audit log on SQLite.
 
+use std::borrow::Borrow;
+
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{AnalysisRow, AuditRow, begin_write, id, ms};
+use crate::storage::batch::ROWS_PER_STATEMENT;
 use crate::storage::rows::{convert_all, missing_parent};
 use crate::storage::{
     Analysis, AuditEntry, CallerAnalysisUpdate, NewAnalysis, NewAudit, Recorded, StoreError,
@@ -95,28 +98,29 @@ pub(super) async fn append_audit(pool: &SqlitePool, entries: &[NewAudit]) -> Sto
     insert_audit(&mut conn, entries).await
 }
 
-/// Inserts audit entries (none is a no-op).
-pub(super) async fn insert_audit(
+/// Inserts audit entries (none is a no-op), in statements of at most
+/// [`ROWS_PER_STATEMENT`] rows.
+pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
     conn: &mut SqliteConnection,
-    entries: &[NewAudit],
+    entries: &[E],
 ) -> StoreResult<()> {
-    if entries.is_empty() {
-        return Ok(());
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
+             created_at) ",
+        );
+        insert.push_values(chunk, |mut row, entry| {
+            let entry = entry.borrow();
+            row.push_bind(entry.caller_id.map(id))
+                .push_bind(entry.session_id.map(id))
+                .push_bind(&entry.actor)
+                .push_bind(&entry.action)
+                .push_bind(&entry.reason)
+                .push_bind(&entry.details)
+                .push_bind(ms(entry.created_at));
+        });
+        insert.build().execute(&mut *conn).await?;
     }
-    let mut insert = QueryBuilder::<Sqlite>::new(
-        "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
-         created_at) ",
-    );
-    insert.push_values(entries, |mut row, entry| {
-        row.push_bind(entry.caller_id.map(id))
-            .push_bind(entry.session_id.map(id))
-            .push_bind(&entry.actor)
-            .push_bind(&entry.action)
-            .push_bind(&entry.reason)
-            .push_bind(&entry.details)
-            .push_bind(ms(entry.created_at));
-    });
-    insert.build().execute(conn).await?;
     Ok(())
 }
 

@@ -1,77 +1,53 @@
 //! The turn log on SQLite.
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use std::collections::HashSet;
+
+use chrono::DateTime;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use uuid::Uuid;
 
-use super::{TurnRow, analyses, begin_write, id, ms, sessions};
+use super::{TurnRow, analyses, begin_write, id, ms};
+use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
 use crate::storage::rows::convert_all;
-use crate::storage::{NewTurn, StoreError, StoreResult, Turn, TurnWrite};
+use crate::storage::{StoreResult, Turn, TurnWrite};
 
 #[tracing::instrument(
     name = "store.save_turns",
     skip_all,
-    fields(backend = "sqlite", items = batch.len(), inserted = tracing::field::Empty)
+    fields(backend = "sqlite", items = writes.len(), inserted = tracing::field::Empty)
 )]
 pub(super) async fn save_turns(
     pool: &SqlitePool,
-    batch: &[TurnWrite],
+    writes: &[TurnWrite],
 ) -> StoreResult<Vec<Option<u64>>> {
-    if batch.is_empty() {
+    if writes.is_empty() {
         return Ok(Vec::new());
     }
-    // One write transaction, item after item: statements are in-process calls here, the commit
-    // is what a batch saves.
+    // A handful of statements for the whole batch, whatever its size: each statement is a round
+    // trip to the connection's thread.
     let mut tx = begin_write(pool).await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for write in batch {
-        let created = match insert_turns(&mut tx, write.session_id, &write.turns).await {
-            Ok(created) => created,
-            Err(StoreError::NotFound) => {
-                results.push(None);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let newest = created.iter().max().copied();
-        if newest.is_some() || write.model.is_some() {
-            sessions::touch(&mut tx, write.session_id, write.model.as_deref(), newest).await?;
+    let mut found = HashSet::new();
+    for chunk in Batch::session_ids(writes).chunks(ROWS_PER_STATEMENT) {
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "select session_id from call_session where session_id in (",
+        );
+        let mut ids = select.separated(", ");
+        for session_id in chunk {
+            ids.push_bind(id(*session_id));
         }
-        analyses::insert_audit(&mut tx, &write.audit).await?;
-        results.push(Some(created.len() as u64));
+        select.push(")");
+        let rows: Vec<String> = select.build_query_scalar().fetch_all(&mut *tx).await?;
+        found.extend(rows.iter().filter_map(|s| Uuid::parse_str(s).ok()));
     }
-    tx.commit().await?;
-    let inserted: u64 = results.iter().flatten().sum();
-    tracing::Span::current().record("inserted", inserted);
-    Ok(results)
-}
+    let mut batch = Batch::new(writes, found);
 
-/// Inserts `turns` into an existing session's log inside a write transaction, skipping keys
-/// already stored; returns the `created_at` of each inserted turn. An unknown session is
-/// [`StoreError::NotFound`], even with no turns.
-async fn insert_turns(
-    conn: &mut SqliteConnection,
-    session_id: Uuid,
-    turns: &[NewTurn],
-) -> StoreResult<Vec<i64>> {
-    let exists: Option<i32> =
-        sqlx::query_scalar("select 1 from call_session where session_id = $1")
-            .bind(id(session_id))
-            .fetch_optional(&mut *conn)
-            .await?;
-    if exists.is_none() {
-        return Err(StoreError::NotFound);
-    }
-    if turns.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut created = Vec::with_capacity(turns.len());
-    for chunk in turns.chunks(ROWS_PER_STATEMENT) {
+    for chunk in batch.rows().chunks(ROWS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Sqlite>::new(
             "insert into turn (session_id, idempotency_key, role, content, tool_name, \
              tool_call_id, partial, created_at) ",
         );
-        insert.push_values(chunk, |mut row, turn| {
-            row.push_bind(id(session_id))
+        insert.push_values(chunk, |mut row, (session_id, turn)| {
+            row.push_bind(id(*session_id))
                 .push_bind(&turn.idempotency_key)
                 .push_bind(turn.role.as_str())
                 .push_bind(&turn.content)
@@ -80,19 +56,48 @@ async fn insert_turns(
                 .push_bind(turn.partial)
                 .push_bind(ms(turn.created_at));
         });
-        insert.push(" on conflict (session_id, idempotency_key) do nothing returning created_at");
-        created.extend(
-            insert
-                .build_query_scalar::<i64>()
-                .fetch_all(&mut *conn)
-                .await?,
+        insert.push(
+            " on conflict (session_id, idempotency_key) do nothing \
+             returning session_id, idempotency_key, created_at",
         );
+        let created: Vec<(String, String, i64)> =
+            insert.build_query_as().fetch_all(&mut *tx).await?;
+        for (session_id, key, at) in created {
+            if let (Ok(session_id), Some(at)) = (
+                Uuid::parse_str(&session_id),
+                DateTime::from_timestamp_millis(at),
+            ) {
+                batch.inserted(session_id, &key, at);
+            }
+        }
     }
-    Ok(created)
-}
 
-/// Rows per multi-row insert: 8 parameters each, under SQLite's 32,766 per statement.
-const ROWS_PER_STATEMENT: usize = 4_000;
+    for chunk in batch.touches().chunks(ROWS_PER_STATEMENT) {
+        // max() of a null is null, hence the coalesce (no turn inserted, only a model).
+        let mut update = QueryBuilder::<Sqlite>::new("with t (session_id, at, model, bumps) as (");
+        update.push_values(chunk, |mut row, touch| {
+            row.push_bind(id(touch.session_id))
+                .push_bind(touch.at.map(ms))
+                .push_bind(touch.model)
+                .push_bind(touch.bumps);
+        });
+        update.push(
+            ") update call_session set \
+             last_activity_at = max(call_session.last_activity_at, \
+                                    coalesce(t.at, call_session.last_activity_at)), \
+             model = coalesce(t.model, call_session.model), \
+             version = call_session.version + t.bumps, \
+             updated_at = coalesce(t.at, call_session.updated_at) \
+             from t where call_session.session_id = t.session_id",
+        );
+        update.build().execute(&mut *tx).await?;
+    }
+    analyses::insert_audit(&mut tx, &batch.audit()).await?;
+    tx.commit().await?;
+    let results = batch.results();
+    tracing::Span::current().record("inserted", results.iter().flatten().sum::<u64>());
+    Ok(results)
+}
 
 #[tracing::instrument(name = "store.list_turns", skip_all, fields(backend = "sqlite", %session_id))]
 pub(super) async fn list_turns(pool: &SqlitePool, session_id: Uuid) -> StoreResult<Vec<Turn>> {
