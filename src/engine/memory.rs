@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{Engine, script};
 use crate::platforms::Identity;
 use crate::storage::{
-    Answers, CallSession, Caller, CloseSession, NewSession, SessionStatus, StoreError,
+    Answers, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStatus, StoreError,
 };
 
 /// The session of the current call and its caller.
@@ -104,31 +104,31 @@ pub(crate) async fn ensure_stored(
     let Some(pending) = context.pending.clone() else {
         return Ok(());
     };
-    let store = &engine.store;
-    let now = Utc::now();
-    let mut new = pending.new;
-    if let Some(phone) = &pending.phone {
-        let caller = store.upsert_caller(phone, now).await?;
-        new.caller_id = Some(caller.caller_id);
-        if context.caller.is_none() {
-            context.caller = Some(caller);
-        }
-    }
-    if let Some((previous, last_activity)) = pending.drop_previous {
+    let close_previous = pending.drop_previous.map(|(previous, last_activity)| {
         let close = CloseSession {
             status: SessionStatus::Dropped,
             ended_reason: Some("went silent; resumed by a new call".into()),
             ended_at: last_activity,
             details: serde_json::json!({}),
         };
-        store.close_session(previous, &close).await?;
-    }
-    let (session, created) = store.create_session(&new).await?;
-    if created && session.resumes_session_id.is_some() {
+        (previous, close)
+    });
+    // One transaction: the caller, the abandoned call it resumes, the new session.
+    let start = CallStart {
+        session: pending.new,
+        phone: pending.phone,
+        close_previous,
+        now: Utc::now(),
+    };
+    let started = engine.store.start_call(&start).await?;
+    if started.created && started.session.resumes_session_id.is_some() {
         metrics::counter!("redial_resumed_calls_total").increment(1);
     }
-    context.session = session;
-    context.created = created;
+    if context.caller.is_none() {
+        context.caller = started.caller;
+    }
+    context.session = started.session;
+    context.created = started.created;
     context.pending = None;
     Ok(())
 }

@@ -142,6 +142,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// this call created it.
     async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)>;
 
+    /// A call's first write, in one transaction: upserts the caller with `phone` (when given;
+    /// as [`Store::upsert_caller`]) and sets it on the new session, closes `close_previous`
+    /// (as [`Store::close_session`]; one that no longer exists is skipped), and creates the
+    /// session (as [`Store::create_session`]: a session already stored for the platform's call
+    /// is kept and returned).
+    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall>;
+
     /// The session with this id.
     async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>>;
 

@@ -300,6 +300,30 @@ pub struct NewTurn {
     pub created_at: DateTime<Utc>,
 }
 
+/// A call's first write, as [`Store::start_call`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallStart {
+    /// The session to create (its `caller_id` is set from `phone` when one is given).
+    pub session: NewSession,
+    /// The caller's E.164 number, upserted first.
+    pub phone: Option<String>,
+    /// An abandoned call this one resumes, to close (as `dropped`, say).
+    pub close_previous: Option<(Uuid, CloseSession)>,
+    /// When (the caller's `last_seen_at`).
+    pub now: DateTime<Utc>,
+}
+
+/// What [`Store::start_call`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartedCall {
+    /// The call's session: the new one, or the one already stored for the platform's call.
+    pub session: CallSession,
+    /// The caller as upserted, before this call was counted on it.
+    pub caller: Option<Caller>,
+    /// Whether this call created the session.
+    pub created: bool,
+}
+
 /// One finished turn of a session to store, as [`Store::save_turns`] takes them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnWrite {

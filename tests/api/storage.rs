@@ -84,6 +84,15 @@ fn close_as(status: SessionStatus, ended_at: DateTime<Utc>) -> CloseSession {
     }
 }
 
+/// The stored session with this id.
+async fn stored_session(store: &dyn Store, session_id: Uuid) -> CallSession {
+    store
+        .get_session(session_id)
+        .await
+        .expect("get session")
+        .expect("session exists")
+}
+
 fn user_turn(key: &str, content: &str, created_at: DateTime<Utc>) -> NewTurn {
     NewTurn {
         idempotency_key: key.to_owned(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redial::storage::Platform;
+use redial::storage::{Platform, Turn};
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::app::{TestApp, app_tests, read_sse, vapi_body};
@@ -92,15 +92,7 @@ async fn a_full_write_queue_holds_new_turns_until_the_database_catches_up() {
     assert!(sse.done, "the third turn runs once the writer catches up");
     app.settle().await;
     for call in ["call-q1", "call-q2", "call-q3"] {
-        let (session, _) = app
-            .db
-            .store
-            .load_call(Platform::Vapi, call)
-            .await
-            .unwrap()
-            .unwrap();
-        let turns = app.db.store.list_turns(session.session_id).await.unwrap();
-        assert_eq!(turns.len(), 2, "{call} is stored");
+        assert_eq!(stored_turns(&app, call).await.len(), 2, "{call} is stored");
     }
     app.teardown().await;
 }
@@ -116,14 +108,7 @@ async fn a_nul_character_in_a_message_does_not_lose_the_turn(backend: Backend) {
     app.settle().await;
 
     assert!(sse.done);
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-nul")
-        .await
-        .unwrap()
-        .unwrap();
-    let turns = app.db.store.list_turns(session.session_id).await.unwrap();
+    let turns = stored_turns(&app, "call-nul").await;
     assert_eq!(turns.len(), 2, "the user's line and the reply are stored");
     let expected = match backend {
         // Postgres text cannot hold NUL: it is stored as the replacement character.
@@ -170,36 +155,30 @@ async fn a_write_the_database_rejects_does_not_take_its_batch_down() {
     blocker.execute("rollback").await.unwrap();
     app.settle().await;
 
-    let stored = |call: &'static str| {
-        let app = &app;
-        async move {
-            let (session, _) = app
-                .db
-                .store
-                .load_call(Platform::Vapi, call)
-                .await
-                .unwrap()
-                .unwrap();
-            app.db
-                .store
-                .list_turns(session.session_id)
-                .await
-                .unwrap()
-                .len()
-        }
-    };
-    assert_eq!(stored("call-p1").await, 2);
+    assert_eq!(stored_turns(&app, "call-p1").await.len(), 2);
     assert_eq!(
-        stored("call-p2").await,
+        stored_turns(&app, "call-p2").await.len(),
         2,
         "stored despite its batch failing"
     );
     assert_eq!(
-        stored("call-p3").await,
+        stored_turns(&app, "call-p3").await.len(),
         0,
         "the rejected write is lost alone"
     );
     app.teardown().await;
+}
+
+/// The stored turns of a Vapi call.
+async fn stored_turns(app: &TestApp, call: &str) -> Vec<Turn> {
+    let (session, _) = app
+        .db
+        .store
+        .load_call(Platform::Vapi, call)
+        .await
+        .unwrap()
+        .unwrap();
+    app.db.store.list_turns(session.session_id).await.unwrap()
 }
 
 async fn wait_for_pending(app: &TestApp, writes: usize) {

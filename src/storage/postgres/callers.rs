@@ -1,8 +1,8 @@
 //! Callers on Postgres.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::CallerRow;
@@ -19,6 +19,18 @@ pub(super) async fn upsert_caller(
     phone: &str,
     now: DateTime<Utc>,
 ) -> StoreResult<Caller> {
+    let mut conn = pool.acquire().await?;
+    let caller = upsert_caller_in(&mut conn, phone, now).await?;
+    tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
+    Ok(caller)
+}
+
+/// [`upsert_caller`] on a connection (inside the caller's transaction, if any).
+pub(super) async fn upsert_caller_in(
+    conn: &mut PgConnection,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<Caller> {
     let row: CallerRow = sqlx::query_as(concat!(
         "insert into caller (caller_id, phone, first_seen_at, last_seen_at, updated_at) \
          values ($1, $2, $3, $3, $3) \
@@ -30,11 +42,9 @@ pub(super) async fn upsert_caller(
     .bind(Uuid::now_v7())
     .bind(phone)
     .bind(now)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
-    let caller = Caller::try_from(row)?;
-    tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
-    Ok(caller)
+    Caller::try_from(row)
 }
 
 #[tracing::instrument(

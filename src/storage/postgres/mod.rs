@@ -30,9 +30,10 @@ use uuid::Uuid;
 
 use super::rows;
 use super::{
-    Analysis, AnswerOutcome, AuditEntry, CallSession, Caller, CallerAnalysisUpdate, CallerPatch,
-    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewWebhookEvent,
-    Platform, Recorded, Store, StoreError, StoreResult, Turn, TurnWrite,
+    Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
+    CallerPatch, CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession,
+    NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult, Turn,
+    TurnWrite,
 };
 
 /// The Postgres migrations, embedded at build time.
@@ -170,6 +171,10 @@ impl Store for PostgresStore {
 
     async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)> {
         sessions::create_session(&self.pool, new).await
+    }
+
+    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
+        sessions::start_call(&self.pool, start).await
     }
 
     async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {

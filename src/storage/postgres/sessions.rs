@@ -5,11 +5,11 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{SessionRow, SessionWithCallerRow};
+use super::{SessionRow, SessionWithCallerRow, callers};
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::{
-    AnswerOutcome, CallSession, Caller, CloseSession, NewSession, Platform, StoreError,
-    StoreResult, rules,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
+    StoreError, StoreResult, rules,
 };
 
 #[tracing::instrument(
@@ -23,6 +23,17 @@ pub(super) async fn create_session(
     new: &NewSession,
 ) -> StoreResult<(CallSession, bool)> {
     let mut tx = pool.begin().await?;
+    let created = create_session_in(&mut tx, new).await?;
+    tx.commit().await?;
+    tracing::Span::current().record("created", created.1);
+    Ok(created)
+}
+
+/// [`create_session`] inside the caller's write transaction.
+pub(super) async fn create_session_in(
+    tx: &mut PgConnection,
+    new: &NewSession,
+) -> StoreResult<(CallSession, bool)> {
     // Lock the caller first: concurrent creations for one caller then count and snapshot in turn.
     let (prior_calls, prior_call_at) = match new.caller_id {
         Some(caller_id) => {
@@ -79,15 +90,46 @@ pub(super) async fn create_session(
             (row, true)
         }
         None => (
-            select_by_key(&mut tx, new.platform, &new.call_key)
+            select_by_key(tx, new.platform, &new.call_key)
                 .await?
                 .ok_or_else(|| StoreError::Conflict("session vanished during creation".into()))?,
             false,
         ),
     };
+    Ok((CallSession::try_from(row)?, created))
+}
+
+#[tracing::instrument(
+    name = "store.start_call",
+    skip_all,
+    fields(backend = "postgres", platform = %start.session.platform,
+           session_id = %start.session.session_id, created = tracing::field::Empty)
+)]
+pub(super) async fn start_call(pool: &PgPool, start: &CallStart) -> StoreResult<StartedCall> {
+    let mut tx = pool.begin().await?;
+    let mut new = start.session.clone();
+    let caller = match &start.phone {
+        Some(phone) => {
+            let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
+            new.caller_id = Some(caller.caller_id);
+            Some(caller)
+        }
+        None => None,
+    };
+    if let Some((previous, close)) = &start.close_previous {
+        match close_session_in(&mut tx, *previous, close).await {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (session, created) = create_session_in(&mut tx, &new).await?;
     tx.commit().await?;
     tracing::Span::current().record("created", created);
-    Ok((CallSession::try_from(row)?, created))
+    Ok(StartedCall {
+        session,
+        caller,
+        created,
+    })
 }
 
 async fn select_by_key(
@@ -245,10 +287,20 @@ pub(super) async fn close_session(
     close: &CloseSession,
 ) -> StoreResult<CallSession> {
     let mut tx = pool.begin().await?;
-    let mut session = lock_session(&mut tx, session_id).await?;
-    rules::apply_close(&mut session, close);
-    save_state(&mut tx, &session, close.ended_at).await?;
+    let session = close_session_in(&mut tx, session_id, close).await?;
     tx.commit().await?;
+    Ok(session)
+}
+
+/// [`close_session`] inside the caller's write transaction.
+pub(super) async fn close_session_in(
+    tx: &mut PgConnection,
+    session_id: Uuid,
+    close: &CloseSession,
+) -> StoreResult<CallSession> {
+    let mut session = lock_session(tx, session_id).await?;
+    rules::apply_close(&mut session, close);
+    save_state(tx, &session, close.ended_at).await?;
     Ok(session)
 }
 

@@ -1,8 +1,8 @@
 //! Callers on SQLite.
 
 use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
 use sqlx::types::Json;
+use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{CallerRow, begin_write, id, ms};
@@ -19,6 +19,18 @@ pub(super) async fn upsert_caller(
     phone: &str,
     now: DateTime<Utc>,
 ) -> StoreResult<Caller> {
+    let mut conn = pool.acquire().await?;
+    let caller = upsert_caller_in(&mut conn, phone, now).await?;
+    tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
+    Ok(caller)
+}
+
+/// [`upsert_caller`] on a connection (inside the caller's transaction, if any).
+pub(super) async fn upsert_caller_in(
+    conn: &mut SqliteConnection,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<Caller> {
     let row: CallerRow = sqlx::query_as(concat!(
         "insert into caller (caller_id, phone, first_seen_at, last_seen_at, updated_at) \
          values ($1, $2, $3, $3, $3) \
@@ -30,11 +42,9 @@ pub(super) async fn upsert_caller(
     .bind(id(Uuid::now_v7()))
     .bind(phone)
     .bind(ms(now))
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
-    let caller = Caller::try_from(row)?;
-    tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
-    Ok(caller)
+    Caller::try_from(row)
 }
 
 #[tracing::instrument(name = "store.get_caller", skip_all, fields(backend = "sqlite", %caller_id))]

@@ -36,9 +36,10 @@ use uuid::fmt::Hyphenated;
 
 use super::rows;
 use super::{
-    Analysis, AnswerOutcome, AuditEntry, CallSession, Caller, CallerAnalysisUpdate, CallerPatch,
-    CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession, NewWebhookEvent,
-    Platform, Recorded, Store, StoreError, StoreResult, Turn, TurnWrite,
+    Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
+    CallerPatch, CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession,
+    NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult, Turn,
+    TurnWrite,
 };
 
 /// The SQLite migrations, embedded at build time.
@@ -183,6 +184,10 @@ impl Store for SqliteStore {
 
     async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)> {
         sessions::create_session(&self.writer, new).await
+    }
+
+    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
+        sessions::start_call(&self.writer, start).await
     }
 
     async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {

@@ -5,11 +5,11 @@ use sqlx::types::Json;
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{SessionRow, SessionWithCallerRow, begin_write, id, ms, truncate_ms};
+use super::{SessionRow, SessionWithCallerRow, begin_write, callers, id, ms, truncate_ms};
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::{
-    AnswerOutcome, CallSession, Caller, CloseSession, NewSession, Platform, StoreError,
-    StoreResult, rules,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
+    StoreError, StoreResult, rules,
 };
 
 #[tracing::instrument(
@@ -23,6 +23,17 @@ pub(super) async fn create_session(
     new: &NewSession,
 ) -> StoreResult<(CallSession, bool)> {
     let mut tx = begin_write(pool).await?;
+    let created = create_session_in(&mut tx, new).await?;
+    tx.commit().await?;
+    tracing::Span::current().record("created", created.1);
+    Ok(created)
+}
+
+/// [`create_session`] inside the caller's write transaction.
+pub(super) async fn create_session_in(
+    tx: &mut SqliteConnection,
+    new: &NewSession,
+) -> StoreResult<(CallSession, bool)> {
     let (prior_calls, prior_call_at) = match new.caller_id {
         Some(caller_id) => {
             let counts: Option<(i64, Option<i64>)> =
@@ -77,15 +88,46 @@ pub(super) async fn create_session(
             (row, true)
         }
         None => (
-            select_by_key(&mut tx, new.platform, &new.call_key)
+            select_by_key(tx, new.platform, &new.call_key)
                 .await?
                 .ok_or_else(|| StoreError::Conflict("session vanished during creation".into()))?,
             false,
         ),
     };
+    Ok((CallSession::try_from(row)?, created))
+}
+
+#[tracing::instrument(
+    name = "store.start_call",
+    skip_all,
+    fields(backend = "sqlite", platform = %start.session.platform,
+           session_id = %start.session.session_id, created = tracing::field::Empty)
+)]
+pub(super) async fn start_call(pool: &SqlitePool, start: &CallStart) -> StoreResult<StartedCall> {
+    let mut tx = begin_write(pool).await?;
+    let mut new = start.session.clone();
+    let caller = match &start.phone {
+        Some(phone) => {
+            let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
+            new.caller_id = Some(caller.caller_id);
+            Some(caller)
+        }
+        None => None,
+    };
+    if let Some((previous, close)) = &start.close_previous {
+        match close_session_in(&mut tx, *previous, close).await {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (session, created) = create_session_in(&mut tx, &new).await?;
     tx.commit().await?;
     tracing::Span::current().record("created", created);
-    Ok((CallSession::try_from(row)?, created))
+    Ok(StartedCall {
+        session,
+        caller,
+        created,
+    })
 }
 
 async fn select_by_key(
@@ -243,12 +285,22 @@ pub(super) async fn close_session(
     close: &CloseSession,
 ) -> StoreResult<CallSession> {
     let mut tx = begin_write(pool).await?;
-    let mut session = read_session(&mut tx, session_id).await?;
+    let session = close_session_in(&mut tx, session_id, close).await?;
+    tx.commit().await?;
+    Ok(session)
+}
+
+/// [`close_session`] inside the caller's write transaction.
+pub(super) async fn close_session_in(
+    tx: &mut SqliteConnection,
+    session_id: Uuid,
+    close: &CloseSession,
+) -> StoreResult<CallSession> {
+    let mut session = read_session(tx, session_id).await?;
     let ended_at = truncate_ms(close.ended_at);
     rules::apply_close(&mut session, close);
     session.ended_at = session.ended_at.map(truncate_ms);
-    save_state(&mut tx, &session, ended_at).await?;
-    tx.commit().await?;
+    save_state(tx, &session, ended_at).await?;
     Ok(session)
 }
 

@@ -1,7 +1,7 @@
 //! Call sessions: creation and counting, lookups, touch and close.
 
 use super::*;
-use redial::storage::Answer;
+use redial::storage::{Answer, CallStart};
 
 on_both_backends!(
     create_session_counts_the_call_once_and_snapshots_the_callers_previous_calls,
@@ -15,6 +15,9 @@ on_both_backends!(
     close_session_sets_status_and_reason_keeps_the_first_end_and_merges_details,
     close_session_keeps_a_completed_status,
     touching_or_closing_an_unknown_session_is_not_found,
+    start_call_stores_the_caller_and_session_and_closes_the_abandoned_call_at_once,
+    start_call_of_a_stored_call_keeps_its_session_and_counts_it_once,
+    start_call_without_a_number_or_with_a_vanished_previous_call_still_starts,
 );
 
 async fn create_session_counts_the_call_once_and_snapshots_the_callers_previous_calls(
@@ -307,5 +310,109 @@ async fn touching_or_closing_an_unknown_session_is_not_found(store: Arc<dyn Stor
     assert!(
         matches!(closed, Err(StoreError::NotFound)),
         "got {closed:?}"
+    );
+}
+
+async fn start_call_stores_the_caller_and_session_and_closes_the_abandoned_call_at_once(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: the caller's earlier call went silent.
+    let (caller_id, abandoned) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
+    let start = CallStart {
+        session: NewSession {
+            attempt: 2,
+            resumes_session_id: Some(abandoned.session_id),
+            ..new_session("call-2", None, at(100))
+        },
+        phone: Some(PHONE.to_owned()),
+        close_previous: Some((
+            abandoned.session_id,
+            close_as(SessionStatus::Dropped, at(40)),
+        )),
+        now: at(100),
+    };
+
+    // Act
+    let started = store.start_call(&start).await.expect("start call");
+
+    // Assert
+    assert!(started.created);
+    let caller = started.caller.expect("the caller");
+    assert_eq!(
+        caller.caller_id, caller_id,
+        "the known caller, found by number"
+    );
+    assert_eq!(
+        caller.call_count, 1,
+        "as it was before this call was counted"
+    );
+    assert_eq!(caller.last_seen_at, at(100));
+    let session = &started.session;
+    assert_eq!(session.session_id, start.session.session_id);
+    assert_eq!(session.caller_id, Some(caller_id));
+    assert_eq!(
+        (session.prior_calls, session.prior_call_at),
+        (1, Some(at(0)))
+    );
+    assert_eq!(session.resumes_session_id, Some(abandoned.session_id));
+    let previous = stored_session(store.as_ref(), abandoned.session_id).await;
+    assert_eq!(previous.status, SessionStatus::Dropped);
+    assert_eq!(previous.ended_at, Some(at(40)));
+    let counted = store
+        .get_caller(caller_id)
+        .await
+        .expect("get")
+        .expect("caller");
+    assert_eq!(counted.call_count, 2);
+    assert_eq!(counted.last_call_at, Some(at(100)));
+}
+
+async fn start_call_of_a_stored_call_keeps_its_session_and_counts_it_once(store: Arc<dyn Store>) {
+    // Arrange: two requests of one new call, each planning its own session.
+    let start = |started_at: i64| CallStart {
+        session: new_session("call-1", None, at(started_at)),
+        phone: Some(PHONE.to_owned()),
+        close_previous: None,
+        now: at(started_at),
+    };
+    let (first, second) = (start(10), start(11));
+
+    // Act
+    let one = store.start_call(&first).await.expect("first");
+    let two = store.start_call(&second).await.expect("second");
+
+    // Assert
+    assert!(one.created && !two.created);
+    assert_eq!(two.session, one.session, "the stored session is kept");
+    let caller = store
+        .get_caller_by_phone(PHONE)
+        .await
+        .expect("get")
+        .expect("caller");
+    assert_eq!(caller.call_count, 1);
+    assert_eq!(caller.last_seen_at, at(11));
+}
+
+async fn start_call_without_a_number_or_with_a_vanished_previous_call_still_starts(
+    store: Arc<dyn Store>,
+) {
+    // Arrange
+    let start = CallStart {
+        session: new_session("call-anonymous", None, at(5)),
+        phone: None,
+        close_previous: Some((Uuid::now_v7(), close_as(SessionStatus::Dropped, at(1)))),
+        now: at(5),
+    };
+
+    // Act
+    let started = store.start_call(&start).await.expect("start call");
+
+    // Assert
+    assert!(started.created);
+    assert_eq!(started.caller, None);
+    assert_eq!(started.session.caller_id, None);
+    assert_eq!(
+        stored_session(store.as_ref(), start.session.session_id).await,
+        started.session
     );
 }

@@ -495,14 +495,6 @@ fn turn_audit(caller_id: Uuid, session_id: Uuid, created_at: DateTime<Utc>) -> N
     }
 }
 
-async fn stored_session(store: &dyn Store, session_id: Uuid) -> CallSession {
-    store
-        .get_session(session_id)
-        .await
-        .expect("get session")
-        .expect("session exists")
-}
-
 fn to_new(turn: &Turn) -> NewTurn {
     NewTurn {
         idempotency_key: turn.idempotency_key.clone(),
