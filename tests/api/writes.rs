@@ -181,6 +181,52 @@ async fn stored_turns(app: &TestApp, call: &str) -> Vec<Turn> {
     app.db.store.list_turns(session.session_id).await.unwrap()
 }
 
+/// Postgres only: every connection redial holds is killed (as a database restart would);
+/// the next turn is still answered and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_are_stored_after_the_database_drops_every_connection() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    assert!(
+        read_sse(app.chat(&vapi_body("call-r1", "+14155550123", "hi")).await)
+            .await
+            .done
+    );
+    app.settle().await;
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+
+    admin
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    let sse = read_sse(
+        app.chat(&vapi_body("call-r1", "+14155550123", "still there?"))
+            .await,
+    )
+    .await;
+    app.settle().await;
+
+    assert!(
+        sse.done,
+        "the turn is answered (without memory if its read failed)"
+    );
+    // Counted on a new connection: the test's own store lost its connections too.
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from turn join call_session using (session_id) \
+         where call_key = 'call-r1'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored, 4,
+        "both turns are stored: the writes got fresh connections"
+    );
+    app.teardown().await;
+}
+
 async fn wait_for_pending(app: &TestApp, writes: usize) {
     for _ in 0..500 {
         if app.state.engine.pending_writes() == writes {

@@ -72,9 +72,10 @@ fn reader_connections(max_connections: u32) -> u32 {
     (max_connections / 4).max(2)
 }
 
-/// A pooled connection idle for this long is pinged before use (it may have been dropped by
-/// a database restart or a network device meanwhile); a busier one is used as it is, sparing
-/// every query a round trip.
+/// A reader connection idle for this long is pinged before use (it may have been dropped by a
+/// database restart or a network device meanwhile); a busier one is used as it is, sparing every
+/// memory read a round trip. A read on a connection that died anyway fails, and the turn goes on
+/// without memory (fail open).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 
 #[expect(
@@ -102,9 +103,9 @@ impl PostgresStore {
             PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
         // A few connections are kept open so the first turns after a start or an idle spell do
         // not pay for connection setup inside the memory read budget.
+        // Writes keep sqlx's ping before every checkout: they are off the caller's path, and
+        // after a database restart a dead connection must not use up a write's retries.
         let pool = PgPoolOptions::new()
-            .test_before_acquire(false)
-            .before_acquire(ping_if_idle)
             .max_connections(options.max_connections)
             .min_connections(options.max_connections.min(4))
             .acquire_timeout(options.connect_timeout)
