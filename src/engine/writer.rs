@@ -16,7 +16,7 @@
 //! exits; a turn that finds the queue closed writes directly ([`write_direct`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, OwnedPermit, Receiver, Sender};
@@ -36,6 +36,39 @@ pub(crate) struct WriteQueue {
     pending: Arc<AtomicUsize>,
     /// The writer task.
     writer: TaskTracker,
+    /// When the queue was last reported full.
+    full_warning: Arc<Throttle>,
+}
+
+/// Lets something happen at most once per [`Throttle::EVERY`].
+#[derive(Debug)]
+struct Throttle {
+    started: std::time::Instant,
+    /// Milliseconds since `started` of the last time, plus one (0: never).
+    last: AtomicU64,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether it may happen now (and, if so, records that it did).
+    fn elapsed_enough(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let every = u64::try_from(Self::EVERY.as_millis()).unwrap_or(u64::MAX);
+        (last == 0 || now.saturating_sub(last) >= every)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// A reserved place in the queue for one write.
@@ -79,6 +112,7 @@ impl WriteQueue {
             tx,
             pending,
             writer,
+            full_warning: Arc::new(Throttle::new()),
         }
     }
 
@@ -89,9 +123,13 @@ impl WriteQueue {
             Err(mpsc::error::TrySendError::Closed(_)) => return None,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("redial_write_queue_full_total").increment(1);
-                tracing::warn!(
-                    "the write queue is full; the turn waits for the database to catch up"
-                );
+                // Under sustained overload every new turn gets here: say so once a while.
+                if self.full_warning.elapsed_enough() {
+                    tracing::warn!(
+                        "the write queue is full; new turns wait for the database to catch up \
+                         (see redial_write_queue_full_total)"
+                    );
+                }
                 self.tx.clone().reserve_owned().await.ok()?
             }
         };

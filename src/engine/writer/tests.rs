@@ -122,3 +122,14 @@ async fn writes_queued_together_are_stored_in_order() {
     assert_eq!(keys(store.as_ref(), session_id).await, expected);
     assert_eq!(queue.pending(), 0);
 }
+
+#[test]
+fn the_full_queue_warning_is_throttled() {
+    let throttle = Throttle::new();
+
+    let first = throttle.elapsed_enough();
+    let second = throttle.elapsed_enough();
+
+    assert!(first, "the first time is reported");
+    assert!(!second, "a second time within the interval is not");
+}
