@@ -183,6 +183,31 @@ fn semantic_checks_name_the_key() {
             "0",
             "memory.read_budget_ms",
         ),
+        (
+            "REDIAL_DATABASE__WRITE_BATCH_MAX",
+            "0",
+            "database.write_batch_max",
+        ),
+        (
+            "REDIAL_DATABASE__WRITE_BATCH_MAX",
+            "1000000000000",
+            "database.write_batch_max",
+        ),
+        (
+            "REDIAL_DATABASE__WRITE_LINGER_MS",
+            "60000",
+            "database.write_linger_ms",
+        ),
+        (
+            "REDIAL_DATABASE__WRITE_QUEUE_CAPACITY",
+            "0",
+            "database.write_queue_capacity",
+        ),
+        (
+            "REDIAL_DATABASE__WRITE_QUEUE_CAPACITY",
+            "18446744073709551615",
+            "database.write_queue_capacity",
+        ),
     ] {
         let err = load(None, env(&[(var, value)]), &[])
             .unwrap_err()

@@ -48,11 +48,24 @@ pub(super) fn validate(
     if settings.database.max_connections == 0 {
         return fail("database.max_connections", "must be at least 1".into());
     }
-    if settings.database.write_batch_max == 0 {
-        return fail("database.write_batch_max", "must be at least 1".into());
+    let db = &settings.database;
+    if !(1..=10_000).contains(&db.write_batch_max) {
+        return fail(
+            "database.write_batch_max",
+            "must be between 1 and 10000".into(),
+        );
     }
-    if settings.database.write_queue_capacity == 0 {
-        return fail("database.write_queue_capacity", "must be at least 1".into());
+    if db.write_linger_ms > 1_000 {
+        return fail(
+            "database.write_linger_ms",
+            "must be at most 1000 (milliseconds)".into(),
+        );
+    }
+    if !(1..=1_000_000).contains(&db.write_queue_capacity) {
+        return fail(
+            "database.write_queue_capacity",
+            "must be between 1 and 1000000".into(),
+        );
     }
     let upstream = &settings.upstream;
     match reqwest::Url::parse(&upstream.base_url) {
