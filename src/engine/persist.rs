@@ -1,9 +1,7 @@
 //! Persisting a turn after its last event was sent: off the caller's critical path, never
 //! cancelled by a client disconnect, idempotent. A call's first turn stores its caller and
-//! session here (retried briefly); the turn itself goes to the write-behind queue
+//! session here (retried briefly, as the writer retries); the turn itself goes to the write-behind queue
 //! ([`super::writer`]), which writes it with other calls' turns in one transaction.
-
-use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
@@ -17,9 +15,6 @@ use super::writer::{self, Slot};
 use crate::openai::{ChatMessage, Role};
 use crate::platforms::Identity;
 use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
-
-/// Delays between attempts to store a new call's caller and session.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 
 /// What a finished turn leaves to store.
 #[derive(Debug)]
@@ -51,18 +46,15 @@ pub(crate) async fn persist(
     slot: Option<Slot>,
 ) {
     let mut context = context;
-    let mut delays = RETRY_DELAYS.iter();
+    let mut retries = writer::Retries::new();
     let ctx = loop {
         match prepare(engine, identity, &mut context, finished.model.as_deref()).await {
             Ok(ctx) => break ctx,
+            Err(e) if retries.wait("storing the call", &e).await => {}
             Err(e) => {
-                let Some(delay) = delays.next() else {
-                    tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
-                    metrics::counter!("redial_persist_failures_total").increment(1);
-                    return;
-                };
-                tracing::warn!(error = %e, "storing the call failed; retrying");
-                tokio::time::sleep(*delay).await;
+                tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
+                metrics::counter!("redial_persist_failures_total").increment(1);
+                return;
             }
         }
     };

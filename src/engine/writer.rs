@@ -239,18 +239,34 @@ async fn save_with_retries(
     store: &dyn Store,
     batch: &[TurnWrite],
 ) -> Result<Vec<Option<u64>>, StoreError> {
-    let mut delays = RETRY_DELAYS.iter();
+    let mut retries = Retries::new();
     loop {
         match store.save_turns(batch).await {
             Ok(results) => return Ok(results),
-            Err(e) => {
-                let Some(delay) = delays.next() else {
-                    return Err(e);
-                };
-                tracing::warn!(error = %e, writes = batch.len(), "writing turns failed; retrying");
-                tokio::time::sleep(*delay).await;
-            }
+            Err(e) if retries.wait("writing turns", &e).await => {}
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// The brief retries of a failed store write: one more attempt after each of [`RETRY_DELAYS`].
+#[derive(Debug)]
+pub(crate) struct Retries(std::slice::Iter<'static, Duration>);
+
+impl Retries {
+    pub(crate) fn new() -> Self {
+        Self(RETRY_DELAYS.iter())
+    }
+
+    /// After a failed attempt at `what`: waits and returns `true` when another attempt is due,
+    /// `false` once they are used up.
+    pub(crate) async fn wait(&mut self, what: &str, error: &StoreError) -> bool {
+        let Some(delay) = self.0.next() else {
+            return false;
+        };
+        tracing::warn!(%error, "{what} failed; retrying");
+        tokio::time::sleep(*delay).await;
+        true
     }
 }
 

@@ -81,13 +81,7 @@ async fn a_vapi_turn_streams_the_upstream_text_and_ends_with_done(backend: Backe
 
     // The turn is stored: the new user message and the reply.
     app.settle().await;
-    let (session, caller) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-1")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, caller) = app.stored_call(Platform::Vapi, "call-1").await;
     assert_eq!(caller.unwrap().phone, "+14155550123");
     assert_eq!(session.assistant_id, "asst-1");
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
@@ -261,13 +255,7 @@ async fn when_every_model_fails_the_caller_hears_the_apology(backend: Backend) {
     assert_eq!(sse.finish_reason().as_deref(), Some("stop"));
     assert!(sse.done);
     app.settle().await;
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-x")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-x").await;
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     assert!(
         turns.last().unwrap().partial,
@@ -303,13 +291,7 @@ async fn a_resent_request_does_not_duplicate_turns(backend: Backend) {
         assert!(read_sse(app.chat(&body).await).await.done);
         app.settle().await;
     }
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-r")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-r").await;
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     assert_eq!(turns.len(), 2, "one user turn and one reply: {turns:?}");
     let caller = app

@@ -164,13 +164,7 @@ async fn a_client_that_hangs_up_mid_reply_still_gets_its_turn_stored(backend: Ba
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.settle().await;
 
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-hangup")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-hangup").await;
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     let reply = turns
         .iter()
@@ -211,13 +205,7 @@ async fn shutdown_lets_an_in_flight_stream_finish_and_drains_its_writes(backend:
     let sse = parse_sse(&body);
     assert!(sse.done, "the stream finished after the shutdown signal");
     assert_eq!(sse.text(), "part0 part1 part2 part3 part4 ");
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-drain")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-drain").await;
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     assert_eq!(
         turns.len(),
@@ -276,13 +264,7 @@ async fn a_memory_read_past_its_budget_fails_open() {
 
     blocker.execute("rollback").await.unwrap();
     app.settle().await;
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-slowdb")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-slowdb").await;
     assert_eq!(
         app.db
             .store

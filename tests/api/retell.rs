@@ -373,13 +373,7 @@ async fn a_full_call_streams_every_response_to_completion(backend: Backend) {
 
     // Everything is stored: the greeting, the confirmed answer, the turns.
     app.settle().await;
-    let (session, caller) = app
-        .db
-        .store
-        .load_call(Platform::Retell, "call-full")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, caller) = app.stored_call(Platform::Retell, "call-full").await;
     assert_eq!(session.assistant_id, "agent_1");
     assert_eq!(caller.unwrap().phone, MARIA);
     assert_eq!(session.answers["loan_purpose"].value, "a car");
@@ -454,13 +448,7 @@ async fn a_newer_request_supersedes_the_response_in_progress(backend: Backend) {
 
     // The superseded reply was stopped and stored as partial.
     app.settle().await;
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Retell, "call-super")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Retell, "call-super").await;
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     let cut = turns
         .iter()
@@ -611,13 +599,7 @@ async fn a_reconnect_after_a_restart_continues_the_call_without_a_second_greetin
     call.close().await;
 
     app.settle().await;
-    let (session, caller) = app
-        .db
-        .store
-        .load_call(Platform::Retell, "call-re")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, caller) = app.stored_call(Platform::Retell, "call-re").await;
     assert_eq!(
         caller.unwrap().call_count,
         1,

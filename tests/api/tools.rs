@@ -95,13 +95,7 @@ async fn an_internal_tool_call_is_followed_by_speech_in_the_same_stream(backend:
             && m["tool_calls"][0]["function"]["name"] == "record_answer")
     );
     // The answer was committed before the model heard about it.
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-t1")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-t1").await;
     assert_eq!(session.answers["loan_purpose"].value, "a car");
     app.teardown().await;
 }
@@ -221,13 +215,7 @@ async fn a_resent_request_does_not_reapply_tool_side_effects(backend: Backend) {
         assert!(read_sse(app.chat(&body).await).await.done);
         app.settle().await;
     }
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-t5")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, "call-t5").await;
     assert_eq!(session.answers.len(), 1);
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     let roles: Vec<_> = turns.iter().map(|t| t.role.as_str()).collect();
@@ -312,20 +300,8 @@ async fn a_dropped_call_resumes_at_the_first_unanswered_question(backend: Backen
         "{summary}"
     );
     assert!(summary.contains(r#"Caller's name: "Ada""#), "{summary}");
-    let (a, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-A")
-        .await
-        .unwrap()
-        .unwrap();
-    let (b, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-B")
-        .await
-        .unwrap()
-        .unwrap();
+    let (a, _) = app.stored_call(Platform::Vapi, "call-A").await;
+    let (b, _) = app.stored_call(Platform::Vapi, "call-B").await;
     assert_eq!(a.status, SessionStatus::Dropped);
     assert_eq!((b.attempt, b.resumes_session_id), (2, Some(a.session_id)));
     assert_eq!(
@@ -344,13 +320,7 @@ async fn a_dropped_call_resumes_at_the_first_unanswered_question(backend: Backen
         .done
     );
     app.settle().await;
-    let (c, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-C")
-        .await
-        .unwrap()
-        .unwrap();
+    let (c, _) = app.stored_call(Platform::Vapi, "call-C").await;
     assert_eq!((c.attempt, c.resumes_session_id), (1, None));
     assert_eq!(app.upstream.requests().last().unwrap()["model"], "gpt-test");
     app.teardown().await;

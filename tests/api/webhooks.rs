@@ -7,6 +7,7 @@ use redial::storage::{Analysis, Platform, SessionStatus, Store};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sha2::Sha256;
+use uuid::Uuid;
 
 use crate::support::app::{TestApp, app_tests, read_sse, vapi_body};
 use crate::support::db::Backend;
@@ -113,6 +114,12 @@ async fn redial_analysis(store: &dyn Store, platform: Platform, call_key: &str) 
     panic!("no analysis of {call_key} appeared");
 }
 
+/// The sources of a session's stored analyses (`redial`, `retell`, `elevenlabs`…).
+async fn analysis_sources(store: &dyn Store, session_id: Uuid) -> Vec<String> {
+    let analyses = store.list_analyses(session_id).await.unwrap();
+    analyses.into_iter().map(|a| a.source).collect()
+}
+
 fn analyst_requests(app: &TestApp) -> usize {
     app.upstream
         .requests()
@@ -171,13 +178,7 @@ async fn a_vapi_end_of_call_report_closes_the_call_and_informs_the_next_one(back
         analyst_prompt.to_string().contains("AI: "),
         "the platform's transcript is analysed"
     );
-    let (session, caller) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, "call-w1")
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, caller) = app.stored_call(Platform::Vapi, "call-w1").await;
     assert_eq!(session.status, SessionStatus::Ended);
     assert_eq!(session.ended_reason.as_deref(), Some("customer-ended-call"));
     assert_eq!(session.details["cost"], 0.1234);
@@ -348,22 +349,8 @@ async fn duplicate_deliveries_produce_one_analysis(backend: Backend) {
         1,
         "one analysis, however many deliveries"
     );
-    let (session, caller) = app
-        .db
-        .store
-        .load_call(Platform::Retell, key)
-        .await
-        .unwrap()
-        .unwrap();
-    let sources: Vec<_> = app
-        .db
-        .store
-        .list_analyses(session.session_id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.source)
-        .collect();
+    let (session, caller) = app.stored_call(Platform::Retell, key).await;
+    let sources = analysis_sources(app.db.store.as_ref(), session.session_id).await;
     assert_eq!(sources.iter().filter(|s| *s == "redial").count(), 1);
     assert_eq!(
         sources.iter().filter(|s| *s == "retell").count(),
@@ -394,23 +381,9 @@ async fn an_elevenlabs_post_call_transcription_is_accepted_when_signed(backend: 
     let key = "conv_01jzq8r5x4e9v3k2m7n6p5t4s3";
     let analysis = redial_analysis(app.db.store.as_ref(), Platform::ElevenLabs, key).await;
     assert_eq!(analysis.summary, "Checked an order.");
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::ElevenLabs, key)
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::ElevenLabs, key).await;
     assert_eq!(session.status, SessionStatus::Ended);
-    let sources: Vec<_> = app
-        .db
-        .store
-        .list_analyses(session.session_id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.source)
-        .collect();
+    let sources = analysis_sources(app.db.store.as_ref(), session.session_id).await;
     assert!(sources.contains(&"elevenlabs".to_owned()), "{sources:?}");
     app.teardown().await;
 }
@@ -518,13 +491,7 @@ async fn vapi_status_updates_open_and_close_the_session_and_other_messages_are_a
         200
     );
     for _ in 0..200 {
-        let (session, _) = app
-            .db
-            .store
-            .load_call(Platform::Vapi, key)
-            .await
-            .unwrap()
-            .unwrap();
+        let (session, _) = app.stored_call(Platform::Vapi, key).await;
         if session.status == SessionStatus::Ended {
             assert_eq!(
                 session.ended_reason.as_deref(),

@@ -31,12 +31,8 @@ async fn turns_of_many_concurrent_calls_are_all_stored_in_batches(backend: Backe
     assert!(transcripts.iter().all(|t| t.done));
     for i in 0..24 {
         let (session, caller) = app
-            .db
-            .store
-            .load_call(Platform::Vapi, &format!("call-batch-{i}"))
-            .await
-            .unwrap()
-            .unwrap();
+            .stored_call(Platform::Vapi, &format!("call-batch-{i}"))
+            .await;
         let turns = app.db.store.list_turns(session.session_id).await.unwrap();
         assert_eq!(turns.len(), 2, "call {i}: the user's line and the reply");
         assert_eq!(session.model.as_deref(), Some("gpt-test"));
@@ -171,13 +167,7 @@ async fn a_write_the_database_rejects_does_not_take_its_batch_down() {
 
 /// The stored turns of a Vapi call.
 async fn stored_turns(app: &TestApp, call: &str) -> Vec<Turn> {
-    let (session, _) = app
-        .db
-        .store
-        .load_call(Platform::Vapi, call)
-        .await
-        .unwrap()
-        .unwrap();
+    let (session, _) = app.stored_call(Platform::Vapi, call).await;
     app.db.store.list_turns(session.session_id).await.unwrap()
 }
 

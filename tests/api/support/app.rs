@@ -7,6 +7,7 @@ use std::time::Duration;
 use redial::config::{DatabaseUrl, Secret, Settings};
 use redial::startup::Application;
 use redial::state::AppState;
+use redial::storage::{CallSession, Caller, Platform};
 use redial_bench::mock::{MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -144,6 +145,20 @@ impl TestApp {
     /// POSTs a chat completion to `/v1/chat/completions`.
     pub async fn chat(&self, body: &Value) -> reqwest::Response {
         self.post("/v1/chat/completions", body).await
+    }
+
+    /// The stored session and caller of a platform's call; panics when the call is not stored.
+    pub async fn stored_call(
+        &self,
+        platform: Platform,
+        call_key: &str,
+    ) -> (CallSession, Option<Caller>) {
+        self.db
+            .store
+            .load_call(platform, call_key)
+            .await
+            .expect("load the call")
+            .unwrap_or_else(|| panic!("call {call_key} is not stored"))
     }
 
     /// Waits until background work and the writes it queued (turn persistence) are done.
