@@ -66,10 +66,10 @@ pub fn load(
         layers.set(section, key, &o.value, Source::Flag(o.flag), &template)?;
     }
     let mut settings = layers.deserialize()?;
-    if settings.upstream.api_key.is_empty() {
-        if let Some(key) = env.get("OPENAI_API_KEY") {
-            settings.upstream.api_key = Secret::new(key.clone());
-        }
+    if settings.upstream.api_key.is_empty()
+        && let Some(key) = env.get("OPENAI_API_KEY")
+    {
+        settings.upstream.api_key = Secret::new(key.clone());
     }
     super::validate::validate(&settings, |key| layers.origin(key))?;
     Ok(settings)
@@ -129,16 +129,16 @@ impl Layers {
             let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
             self.set(&section, &key, value, Source::Env(var.clone()), template)?;
         }
-        if !env.contains_key("REDIAL_DATABASE__URL") {
-            if let Some(url) = env.get("DATABASE_URL") {
-                self.set(
-                    "database",
-                    "url",
-                    url,
-                    Source::Env("DATABASE_URL".into()),
-                    template,
-                )?;
-            }
+        if !env.contains_key("REDIAL_DATABASE__URL")
+            && let Some(url) = env.get("DATABASE_URL")
+        {
+            self.set(
+                "database",
+                "url",
+                url,
+                Source::Env("DATABASE_URL".into()),
+                template,
+            )?;
         }
         Ok(())
     }

@@ -147,11 +147,10 @@ fn sse_events(
                 Some(event) => event,
                 None => handle.recv().await,
             };
-            if let Some(model) = handle.timings.model.get() {
-                if model != chunks.model() {
+            if let Some(model) = handle.timings.model.get()
+                && model != chunks.model() {
                     chunks.set_model(model);
                 }
-            }
             match event {
                 Some(TurnEvent::Text(text)) => yield Ok(json_event(&chunks.content(&text))),
                 Some(TurnEvent::ToolCall(delta)) => yield Ok(json_event(&chunks.tool_call(&delta))),

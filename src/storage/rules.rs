@@ -25,11 +25,11 @@ pub(crate) fn apply_caller_patch(
         changed |= caller.language.as_ref() != Some(language);
         caller.language = Some(language.clone());
     }
-    if let Some(note) = &patch.note {
-        if !caller.notes.contains(note) {
-            caller.notes.push(note.clone());
-            changed = true;
-        }
+    if let Some(note) = &patch.note
+        && !caller.notes.contains(note)
+    {
+        caller.notes.push(note.clone());
+        changed = true;
     }
     if changed {
         caller.updated_at = now;

@@ -197,11 +197,11 @@ impl Session {
         // Retell asked before call_details (or the wait) ended: greet with what is known.
         self.start_begin();
         let epoch = self.outbox.supersede();
-        if let Some(previous) = self.generation.take() {
-            if !previous.is_finished() {
-                metrics::counter!("redial_retell_superseded_total").increment(1);
-                tracing::debug!("a newer request superseded the response in progress");
-            }
+        if let Some(previous) = self.generation.take()
+            && !previous.is_finished()
+        {
+            metrics::counter!("redial_retell_superseded_total").increment(1);
+            tracing::debug!("a newer request superseded the response in progress");
         }
         metrics::counter!("redial_turns_total", "platform" => Platform::Retell.as_str())
             .increment(1);

@@ -37,10 +37,8 @@ pub(super) async fn record_webhook(
     .execute(&mut *tx)
     .await?;
     let new = stored.rows_affected() == 1;
-    if new {
-        if let Some(job) = job {
-            insert_job(&mut tx, job, event.received_at).await?;
-        }
+    if new && let Some(job) = job {
+        insert_job(&mut tx, job, event.received_at).await?;
     }
     tx.commit().await?;
     tracing::Span::current().record("new", new);
