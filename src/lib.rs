@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod openai;
 pub mod platforms;
 pub mod startup;

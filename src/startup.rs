@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
+use crate::journal::Journal;
 use crate::state::AppState;
 use crate::storage::{self, ConnectOptions, Store};
 
@@ -31,8 +32,9 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-        let state =
-            AppState::new(settings, store).context("building the upstream client failed")?;
+        let journal = open_journal(&settings).await?;
+        let state = AppState::new(settings, store, journal)
+            .context("building the upstream client failed")?;
         Ok(Self { listener, state })
     }
 
@@ -66,6 +68,12 @@ impl Application {
             .into_future();
         let mut server = tokio::spawn(server);
         crate::analysis::worker::spawn(&state.engine, &token, &state.workers);
+        state.engine.journal().spawn_replayer(
+            std::sync::Arc::clone(&state.store),
+            token.clone(),
+            &state.workers,
+            state.settings.database.write_batch_max,
+        );
         spawn_metrics_upkeep(&state);
         tracing::info!(%addr, store = state.store.backend(), dev_mode = state.settings.server.dev_mode(), "redial listening");
 
@@ -85,6 +93,7 @@ impl Application {
             server.abort();
         }
         drain(&state, grace).await;
+        state.engine.journal().close();
         state.store.close().await;
         tracing::info!("redial stopped");
         Ok(())
@@ -134,6 +143,20 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     storage::connect(db.url.expose(), &options)
         .await
         .with_context(|| format!("cannot connect to the database at {}", db.url.redacted()))
+}
+
+/// Opens the outage journal (`database.journal_dir`), with an error that names the directory.
+pub async fn open_journal(settings: &Settings) -> anyhow::Result<Journal> {
+    let database = settings.database.clone();
+    tokio::task::spawn_blocking(move || Journal::open(&database))
+        .await
+        .context("opening the outage journal panicked")?
+        .with_context(|| {
+            format!(
+                "cannot open the outage journal in {:?} (database.journal_dir)",
+                settings.database.journal_dir
+            )
+        })
 }
 
 /// `redial migrate`: applies pending migrations and exits.

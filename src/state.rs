@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::journal::Journal;
 use crate::storage::Store;
 use crate::upstream::{LlmClient, UpstreamError};
 
@@ -36,8 +37,12 @@ pub struct Inner {
 }
 
 impl AppState {
-    /// Assembles the state.
-    pub fn new(settings: Settings, store: Arc<dyn Store>) -> Result<Self, UpstreamError> {
+    /// Assembles the state; every durable write goes through `journal`.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        journal: Journal,
+    ) -> Result<Self, UpstreamError> {
         let settings = Arc::new(settings);
         let tasks = TaskTracker::new();
         let llm = LlmClient::new(&settings.upstream)?;
@@ -48,6 +53,7 @@ impl AppState {
             llm,
             tasks.clone(),
             shutdown.clone(),
+            journal,
         );
         Ok(Self(Arc::new(Inner {
             settings,

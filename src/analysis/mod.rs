@@ -177,6 +177,7 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
         .await?;
     if let (true, Some(caller_id)) = (recorded.is_new(), session.caller_id) {
         let entry = NewAudit {
+            entry_key: Some(Uuid::now_v7()),
             caller_id: Some(caller_id),
             session_id: Some(session.session_id),
             actor: "worker:analysis".into(),
@@ -193,10 +194,10 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
 
 /// The platform's transcript when it sent one, else the stored turns.
 async fn transcript(engine: &Engine, session: &CallSession) -> anyhow::Result<Option<String>> {
-    if let Some(text) = session.details.get("transcript").and_then(Value::as_str) {
-        if !text.trim().is_empty() {
-            return Ok(Some(text.to_owned()));
-        }
+    if let Some(text) = session.details.get("transcript").and_then(Value::as_str)
+        && !text.trim().is_empty()
+    {
+        return Ok(Some(text.to_owned()));
     }
     let turns = engine.store().list_turns(session.session_id).await?;
     let lines: Vec<String> = turns

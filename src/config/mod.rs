@@ -256,6 +256,20 @@ pub struct DatabaseSettings {
     /// Turns running or waiting for their write; a turn beyond it waits for room before it
     /// starts, so memory stays bounded when the database falls behind.
     pub write_queue_capacity: usize,
+    /// Longest wait for one database write before it is journaled instead, in milliseconds.
+    pub write_timeout_ms: u64,
+    /// Directory of the outage journal: writes the database cannot take are appended there
+    /// (fsynced) and replayed in order once it answers again. Empty = no journal.
+    pub journal_dir: String,
+    /// Journaled writes not yet replayed past which `/readyz` answers 503.
+    pub journal_ready_max: u64,
+}
+
+impl DatabaseSettings {
+    /// [`DatabaseSettings::write_timeout_ms`] as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -267,6 +281,9 @@ impl Default for DatabaseSettings {
             write_batch_max: 128,
             write_linger_ms: 5,
             write_queue_capacity: 8192,
+            write_timeout_ms: 1000,
+            journal_dir: "redial-journal".into(),
+            journal_ready_max: 10_000,
         }
     }
 }

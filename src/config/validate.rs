@@ -67,6 +67,12 @@ pub(super) fn validate(
             "must be between 1 and 1000000".into(),
         );
     }
+    if !(10..=60_000).contains(&db.write_timeout_ms) {
+        return fail(
+            "database.write_timeout_ms",
+            "must be between 10 and 60000 (milliseconds)".into(),
+        );
+    }
     let upstream = &settings.upstream;
     match reqwest::Url::parse(&upstream.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => {}

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Engine, script};
+use crate::journal::{Op, WriteError, Written};
 use crate::platforms::Identity;
 use crate::storage::{
     Answers, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStatus, StoreError,
@@ -27,6 +28,11 @@ pub struct CallContext {
     pub identified: bool,
     /// Whether this context's writes created the session.
     pub created: bool,
+    /// Built without the database (it was unreachable): the session is new as far as this
+    /// context knows, and what the call stored before is not in it.
+    pub offline: bool,
+    /// The caller's number, when identified.
+    pub phone: Option<String>,
     pending: Option<Pending>,
 }
 
@@ -57,6 +63,8 @@ pub(crate) async fn load(
             caller,
             identified,
             created: false,
+            offline: false,
+            phone: identity.caller.clone(),
             pending: None,
         });
     }
@@ -91,16 +99,40 @@ pub(crate) async fn load(
         caller,
         identified,
         created: false,
+        offline: false,
+        phone: identity.caller.clone(),
         pending: Some(pending),
     })
 }
 
+/// The context of a call whose stored state cannot be read (the database is away): a new
+/// session for the call, no profile, nothing resumed. Its first write is journaled like any
+/// other; replaying it adopts the call's stored session when the call already had one.
+pub(crate) fn offline(engine: &Engine, identity: &Identity, model: Option<&str>) -> CallContext {
+    let new = new_session(engine, identity, None, None, model, Utc::now());
+    let session = unstored(&new, None);
+    CallContext {
+        session,
+        caller: None,
+        identified: identity.caller.is_some(),
+        created: false,
+        offline: true,
+        phone: identity.caller.clone(),
+        pending: Some(Pending {
+            new,
+            phone: identity.caller.clone(),
+            drop_previous: None,
+        }),
+    }
+}
+
 /// Writes a first turn's caller and session (marking the resumed call dropped when it was
-/// abandoned). Idempotent: a session another request created meanwhile is adopted.
+/// abandoned), or journals them while the database is away. Idempotent: a session another
+/// request created meanwhile is adopted.
 pub(crate) async fn ensure_stored(
     engine: &Engine,
     context: &mut CallContext,
-) -> Result<(), StoreError> {
+) -> Result<(), WriteError> {
     let Some(pending) = context.pending.clone() else {
         return Ok(());
     };
@@ -120,7 +152,18 @@ pub(crate) async fn ensure_stored(
         close_previous,
         now: Utc::now(),
     };
-    let started = engine.store.start_call(&start).await?;
+    let written = engine
+        .journal
+        .write(engine.store.start_call(&start), || {
+            vec![Op::StartCall(start.clone())]
+        })
+        .await?;
+    let Written::Stored(started) = written else {
+        // Journaled: the context keeps the session as it will be stored.
+        context.created = true;
+        context.pending = None;
+        return Ok(());
+    };
     if started.created && started.session.resumes_session_id.is_some() {
         metrics::counter!("redial_resumed_calls_total").increment(1);
     }
@@ -129,6 +172,7 @@ pub(crate) async fn ensure_stored(
     }
     context.session = started.session;
     context.created = started.created;
+    context.offline = false;
     context.pending = None;
     Ok(())
 }
@@ -140,7 +184,9 @@ pub(crate) async fn load_stored(
     model: Option<&str>,
 ) -> Result<CallContext, StoreError> {
     let mut context = load(engine, identity, model).await?;
-    ensure_stored(engine, &mut context).await?;
+    ensure_stored(engine, &mut context)
+        .await
+        .map_err(StoreError::from)?;
     Ok(context)
 }
 

@@ -32,6 +32,7 @@ use tokio_util::task::task_tracker::TrackedFuture;
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::journal::Journal;
 use crate::openai::{ChatMessage, FinishReason};
 use crate::platforms::Identity;
 use crate::storage::Store;
@@ -171,6 +172,7 @@ pub struct Engine {
     pub(crate) llm: LlmClient,
     pub(crate) tasks: TaskTracker,
     pub(crate) writer: writer::WriteQueue,
+    pub(crate) journal: Journal,
 }
 
 impl Engine {
@@ -183,9 +185,11 @@ impl Engine {
         llm: LlmClient,
         tasks: TaskTracker,
         shutdown: CancellationToken,
+        journal: Journal,
     ) -> Self {
         let writer = writer::WriteQueue::spawn(
             Arc::clone(&store),
+            journal.clone(),
             shutdown,
             settings.database.write_queue_capacity,
             settings.database.write_batch_max,
@@ -197,6 +201,7 @@ impl Engine {
             llm,
             tasks,
             writer,
+            journal,
         }
     }
 
@@ -208,6 +213,11 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The outage journal every durable write goes through.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// The upstream client.

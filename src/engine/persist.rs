@@ -12,6 +12,7 @@ use super::Engine;
 use super::memory::{self, CallContext};
 use super::turn::Outcome;
 use super::writer::{self, Slot};
+use crate::journal::{self, Op, WriteError, Written};
 use crate::openai::{ChatMessage, Role};
 use crate::platforms::Identity;
 use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
@@ -35,9 +36,10 @@ impl Finished {
     }
 }
 
-/// Stores a finished turn: makes sure the call's session exists, then hands the turn to the
-/// writer through `slot` (or, when the queue was closed, writes it directly). Failures are
-/// logged and counted.
+/// Stores a finished turn: makes sure the call's session exists (or is journaled), then hands
+/// the turn to the writer through `slot` (or, when the queue was closed, writes it directly).
+/// Only a write the database rejects for good, or one neither it nor the journal can take, is
+/// lost; that is logged and counted.
 pub(crate) async fn persist(
     engine: &Engine,
     identity: &Identity,
@@ -45,43 +47,57 @@ pub(crate) async fn persist(
     finished: Finished,
     slot: Option<Slot>,
 ) {
-    let mut context = context;
-    let mut retries = writer::Retries::new();
-    let ctx = loop {
-        match prepare(engine, identity, &mut context, finished.model.as_deref()).await {
-            Ok(ctx) => break ctx,
-            Err(e) if retries.wait("storing the call", &e).await => {}
-            Err(e) => {
-                tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
-                metrics::counter!("redial_persist_failures_total").increment(1);
-                return;
-            }
+    let ctx = match prepare(engine, identity, context, finished.model.as_deref()).await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
+            metrics::counter!("redial_persist_failures_total").increment(1);
+            return;
         }
     };
     let write = turn_write(identity, &ctx, finished);
     match slot {
         Some(slot) => slot.write(write),
-        None => writer::write_direct(engine.store.as_ref(), std::slice::from_ref(&write)).await,
+        None => {
+            let store = engine.store.as_ref();
+            writer::write_direct(store, &engine.journal, std::slice::from_ref(&write)).await;
+        }
     }
 }
 
-/// The call's stored context: loaded again when the turn ran without memory, and its caller
-/// and session written when this is the call's first turn.
+/// The call's stored context — read again when the turn ran without memory, or built offline
+/// while the database is away — with its caller and session written (or journaled) when this
+/// is the call's first turn.
 async fn prepare(
     engine: &Engine,
     identity: &Identity,
-    context: &mut Option<CallContext>,
+    context: Option<CallContext>,
     model: Option<&str>,
-) -> Result<CallContext, StoreError> {
-    let mut ctx = match context.take() {
+) -> Result<CallContext, WriteError> {
+    let mut ctx = match context {
         Some(ctx) => ctx,
-        None => memory::load(engine, identity, model).await?,
+        None => reload(engine, identity, model).await?,
     };
-    if let Err(e) = memory::ensure_stored(engine, &mut ctx).await {
-        *context = Some(ctx);
-        return Err(e);
-    }
+    memory::ensure_stored(engine, &mut ctx).await?;
     Ok(ctx)
+}
+
+/// Reads the context of a turn that ran without memory, within the write budget; while the
+/// database is away, the offline context.
+async fn reload(
+    engine: &Engine,
+    identity: &Identity,
+    model: Option<&str>,
+) -> Result<CallContext, WriteError> {
+    if engine.journal.failing() {
+        return Ok(memory::offline(engine, identity, model));
+    }
+    let budget = engine.settings.database.write_timeout();
+    match tokio::time::timeout(budget, memory::load(engine, identity, model)).await {
+        Ok(Ok(ctx)) => Ok(ctx),
+        Ok(Err(e)) if !journal::transient(&e) => Err(WriteError::Rejected(e)),
+        Ok(Err(_)) | Err(_) => Ok(memory::offline(engine, identity, model)),
+    }
 }
 
 /// The turns, the session's activity and model, and the audit entry, for one transaction.
@@ -91,6 +107,7 @@ fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> Tur
         .caller
         .iter()
         .map(|caller| NewAudit {
+            entry_key: Some(Uuid::now_v7()),
             caller_id: Some(caller.caller_id),
             session_id: Some(session_id),
             actor: format!("engine:{}", identity.platform),
@@ -131,7 +148,24 @@ pub(crate) async fn opening(
         partial: false,
         created_at: Utc::now(),
     };
-    Ok(engine.store.append_turns(session_id, &[turn]).await? > 0)
+    let session_id = engine.journal.resolve(session_id);
+    let write = TurnWrite {
+        session_id,
+        turns: vec![turn],
+        model: None,
+        audit: Vec::new(),
+    };
+    let written = engine
+        .journal
+        .write(engine.store.append_turns(session_id, &write.turns), || {
+            vec![Op::Turns(write.clone())]
+        })
+        .await?;
+    // Journaled: nothing stored says it was said, so this call says it.
+    Ok(match written {
+        Written::Stored(inserted) => inserted > 0,
+        Written::Journaled => true,
+    })
 }
 
 /// The request's new messages (everything after the last assistant message) and the reply, each

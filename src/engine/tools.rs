@@ -9,7 +9,10 @@ use super::Engine;
 use super::memory::{self, CallContext};
 use super::script;
 use crate::config::AssistantSettings;
-use crate::storage::{CallerPatch, NewAudit, TurnWrite};
+use crate::journal::{AnswerWrite, Op, ProfileWrite, Written};
+use crate::platforms::Identity;
+use crate::storage::{Answer, Caller, CallerPatch, NewAudit, StoreError, StoreResult, TurnWrite};
+use uuid::Uuid;
 
 /// Confirms one scripted field.
 pub const RECORD_ANSWER: &str = "record_answer";
@@ -101,19 +104,18 @@ impl ToolResult {
     }
 }
 
-/// Runs an internal tool. Writes are committed before this returns; the context's session and
-/// caller are updated with what was written.
+/// Runs an internal tool. Writes are committed — or, while the database is away, durably
+/// journaled — before this returns; the context's session and caller are updated with what was
+/// written. A turn whose memory read failed gets an offline context here, so what the caller
+/// confirms is still saved.
 pub async fn execute(
     engine: &Engine,
-    context: Option<&mut CallContext>,
+    context: &mut Option<CallContext>,
+    identity: &Identity,
     name: &str,
     arguments: &str,
 ) -> ToolResult {
-    let Some(context) = context else {
-        return ToolResult::error(
-            "memory is unavailable for this call right now; carry on without it",
-        );
-    };
+    let context = context.get_or_insert_with(|| memory::offline(engine, identity, None));
     // A first turn's session is written only now that a tool needs it.
     if let Err(e) = memory::ensure_stored(engine, context).await {
         tracing::error!(error = %e, "storing the call before a tool failed");
@@ -159,34 +161,56 @@ async fn record_answer(
     if value.is_empty() {
         return Err("the value is empty; ask the caller again".into());
     }
-    let now = Utc::now();
-    let outcome = engine
-        .store
-        .record_answer(
-            context.session.session_id,
-            &args.field,
-            &value,
-            &script.required_fields(),
-            now,
-        )
+    let answer = AnswerWrite {
+        session_id: engine.journal.resolve(context.session.session_id),
+        field: args.field,
+        value,
+        required: script.required_fields(),
+        at: Utc::now(),
+    };
+    let store = engine.store.record_answer(
+        answer.session_id,
+        &answer.field,
+        &answer.value,
+        &answer.required,
+        answer.at,
+    );
+    let written = engine
+        .journal
+        .write(store, || vec![Op::Answer(answer.clone())])
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "record_answer failed");
             "the answer could not be saved; ask the caller to repeat it".to_owned()
         })?;
-    context.session = outcome.session;
-    audit(
-        engine,
-        context,
-        "update",
-        "record_answer",
-        json!({"field": args.field, "changed": outcome.changed}),
-    )
-    .await;
+    let changed = match written {
+        Written::Stored(outcome) => {
+            context.session = outcome.session;
+            outcome.changed
+        }
+        Written::Journaled => {
+            let confirmed = Answer {
+                value: answer.value,
+                confirmed_at: answer.at,
+            };
+            context
+                .session
+                .answers
+                .insert(answer.field.clone(), confirmed);
+            true
+        }
+    };
+    let details = json!({"field": answer.field, "changed": changed});
+    audit(engine, context, "update", "record_answer", details).await;
+    if context.offline {
+        // What the call confirmed before the database went away is not known here: naming a
+        // next question could make the model ask for an answer it already has.
+        return Ok(ToolResult::ok(&json!({"ok": true, "field": answer.field})));
+    }
     let next = script::next_question(script, &context.session.answers);
     Ok(ToolResult::ok(&json!({
         "ok": true,
-        "field": args.field,
+        "field": answer.field,
         "complete": !script::incomplete(script, &context.session.answers),
         "next_question": next,
     })))
@@ -215,20 +239,31 @@ async fn remember_caller(
     if patch == CallerPatch::default() {
         return Err("nothing to remember: give a name, language or note".into());
     }
-    let Some(caller) = &context.caller else {
+    let profile = ProfileWrite {
+        caller_id: context.caller.as_ref().map(|c| c.caller_id),
+        phone: context.phone.clone(),
+        patch,
+        at: Utc::now(),
+    };
+    if profile.caller_id.is_none() && profile.phone.is_none() {
         return Err(
             "the caller's number is unknown, so nothing can be remembered across calls".into(),
         );
-    };
-    let updated = engine
-        .store
-        .update_caller(caller.caller_id, &patch, Utc::now())
+    }
+    let written = engine
+        .journal
+        .write(update_profile(engine, &profile), || {
+            vec![Op::Profile(profile.clone())]
+        })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "remember_caller failed");
             "the profile could not be saved".to_owned()
         })?;
-    context.caller = Some(updated);
+    if let Written::Stored(updated) = written {
+        context.caller = Some(updated);
+    }
+    let patch = &profile.patch;
     let fields: Vec<&str> = [
         ("name", &patch.name),
         ("language", &patch.language),
@@ -249,8 +284,22 @@ async fn remember_caller(
     Ok(ToolResult::ok(&json!({"ok": true, "remembered": fields})))
 }
 
+/// Applies a profile change to the caller by id, or by number when the id is not known yet.
+async fn update_profile(engine: &Engine, profile: &ProfileWrite) -> StoreResult<Caller> {
+    let store = engine.store.as_ref();
+    let caller_id = match (profile.caller_id, &profile.phone) {
+        (Some(id), _) => id,
+        (None, Some(phone)) => store.upsert_caller(phone, profile.at).await?.caller_id,
+        (None, None) => return Err(StoreError::NotFound),
+    };
+    store
+        .update_caller(caller_id, &profile.patch, profile.at)
+        .await
+}
+
 async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &str, details: Value) {
     let entry = NewAudit {
+        entry_key: Some(Uuid::now_v7()),
         caller_id: context.caller.as_ref().map(|c| c.caller_id),
         session_id: Some(context.session.session_id),
         actor: "engine:tool".into(),

@@ -120,7 +120,12 @@ fn build_prompt(
     script: &AssistantSettings,
 ) -> (Vec<ChatMessage>, Vec<Value>) {
     let Some(context) = context else {
-        return (request.messages.clone(), request.tools.clone());
+        // Without memory (the read failed) the model still gets redial's tools: what the caller
+        // confirms is saved, or journaled while the database is away.
+        let mut offered = request.tools.clone();
+        let identified = request.identity.caller.is_some();
+        offered.extend(tools::definitions(script, identified, &request.tools));
+        return (request.messages.clone(), offered);
     };
     let script_lines = script::lines(&context.session, script);
     let input = SummaryInput {
@@ -250,7 +255,8 @@ async fn run_internal_tool(
     ctx.tx.send(event).await.map_err(|_| ClientGone)?;
     let result = tools::execute(
         ctx.engine,
-        context.as_mut(),
+        context,
+        &ctx.request.identity,
         &call.function.name,
         &call.function.arguments,
     )

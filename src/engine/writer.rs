@@ -15,6 +15,7 @@
 //! turns holding a place still hand their write in and the writer drains everything before it
 //! exits; a turn that finds the queue closed writes directly ([`write_direct`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,10 +24,13 @@ use tokio::sync::mpsc::{self, OwnedPermit, Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::journal::{Journal, Op, WriteError, Written};
 use crate::storage::{Store, StoreError, TurnWrite};
 
-/// Delays between attempts of a failed write.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
+/// First and longest wait before trying again a batch that neither the database nor the journal
+/// could take.
+const HOLD_RETRY_MIN: Duration = Duration::from_millis(100);
+const HOLD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The sending side of the write-behind queue (cheap to clone).
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub(crate) struct WriteQueue {
     writer: TaskTracker,
     /// When the queue was last reported full.
     full_warning: Arc<Throttle>,
+    /// Where writes go while the database is away.
+    journal: Journal,
 }
 
 /// Lets something happen at most once per [`Throttle::EVERY`].
@@ -91,6 +97,7 @@ impl WriteQueue {
     /// reserved place has been used or released.
     pub(crate) fn spawn(
         store: Arc<dyn Store>,
+        journal: Journal,
         shutdown: CancellationToken,
         capacity: usize,
         batch_max: usize,
@@ -101,6 +108,7 @@ impl WriteQueue {
         let writer = TaskTracker::new();
         writer.spawn(run(
             store,
+            journal.clone(),
             rx,
             shutdown,
             batch_max.max(1),
@@ -113,6 +121,7 @@ impl WriteQueue {
             pending,
             writer,
             full_warning: Arc::new(Throttle::new()),
+            journal,
         }
     }
 
@@ -143,7 +152,7 @@ impl WriteQueue {
     pub(crate) async fn submit(&self, store: &dyn Store, write: TurnWrite) {
         self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::error::SendError(write)) = self.tx.send(write).await {
-            write_direct(store, std::slice::from_ref(&write)).await;
+            write_direct(store, &self.journal, std::slice::from_ref(&write)).await;
             self.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -163,6 +172,7 @@ impl WriteQueue {
 /// and stores the batch in one transaction.
 async fn run(
     store: Arc<dyn Store>,
+    journal: Journal,
     mut rx: Receiver<TurnWrite>,
     shutdown: CancellationToken,
     batch_max: usize,
@@ -199,75 +209,87 @@ async fn run(
         let received = batch.len();
         metrics::histogram!("redial_write_batch_size").record(received as f64);
         metrics::gauge!("redial_write_queue_depth").set(rx.len() as f64);
-        write_direct(&*store, &batch).await;
+        write_direct(&*store, &journal, &batch).await;
         pending.fetch_sub(received, Ordering::SeqCst);
         batch.clear();
     }
 }
 
-/// Stores `batch` in one transaction, retrying briefly. When it keeps failing, each write is
-/// tried on its own, so one write the database rejects (bad data) does not take the others
-/// down. What cannot be stored is logged and counted in `redial_persist_failures_total`.
-pub(crate) async fn write_direct(store: &dyn Store, batch: &[TurnWrite]) {
-    match save_with_retries(store, batch).await {
-        Ok(results) => {
+/// Stores `batch` in one transaction, or journals it while the database is away
+/// ([`Journal::write`]). When the database rejects the batch, each write is tried on its own, so
+/// one write it cannot take (bad data) does not take the others down; what it rejects is logged
+/// and counted in `redial_persist_failures_total`. When neither the database nor the journal can
+/// take the batch (the journal disabled or its disk failing too), it is held and tried again
+/// with backoff: a write is never dropped because the database is away.
+pub(crate) async fn write_direct(store: &dyn Store, journal: &Journal, batch: &[TurnWrite]) {
+    let mut delay = HOLD_RETRY_MIN;
+    loop {
+        match store_batch(store, journal, batch).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), ?delay, "turns can be neither stored nor journaled; holding them and trying again");
+                metrics::counter!("redial_write_holds_total").increment(1);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(HOLD_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// One attempt at [`write_direct`]: `Err` only when the batch could not be taken at all.
+async fn store_batch(
+    store: &dyn Store,
+    journal: &Journal,
+    batch: &[TurnWrite],
+) -> Result<(), WriteError> {
+    let writes = resolved(journal, batch);
+    let written = journal
+        .write(store.save_turns(&writes), || {
+            writes.iter().cloned().map(Op::Turns).collect()
+        })
+        .await;
+    match written {
+        Ok(Written::Stored(results)) => {
             for (write, result) in batch.iter().zip(results) {
                 if result.is_none() {
                     lost(write, &StoreError::NotFound);
                 }
             }
+            Ok(())
         }
-        Err(e) if batch.len() > 1 => {
+        Ok(Written::Journaled) => Ok(()),
+        Err(WriteError::Rejected(e)) if batch.len() > 1 => {
             tracing::warn!(error = %e, writes = batch.len(), "a batch of turns failed; storing them one by one");
             for write in batch {
-                match store.save_turns(std::slice::from_ref(write)).await {
-                    Ok(results) if results.first().is_some_and(Option::is_some) => {}
-                    Ok(_) => lost(write, &StoreError::NotFound),
-                    Err(e) => lost(write, &e),
-                }
+                Box::pin(store_batch(store, journal, std::slice::from_ref(write))).await?;
             }
+            Ok(())
         }
-        Err(e) => {
+        Err(WriteError::Rejected(e)) => {
             if let Some(write) = batch.first() {
                 lost(write, &e);
             }
+            Ok(())
         }
+        Err(e @ WriteError::Unavailable { .. }) => Err(e),
     }
 }
 
-async fn save_with_retries(
-    store: &dyn Store,
-    batch: &[TurnWrite],
-) -> Result<Vec<Option<u64>>, StoreError> {
-    let mut retries = Retries::new();
-    loop {
-        match store.save_turns(batch).await {
-            Ok(results) => return Ok(results),
-            Err(e) if retries.wait("writing turns", &e).await => {}
-            Err(e) => return Err(e),
+/// The batch with its session ids mapped onto stored ones, when a journaled call start was
+/// replayed onto a session the call already had.
+fn resolved<'a>(journal: &Journal, batch: &'a [TurnWrite]) -> Cow<'a, [TurnWrite]> {
+    let remapped = |w: &TurnWrite| journal.resolve(w.session_id) != w.session_id;
+    if !batch.iter().any(remapped) {
+        return Cow::Borrowed(batch);
+    }
+    let mut writes = batch.to_vec();
+    for write in &mut writes {
+        write.session_id = journal.resolve(write.session_id);
+        for entry in &mut write.audit {
+            entry.session_id = entry.session_id.map(|id| journal.resolve(id));
         }
     }
-}
-
-/// The brief retries of a failed store write: one more attempt after each of [`RETRY_DELAYS`].
-#[derive(Debug)]
-pub(crate) struct Retries(std::slice::Iter<'static, Duration>);
-
-impl Retries {
-    pub(crate) fn new() -> Self {
-        Self(RETRY_DELAYS.iter())
-    }
-
-    /// After a failed attempt at `what`: waits and returns `true` when another attempt is due,
-    /// `false` once they are used up.
-    pub(crate) async fn wait(&mut self, what: &str, error: &StoreError) -> bool {
-        let Some(delay) = self.0.next() else {
-            return false;
-        };
-        tracing::warn!(%error, "{what} failed; retrying");
-        tokio::time::sleep(*delay).await;
-        true
-    }
+    Cow::Owned(writes)
 }
 
 fn lost(write: &TurnWrite, error: &StoreError) {

@@ -31,10 +31,14 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The store answers and the process is not shutting down.
+/// The store answers, writes are not failing, the outage journal's backlog is below
+/// `database.journal_ready_max`, and the process is not shutting down.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("shutting down".into()));
+    }
+    if let Err(reason) = state.engine.journal().readiness() {
+        return Err(ApiError::Unavailable(reason));
     }
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(

@@ -17,6 +17,7 @@ use crate::analysis;
 use crate::config::Secret;
 use crate::error::ApiError;
 use crate::http::RawBody;
+use crate::journal::{Op, WebhookWrite, WriteError, Written};
 use crate::state::AppState;
 use crate::storage::{NewWebhookEvent, Platform, Recorded};
 use crate::webhooks::{self, EventKind, SignatureError, VapiAuthHeaders};
@@ -138,15 +139,33 @@ async fn accept(
         received_at: Utc::now(),
     };
     let job = analysis::job_for(&event, state.settings.analysis.max_attempts);
-    let recorded = state.store.record_webhook(&record, job.as_ref()).await?;
-    let outcome = if recorded == Recorded::Duplicate {
-        "duplicate"
-    } else {
-        "accepted"
+    let store = state.store.record_webhook(&record, job.as_ref());
+    let journal = || {
+        vec![Op::Webhook(WebhookWrite {
+            event: record.clone(),
+            job: job.clone(),
+        })]
+    };
+    let recorded = match state.engine.journal().write(store, journal).await {
+        Ok(Written::Stored(recorded)) => Some(recorded),
+        // The database is away: the event is on disk and will be stored when it returns.
+        Ok(Written::Journaled) => None,
+        Err(WriteError::Rejected(e)) => return Err(e.into()),
+        Err(e @ WriteError::Unavailable { .. }) => {
+            tracing::error!(%platform, error = %e, "a webhook could be neither stored nor journaled");
+            return Err(ApiError::Unavailable(
+                "the database is unavailable; send the webhook again later".into(),
+            ));
+        }
+    };
+    let outcome = match recorded {
+        Some(Recorded::Duplicate) => "duplicate",
+        Some(Recorded::New(_)) => "accepted",
+        None => "journaled",
     };
     metrics::counter!("redial_webhooks_total", "platform" => platform.as_str(), "outcome" => outcome).increment(1);
     tracing::info!(%platform, event_type = %event.event_type, outcome, "webhook");
-    if recorded.is_new() && event.kind == EventKind::CallStarted {
+    if recorded.is_some_and(Recorded::is_new) && event.kind == EventKind::CallStarted {
         warm_session(state, &event).await;
     }
     Ok(axum::Json(json!({})))

@@ -43,6 +43,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database did not answer within the write budget (`database.write_timeout_ms`).
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Result alias for the storage layer.

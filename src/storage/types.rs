@@ -131,7 +131,7 @@ pub struct Caller {
 }
 
 /// A change to a caller's profile; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallerPatch {
     /// New name.
     pub name: Option<String>,
@@ -210,7 +210,7 @@ pub struct CallSession {
 }
 
 /// A session to create.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewSession {
     /// Primary key, minted by the caller (`Uuid::now_v7`).
     pub session_id: Uuid,
@@ -246,7 +246,7 @@ pub struct AnswerOutcome {
 }
 
 /// A call-ended signal.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloseSession {
     /// The status to set unless the session is `completed`.
     pub status: SessionStatus,
@@ -282,7 +282,7 @@ pub struct Turn {
 }
 
 /// A turn to append.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewTurn {
     /// Dedupe key within the session.
     pub idempotency_key: String,
@@ -301,7 +301,7 @@ pub struct NewTurn {
 }
 
 /// A call's first write, as [`Store::start_call`] takes it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallStart {
     /// The session to create (its `caller_id` is set from `phone` when one is given).
     pub session: NewSession,
@@ -325,7 +325,7 @@ pub struct StartedCall {
 }
 
 /// One finished turn of a session to store, as [`Store::save_turns`] takes them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnWrite {
     /// The session the turn belongs to.
     pub session_id: Uuid,
@@ -354,7 +354,7 @@ impl Recorded {
 }
 
 /// A webhook as received.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewWebhookEvent {
     /// Primary key.
     pub event_id: Uuid,
@@ -373,7 +373,7 @@ pub struct NewWebhookEvent {
 }
 
 /// A job to enqueue.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewJob {
     /// Primary key.
     pub job_id: Uuid,
@@ -471,8 +471,13 @@ pub struct Analysis {
 }
 
 /// An access to a caller's data, to record.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewAudit {
+    /// Dedupe key: an entry whose key is already stored is not appended again, so a write that
+    /// is retried or replayed from the outage journal records the access once. `None` = always
+    /// appended.
+    #[serde(default)]
+    pub entry_key: Option<Uuid>,
     /// The caller whose data was touched.
     pub caller_id: Option<Uuid>,
     /// The call in whose context it happened.

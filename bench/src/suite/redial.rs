@@ -197,17 +197,20 @@ impl RedialProcess {
 
 /// The generated config: listen address, API key, database and upstream, plus any extra TOML.
 fn config_toml(settings: &RedialSettings, port: u16) -> String {
+    // Each run its own outage journal, beside its other files (not in the working directory).
+    let journal = settings.workdir.join(format!("journal-{}", settings.name));
     // A JSON string literal is a valid TOML basic string (same escapes), so serde_json quotes.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     let mut toml = String::new();
     // Writing to a String cannot fail.
     let _ = write!(
         toml,
-        "[server]\nlisten = {}\napi_keys = [{}]\n\n[database]\nurl = {}\n\n\
+        "[server]\nlisten = {}\napi_keys = [{}]\n\n[database]\nurl = {}\njournal_dir = {}\n\n\
          [upstream]\nbase_url = {}\napi_key = \"mock\"\n",
         quote(&format!("127.0.0.1:{port}")),
         quote(API_KEY),
         quote(&settings.database_url),
+        quote(&journal.display().to_string()),
         quote(&settings.upstream_base_url),
     );
     if let Some(extra) = &settings.extra_config {
@@ -303,7 +306,8 @@ mod tests {
         assert_eq!(
             toml,
             "[server]\nlisten = \"127.0.0.1:4242\"\napi_keys = [\"bench-key\"]\n\n\
-             [database]\nurl = \"sqlite:///tmp/a \\\"b\\\"/bench.db\"\n\n\
+             [database]\nurl = \"sqlite:///tmp/a \\\"b\\\"/bench.db\"\n\
+             journal_dir = \"./journal-sqlite\"\n\n\
              [upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"mock\"\n\n\
              [memory]\nread_budget_ms = 50\n"
         );

@@ -49,6 +49,10 @@ fn write(session_id: Uuid, key: &str) -> TurnWrite {
     }
 }
 
+fn no_journal() -> Journal {
+    Journal::disabled(&crate::config::DatabaseSettings::default())
+}
+
 async fn keys(store: &dyn Store, session_id: Uuid) -> Vec<String> {
     let turns = store.list_turns(session_id).await.unwrap();
     turns.into_iter().map(|t| t.idempotency_key).collect()
@@ -58,7 +62,14 @@ async fn keys(store: &dyn Store, session_id: Uuid) -> Vec<String> {
 async fn shutdown_drains_reserved_writes_and_later_writes_go_straight_to_the_store() {
     let (_dir, store, session_id) = store_with_session().await;
     let shutdown = CancellationToken::new();
-    let queue = WriteQueue::spawn(Arc::clone(&store), shutdown.clone(), 4, 2, Duration::ZERO);
+    let queue = WriteQueue::spawn(
+        Arc::clone(&store),
+        no_journal(),
+        shutdown.clone(),
+        4,
+        2,
+        Duration::ZERO,
+    );
     let queued = queue.reserve().await.unwrap();
     let in_flight = queue.reserve().await.unwrap();
     queued.write(write(session_id, "queued"));
@@ -102,6 +113,7 @@ async fn writes_queued_together_are_stored_in_order() {
     let shutdown = CancellationToken::new();
     let queue = WriteQueue::spawn(
         Arc::clone(&store),
+        no_journal(),
         shutdown.clone(),
         16,
         4,

@@ -103,12 +103,13 @@ pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
 ) -> StoreResult<()> {
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Postgres>::new(
-            "insert into audit_log (caller_id, session_id, actor, action, reason, details, \
-             created_at) ",
+            "insert into audit_log (entry_key, caller_id, session_id, actor, action, reason, \
+             details, created_at) ",
         );
         insert.push_values(chunk, |mut row, entry| {
             let entry = entry.borrow();
-            row.push_bind(entry.caller_id)
+            row.push_bind(entry.entry_key)
+                .push_bind(entry.caller_id)
                 .push_bind(entry.session_id)
                 .push_bind(&entry.actor)
                 .push_bind(&entry.action)
@@ -116,6 +117,7 @@ pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
                 .push_bind(&entry.details)
                 .push_bind(entry.created_at);
         });
+        insert.push(" on conflict (entry_key) do nothing");
         insert.build().execute(&mut *conn).await?;
     }
     Ok(())

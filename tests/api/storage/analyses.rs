@@ -140,6 +140,7 @@ async fn list_audit_returns_a_callers_entries_newest_first_up_to_the_limit(store
         .expect("upsert")
         .caller_id;
     let entry = |caller_id: Option<Uuid>, reason: &str, secs: i64| NewAudit {
+        entry_key: None,
         caller_id,
         session_id: None,
         actor: "engine".to_owned(),

@@ -485,6 +485,7 @@ async fn concurrent_batches_over_the_same_sessions_in_opposite_orders_all_commit
 /// The audit entry the engine writes with a turn.
 fn turn_audit(caller_id: Uuid, session_id: Uuid, created_at: DateTime<Utc>) -> NewAudit {
     NewAudit {
+        entry_key: None,
         caller_id: Some(caller_id),
         session_id: Some(session_id),
         actor: "engine:vapi".to_owned(),

@@ -47,6 +47,7 @@ pub fn test_settings(db: &TestDb, upstream: &MockUpstream) -> Settings {
     settings.server.api_keys = vec![Secret::new(API_KEY)];
     settings.server.shutdown_grace_secs = 10;
     settings.database.url = DatabaseUrl::new(db.url.clone());
+    settings.database.journal_dir = db.journal.path().display().to_string();
     settings.upstream.base_url = upstream.base_url();
     settings.upstream.api_key = Secret::new("upstream-key");
     settings.upstream.first_token_timeout_ms = 2_000;

@@ -33,6 +33,8 @@ pub struct TestDb {
     pub store: Arc<dyn Store>,
     /// The database URL (for starting an app on the same database).
     pub url: String,
+    /// A directory for the outage journal of apps on this database (kept across restarts).
+    pub journal: TempDir,
     cleanup: Cleanup,
 }
 
@@ -75,6 +77,7 @@ impl TestDb {
         Self {
             store,
             url,
+            journal: tempfile::tempdir().expect("create a journal directory"),
             cleanup,
         }
     }
