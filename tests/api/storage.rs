@@ -4,6 +4,7 @@
 mod analyses;
 mod answers;
 mod callers;
+mod disk;
 mod jobs;
 mod pools;
 mod resume;
