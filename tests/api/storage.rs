@@ -9,6 +9,7 @@ mod jobs;
 mod pools;
 mod resume;
 mod sessions;
+mod transient;
 mod turns;
 
 use std::sync::Arc;
