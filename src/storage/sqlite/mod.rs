@@ -88,10 +88,6 @@ async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, 
 /// every later `begin immediate` with "attempted to call begin_with at non-zero transaction
 /// depth", long after the disk has space again. Nothing public resets the depth, so the
 /// connection goes.
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the signature of sqlx's after_release hook"
-)]
 fn discard_if_in_transaction(
     conn: &mut SqliteConnection,
     _meta: PoolConnectionMetadata,
