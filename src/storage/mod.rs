@@ -328,3 +328,140 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A caller's audit trail, newest first, at most `limit` entries.
     async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>>;
 }
+
+impl StoreError {
+    /// Whether the database is away or temporarily unable rather than the write being wrong:
+    /// the same write may succeed later unchanged (an outage journal keeps it for a retry).
+    ///
+    /// True for connection-level failures (I/O, TLS, no pooled connection in time, a closed
+    /// pool, a crashed SQLite worker), for Postgres SQLSTATE class 08 (connection exception),
+    /// class 53 (insufficient resources), 57P01–57P03 (shutdown, cannot connect now), 40001 and
+    /// 40P01 (serialization failure, deadlock), and for SQLite's busy, locked, full, I/O error,
+    /// cannot-open and protocol result codes (extended codes included). False for everything
+    /// the write itself is to blame for or that a retry cannot fix: constraint violations, bad
+    /// input, [`StoreError::NotFound`], [`StoreError::Conflict`], [`StoreError::Corrupt`],
+    /// invalid URLs and migrations.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => transient_sqlx(e),
+            Self::NotFound
+            | Self::Conflict(_)
+            | Self::InvalidUrl(_)
+            | Self::Corrupt(_)
+            | Self::Migrate(_) => false,
+        }
+    }
+}
+
+/// [`StoreError::is_transient`] of a sqlx error.
+fn transient_sqlx(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                transient_sqlstate(pg.code())
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // sqlx gives SQLite's extended result code, in decimal.
+                db.code()
+                    .and_then(|code| code.parse().ok())
+                    .is_some_and(transient_sqlite_code)
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Postgres SQLSTATEs meaning the server is away or temporarily unable.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+}
+
+/// SQLite result codes meaning the file is busy or temporarily unwritable. `code` may be an
+/// extended result code: its low byte is the primary code.
+fn transient_sqlite_code(code: i32) -> bool {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    const PROTOCOL: i32 = 15;
+    matches!(
+        code & 0xff,
+        BUSY | LOCKED | IOERR | FULL | CANTOPEN | PROTOCOL
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_level_failures_are_transient() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for error in [
+            sqlx::Error::Io(io),
+            sqlx::Error::Tls("handshake".into()),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+        ] {
+            let error = StoreError::Database(error);
+            assert!(error.is_transient(), "{error}");
+        }
+    }
+
+    #[test]
+    fn errors_of_the_write_or_the_data_are_not_transient() {
+        for error in [
+            StoreError::NotFound,
+            StoreError::Conflict("stale".into()),
+            StoreError::Corrupt("bad json".into()),
+            StoreError::InvalidUrl("mysql:".into()),
+            StoreError::Database(sqlx::Error::RowNotFound),
+            StoreError::Database(sqlx::Error::ColumnNotFound("x".into())),
+            StoreError::Database(sqlx::Error::Decode("bad".into())),
+            StoreError::Database(sqlx::Error::Protocol("unexpected".into())),
+            StoreError::Database(sqlx::Error::InvalidSavePointStatement),
+        ] {
+            assert!(!error.is_transient(), "{error}");
+        }
+    }
+
+    #[test]
+    fn postgres_sqlstates_of_an_away_or_overloaded_server_are_transient() {
+        for code in [
+            "08000", "08003", "08006", "08001", "08004", "57P01", "57P02", "57P03", "53000",
+            "53100", "53200", "53300", "40001", "40P01",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        // Constraint violations, bad input, query cancelled, undefined table, syntax.
+        for code in [
+            "23505", "23503", "23502", "22P02", "22001", "57014", "42P01", "42601", "40000",
+        ] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn sqlite_codes_of_a_busy_or_unwritable_file_are_transient_extended_ones_included() {
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL; BUSY_SNAPSHOT, LOCKED_SHAREDCACHE,
+        // IOERR_WRITE, IOERR_FSYNC, IOERR_SHMOPEN, CANTOPEN_NOTEMPDIR.
+        for code in [5, 6, 10, 13, 14, 15, 517, 262, 778, 1034, 4618, 270] {
+            assert!(transient_sqlite_code(code), "{code}");
+        }
+        // ERROR, CONSTRAINT_UNIQUE, CONSTRAINT_FOREIGNKEY, CONSTRAINT_NOTNULL, CORRUPT,
+        // MISMATCH, TOOBIG, READONLY.
+        for code in [1, 2067, 787, 1299, 11, 20, 18, 8] {
+            assert!(!transient_sqlite_code(code), "{code}");
+        }
+    }
+}

@@ -7,6 +7,7 @@
 )]
 
 mod chat;
+mod disk;
 mod http;
 mod process;
 mod retell;

@@ -4,10 +4,12 @@
 mod analyses;
 mod answers;
 mod callers;
+mod disk;
 mod jobs;
 mod pools;
 mod resume;
 mod sessions;
+mod transient;
 mod turns;
 
 use std::sync::Arc;

@@ -26,11 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnectionMetadata;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Connection, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
@@ -76,6 +78,37 @@ async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, 
     pool.begin_with("begin immediate").await
 }
 
+/// The writer's `after_release` hook: a connection that sqlx still counts inside a transaction
+/// is closed rather than reused (the pool opens a fresh one for the next write).
+///
+/// When SQLite fails a statement or a COMMIT with `SQLITE_FULL` or `SQLITE_IOERR`, it may roll
+/// the transaction back by itself. The dropped `Transaction` then queues sqlx's ROLLBACK, which
+/// fails ("cannot rollback - no transaction is active"), and sqlx only lowers its transaction
+/// depth when that ROLLBACK succeeds: the connection would stay at depth 1 for good, failing
+/// every later `begin immediate` with "attempted to call begin_with at non-zero transaction
+/// depth", long after the disk has space again. Nothing public resets the depth, so the
+/// connection goes.
+fn discard_if_in_transaction(
+    conn: &mut SqliteConnection,
+    _meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if conn.is_in_transaction() {
+            // The dropped transaction's ROLLBACK is queued on the connection's worker thread
+            // ahead of this ping: once it answers, the depth is final.
+            conn.ping().await?;
+        }
+        if conn.is_in_transaction() {
+            tracing::warn!(
+                backend = "sqlite",
+                "closing the writer connection: a failed transaction left it unusable"
+            );
+            return Ok(false);
+        }
+        Ok(true)
+    })
+}
+
 /// SQLite implementation of [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -105,6 +138,8 @@ impl SqliteStore {
                 .test_before_acquire(false)
         };
         // The writer is never closed for idleness: it is the one connection every write needs.
+        // It is closed when a failed write leaves it unusable (see discard_if_in_transaction),
+        // except in memory, where closing it would drop the database.
         let writer = pool()
             .max_connections(1)
             .min_connections(1)
@@ -122,6 +157,7 @@ impl SqliteStore {
         // The writer creates the file and switches it to WAL (a persistent setting) before
         // any reader opens it.
         let writer = writer
+            .after_release(discard_if_in_transaction)
             .connect_with(
                 connect
                     .clone()
