@@ -349,39 +349,5 @@ impl Journal {
 /// Whether a store error means the database is away or cannot take writes right now (an
 /// outage: the write is journaled and replayed), as opposed to rejecting this write.
 pub fn transient(error: &StoreError) -> bool {
-    match error {
-        StoreError::Timeout(_) => true,
-        StoreError::Database(e) => transient_sqlx(e),
-        _ => false,
-    }
-}
-
-fn transient_sqlx(error: &sqlx::Error) -> bool {
-    use sqlx::Error;
-    match error {
-        Error::Io(_)
-        | Error::Tls(_)
-        | Error::PoolTimedOut
-        | Error::PoolClosed
-        | Error::WorkerCrashed
-        | Error::Protocol(_) => true,
-        Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
-        _ => false,
-    }
-}
-
-/// Postgres SQLSTATEs (connection exceptions, shutdown, resources, serialization) and SQLite
-/// primary result codes (busy, locked, I/O error, full, cannot open, protocol) of an outage.
-fn transient_code(code: &str) -> bool {
-    // A SQLSTATE has five characters; SQLite's (extended) result codes have at most four digits.
-    if code.len() < 5
-        && let Ok(number) = code.parse::<u32>()
-    {
-        // The primary code is the low byte of an extended one.
-        return matches!(number & 0xff, 5 | 6 | 10 | 13 | 14 | 15);
-    }
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01" | "25006")
+    error.is_transient()
 }

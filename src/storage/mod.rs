@@ -333,7 +333,8 @@ impl StoreError {
     /// Whether the database is away or temporarily unable rather than the write being wrong:
     /// the same write may succeed later unchanged (an outage journal keeps it for a retry).
     ///
-    /// True for connection-level failures (I/O, TLS, no pooled connection in time, a closed
+    /// True for a write that did not finish within its budget ([`StoreError::Timeout`]), for
+    /// connection-level failures (I/O, TLS, no pooled connection in time, a closed
     /// pool, a crashed SQLite worker), for Postgres SQLSTATE class 08 (connection exception),
     /// class 53 (insufficient resources), 57P01–57P03 (shutdown, cannot connect now), 40001 and
     /// 40P01 (serialization failure, deadlock), and for SQLite's busy, locked, full, I/O error,
@@ -344,6 +345,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database(e) => transient_sqlx(e),
+            Self::Timeout(_) => true,
             Self::NotFound
             | Self::Conflict(_)
             | Self::InvalidUrl(_)

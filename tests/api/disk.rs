@@ -63,9 +63,10 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_space_again() {
     );
     let replied = chat(&app, "It is for a boat.", "Noted. How much?").await;
     let webhook = end_of_call_report(&app, "call-disk-full").await;
-    eprintln!("webhook on the full disk answered {}", webhook.status());
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
 
-    // Assert 1: the caller heard every reply; the writes failed.
+    // Assert 1: the caller heard every reply; the writes failed and were journaled (the
+    // journal is on another disk); readiness says writes fail.
     assert_eq!(on_full_disk.session_id, session.session_id);
     assert!(replied, "the tool turn is answered");
     assert_eq!(
@@ -73,6 +74,9 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_space_again() {
         2,
         "nothing fit on the disk"
     );
+    assert_eq!(webhook.status(), 200, "the webhook is journaled");
+    assert_eq!(ready.status(), 503, "{:?}", ready.text().await);
+    assert!(app.state.engine.journal().backlog() > 0);
 
     // Act 2: space comes back.
     disk.free();
@@ -90,7 +94,9 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_space_again() {
         let session = stored_session(&store).await;
         let turns = turn_count(&store, &session).await;
         let answered = session.answers.get("loan_purpose").map(|a| a.value.clone());
-        (turns >= 4 && answered.as_deref() == Some("a car")).then_some((turns, answered))
+        // Two turns before, two on the full disk (journaled), two and more after; the answer
+        // journaled on the full disk ("a boat") is replayed before the later one.
+        (turns >= 6 && answered.as_deref() == Some("a car")).then_some((turns, answered))
     })
     .await;
     assert!(
@@ -103,6 +109,17 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_space_again() {
         .await
         .expect("count webhook events");
     assert_eq!(events, 1, "the webhook is stored");
+    let events: i64 = sqlx::query_scalar("select count(*) from webhook_event where call_key = $1")
+        .bind("call-disk-full")
+        .fetch_one(&mut raw)
+        .await
+        .expect("count webhook events");
+    assert_eq!(
+        events, 1,
+        "the webhook journaled on the full disk is stored"
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{:?}", ready.text().await);
     raw.close().await.expect("close the raw connection");
     store.close().await;
     app.teardown().await;
@@ -183,13 +200,13 @@ async fn end_of_call_report(app: &TestApp, call_id: &str) -> reqwest::Response {
         .expect("webhook request")
 }
 
-/// Polls `check` for up to 5 s (a store write retries for well under a second).
+/// Polls `check` for up to 15 s (the journal's replayer retries at most every 5 s).
 async fn wait_for<T, F, Fut>(check: F) -> Option<T>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..100 {
+    for _ in 0..300 {
         if let Some(found) = check().await {
             return Some(found);
         }
