@@ -68,6 +68,15 @@ pub(crate) async fn load(
             pending: None,
         });
     }
+    if engine.journal.backlog() > 0
+        && engine
+            .journal
+            .journaled_start(identity.platform, &identity.call_key)
+            .is_some()
+    {
+        // The call started while the database was away and its start is not replayed yet.
+        return Ok(offline(engine, identity, model));
+    }
     let now = Utc::now();
     let caller = match &identity.caller {
         Some(phone) => store.get_caller_by_phone(phone).await?,
@@ -109,8 +118,26 @@ pub(crate) async fn load(
 /// session for the call, no profile, nothing resumed. Its first write is journaled like any
 /// other; replaying it adopts the call's stored session when the call already had one.
 pub(crate) fn offline(engine: &Engine, identity: &Identity, model: Option<&str>) -> CallContext {
-    let new = new_session(engine, identity, None, None, model, Utc::now());
+    let mut new = new_session(engine, identity, None, None, model, Utc::now());
+    let journaled = engine
+        .journal
+        .journaled_start(identity.platform, &identity.call_key);
+    if let Some(session_id) = journaled {
+        new.session_id = session_id;
+    }
     let session = unstored(&new, None);
+    if journaled.is_some() {
+        // The call's start is in the journal already: nothing more to write for it.
+        return CallContext {
+            session,
+            caller: None,
+            identified: identity.caller.is_some(),
+            created: false,
+            offline: true,
+            phone: identity.caller.clone(),
+            pending: None,
+        };
+    }
     CallContext {
         session,
         caller: None,
@@ -154,12 +181,16 @@ pub(crate) async fn ensure_stored(
     };
     let written = engine
         .journal
-        .write(engine.store.start_call(&start), || {
+        .write_for(context.offline, engine.store.start_call(&start), || {
             vec![Op::StartCall(start.clone())]
         })
         .await?;
     let Written::Stored(started) = written else {
-        // Journaled: the context keeps the session as it will be stored.
+        // Journaled: the context keeps the session as it will be stored, and later turns of
+        // the call while the journal is in use reuse it.
+        let session = &context.session;
+        let journal = &engine.journal;
+        journal.note_journaled_start(session.platform, &session.call_key, session.session_id);
         context.created = true;
         context.pending = None;
         return Ok(());

@@ -177,7 +177,7 @@ async fn record_answer(
     );
     let written = engine
         .journal
-        .write(store, || vec![Op::Answer(answer.clone())])
+        .write_for(context.offline, store, || vec![Op::Answer(answer.clone())])
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "record_answer failed");
@@ -252,7 +252,7 @@ async fn remember_caller(
     }
     let written = engine
         .journal
-        .write(update_profile(engine, &profile), || {
+        .write_for(context.offline, update_profile(engine, &profile), || {
             vec![Op::Profile(profile.clone())]
         })
         .await

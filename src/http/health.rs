@@ -41,9 +41,11 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         return Err(ApiError::Unavailable(reason));
     }
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({"status": "ready", "store": state.store.backend()}),
-        )),
+        Ok(Ok(())) => Ok(Json(json!({
+            "status": "ready",
+            "store": state.store.backend(),
+            "journal_backlog": state.engine.journal().backlog(),
+        }))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store ping failed");
             Err(ApiError::Unavailable(format!(

@@ -39,7 +39,7 @@ use uuid::Uuid;
 pub use op::{AnswerWrite, Op, ProfileWrite, WebhookWrite};
 
 use crate::config::DatabaseSettings;
-use crate::storage::{Store, StoreError};
+use crate::storage::{Platform, Store, StoreError};
 use file::Log;
 
 /// The outage journal (cheap to clone). [`Journal::disabled`] keeps no file: writes the
@@ -62,30 +62,51 @@ struct Shared {
     ready_max: u64,
     /// Journaled session ids → stored ones (see the module documentation), kept while the
     /// process runs (bounded).
-    remap: Mutex<Remap>,
+    remap: Mutex<Bounded<Uuid, Uuid>>,
+    /// Calls whose first write this process journaled → the session id it journaled, so later
+    /// turns of the call reuse it instead of journaling another start.
+    journaled_starts: Mutex<Bounded<CallKey, Uuid>>,
+    /// Calls whose journaled start was replayed → their stored session.
+    replayed_starts: Mutex<Bounded<CallKey, Uuid>>,
 }
 
-/// Session ids replay mapped, oldest first out once [`Remap::CAPACITY`] is reached.
-#[derive(Debug, Default)]
-struct Remap {
-    ids: HashMap<Uuid, Uuid>,
-    order: VecDeque<Uuid>,
+/// A map that forgets its oldest entries past [`Bounded::CAPACITY`].
+#[derive(Debug)]
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
 }
 
-impl Remap {
+impl<K: std::hash::Hash + Eq + Clone, V: Copy> Bounded<K, V> {
     const CAPACITY: usize = 100_000;
 
-    fn insert(&mut self, from: Uuid, to: Uuid) {
-        if self.ids.insert(from, to).is_none() {
-            self.order.push_back(from);
+    fn get(&self, key: &K) -> Option<V> {
+        self.map.get(key).copied()
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
         }
         while self.order.len() > Self::CAPACITY {
             if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
+                self.map.remove(&old);
             }
         }
     }
 }
+
+impl<K, V> Default for Bounded<K, V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+/// A platform's call.
+type CallKey = (Platform, String);
 
 /// What [`Journal::write`] did with a write.
 #[derive(Debug)]
@@ -169,7 +190,9 @@ impl Journal {
             appended: Notify::new(),
             write_timeout: settings.write_timeout(),
             ready_max: settings.journal_ready_max,
-            remap: Mutex::new(Remap::default()),
+            remap: Mutex::new(Bounded::default()),
+            journaled_starts: Mutex::new(Bounded::default()),
+            replayed_starts: Mutex::new(Bounded::default()),
         }))
     }
 
@@ -209,19 +232,29 @@ impl Journal {
 
     /// The id the database holds for a session id that may have been journaled.
     pub fn resolve(&self, session_id: Uuid) -> Uuid {
-        self.remap_guard()
-            .ids
-            .get(&session_id)
-            .copied()
-            .unwrap_or(session_id)
+        locked(&self.0.remap).get(&session_id).unwrap_or(session_id)
     }
 
     fn remember(&self, from: Uuid, to: Uuid) {
-        self.remap_guard().insert(from, to);
+        locked(&self.0.remap).insert(from, to);
     }
 
-    fn remap_guard(&self) -> MutexGuard<'_, Remap> {
-        self.0.remap.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The session id under which this process journaled the call's first write, if it did.
+    pub fn journaled_start(&self, platform: Platform, call_key: &str) -> Option<Uuid> {
+        locked(&self.0.journaled_starts).get(&(platform, call_key.to_owned()))
+    }
+
+    /// Records that the call's first write was journaled under `session_id`.
+    pub fn note_journaled_start(&self, platform: Platform, call_key: &str, session_id: Uuid) {
+        locked(&self.0.journaled_starts).insert((platform, call_key.to_owned()), session_id);
+    }
+
+    fn replayed_start(&self, call: &CallKey) -> Option<Uuid> {
+        locked(&self.0.replayed_starts).get(call)
+    }
+
+    fn note_replayed_start(&self, call: CallKey, stored: Uuid) {
+        locked(&self.0.replayed_starts).insert(call, stored);
     }
 
     fn lock_log(&self) -> Option<MutexGuard<'_, Log>> {
@@ -242,7 +275,23 @@ impl Journal {
     where
         F: Future<Output = Result<T, StoreError>>,
     {
-        let error = if self.backlog() > 0 {
+        self.write_for(false, store, journal).await
+    }
+
+    /// As [`Journal::write`]; when `offline` (the call's state could not be read this turn: the
+    /// database looked away) and the journal is enabled, journaled without trying the database
+    /// first, so the caller does not wait for a write budget to run out.
+    pub async fn write_for<T, F>(
+        &self,
+        offline: bool,
+        store: F,
+        journal: impl FnOnce() -> Vec<Op>,
+    ) -> Result<Written<T>, WriteError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let skip = self.backlog() > 0 || (offline && self.0.log.is_some());
+        let error = if skip {
             None
         } else {
             match self.attempt(store).await {
@@ -344,6 +393,10 @@ impl Journal {
         let journal = self.clone();
         tracker.spawn(async move { op::replay(journal, store, shutdown, batch_max).await });
     }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether a store error means the database is away or cannot take writes right now (an

@@ -124,137 +124,124 @@ pub(super) async fn replay(
     }
 }
 
-/// Applies the next records (a batch), saving the cursor after the last one applied.
+/// Applies the next records (a batch), then saves the cursor past them. The batch is applied
+/// as a whole or, when the database goes away in the middle, applied again from its start next
+/// time (every record is idempotent, and nothing newer reaches the database in between).
 async fn replay_batch(journal: &Journal, store: &dyn Store, batch_max: usize) -> Result<(), Stop> {
-    let records = blocking(journal, move |log| log.read(batch_max, BATCH_BYTES)).await?;
-    if records.is_empty() {
+    let read_max = batch_max.saturating_mul(4);
+    let records = blocking(journal, move |log| log.read(read_max, BATCH_BYTES)).await?;
+    let Some(last) = records.last() else {
         return Err(Stop::Landing);
-    }
+    };
+    let end = last.end;
     let mut cursor = blocking(journal, |log| Ok(log.cursor().clone())).await?;
-    let (applied, stopped) = apply_records(journal, store, &records, &mut cursor).await;
-    if applied > 0 {
-        blocking(journal, move |log| log.advance(cursor)).await?;
-        let left = journal.0.backlog.fetch_sub(applied, Ordering::SeqCst) - applied;
-        metrics::counter!("redial_journal_replayed_total").increment(applied);
-        metrics::gauge!("redial_journal_backlog").set(left as f64);
-        if left == 0 {
-            compact(journal).await?;
-        }
+    apply_batch(journal, store, &records, &mut cursor, batch_max)
+        .await
+        .map_err(Stop::Outage)?;
+    cursor.offset = end;
+    let applied = records.len() as u64;
+    blocking(journal, move |log| log.advance(cursor)).await?;
+    let left = journal.0.backlog.fetch_sub(applied, Ordering::SeqCst) - applied;
+    metrics::counter!("redial_journal_replayed_total").increment(applied);
+    metrics::gauge!("redial_journal_backlog").set(left as f64);
+    if left == 0 {
+        compact(journal).await?;
     }
-    stopped.map_or(Ok(()), Err)
+    Ok(())
 }
 
-/// Applies `records` in order, grouping consecutive turn writes into one transaction. Returns
-/// how many were applied (or rejected for good) and why it stopped early, if it did.
-async fn apply_records(
+/// Applies a batch of records. Order matters only within a call, so the batch is applied in
+/// three passes that keep it: calls' first writes (one per call), then every turn write in
+/// transactions of up to `batch_max`, then the rest (answers, profile changes, webhooks) in
+/// order. Records the database rejects for good are set aside; an outage stops the batch.
+async fn apply_batch(
     journal: &Journal,
     store: &dyn Store,
     records: &[Record],
     cursor: &mut Cursor,
-) -> (u64, Option<Stop>) {
-    let mut applied = 0;
-    let mut i = 0;
-    while i < records.len() {
-        let op = match serde_json::from_slice::<Op>(&records[i].line) {
-            Ok(op) => op,
-            Err(e) => {
-                reject(journal, &records[i], &format!("unreadable record: {e}")).await;
-                (cursor.offset, applied, i) = (records[i].end, applied + 1, i + 1);
-                continue;
-            }
-        };
-        let group = match op {
-            Op::Turns(first) => turn_group(first, &records[i + 1..]),
-            other => vec![other],
-        };
-        let n = group.len();
-        match apply_group(journal, store, &records[i..i + n], group, cursor).await {
-            Ok(()) => {}
-            Err(e) if super::transient(&e) => return (applied, Some(Stop::Outage(e))),
-            Err(e) => {
-                // Only a single record fails for good here: groups are split before.
-                reject(journal, &records[i], &e.to_string()).await;
-            }
-        }
-        (cursor.offset, applied, i) = (records[i + n - 1].end, applied + n as u64, i + n);
-    }
-    (applied, None)
-}
-
-/// `first` and the turn writes that directly follow it.
-fn turn_group(first: TurnWrite, rest: &[Record]) -> Vec<Op> {
-    let mut group = vec![Op::Turns(first)];
-    for record in rest {
-        match serde_json::from_slice::<Op>(&record.line) {
-            Ok(op @ Op::Turns(_)) => group.push(op),
-            _ => break,
-        }
-    }
-    group
-}
-
-/// Applies one group: several turn writes in one transaction (split one by one when the
-/// database rejects it, so one bad record does not take the others down), or one other record.
-async fn apply_group(
-    journal: &Journal,
-    store: &dyn Store,
-    records: &[Record],
-    group: Vec<Op>,
-    cursor: &mut Cursor,
+    batch_max: usize,
 ) -> Result<(), StoreError> {
-    if group.len() == 1 {
-        let op = group.into_iter().next().ok_or(StoreError::NotFound)?;
-        return apply(journal, store, op, cursor).await;
+    let (mut starts, mut turns, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for record in records {
+        match serde_json::from_slice::<Op>(&record.line) {
+            Ok(Op::StartCall(start)) => starts.push((record, start)),
+            Ok(Op::Turns(write)) => turns.push((record, write)),
+            Ok(op) => rest.push((record, op)),
+            Err(e) => reject(journal, record, &format!("unreadable record: {e}")).await,
+        }
     }
-    let writes: Vec<TurnWrite> = group
-        .into_iter()
-        .filter_map(|op| match op {
-            Op::Turns(write) => Some(resolved(journal, write)),
-            _ => None,
-        })
+    for (record, start) in starts {
+        settle(
+            journal,
+            record,
+            start_call(journal, store, start, cursor).await,
+        )
+        .await?;
+    }
+    for chunk in turns.chunks(batch_max.max(1)) {
+        save_turns(journal, store, chunk).await?;
+    }
+    for (record, op) in rest {
+        settle(journal, record, apply(journal, store, op).await).await?;
+    }
+    Ok(())
+}
+
+/// Passes an outage on; sets a record the database rejected for good aside.
+async fn settle(
+    journal: &Journal,
+    record: &Record,
+    result: Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    match result {
+        Err(e) if super::transient(&e) => Err(e),
+        Err(e) => {
+            reject(journal, record, &e.to_string()).await;
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Turn writes in one transaction; one by one when the database rejects it, so one bad record
+/// does not take the others down.
+async fn save_turns(
+    journal: &Journal,
+    store: &dyn Store,
+    chunk: &[(&Record, TurnWrite)],
+) -> Result<(), StoreError> {
+    let writes: Vec<TurnWrite> = chunk
+        .iter()
+        .map(|(_, write)| resolved(journal, write.clone()))
         .collect();
     match journal.attempt(store.save_turns(&writes)).await {
         Ok(results) => {
-            for (result, record) in results.iter().zip(records) {
+            for (result, (record, _)) in results.iter().zip(chunk) {
                 if result.is_none() {
                     reject(journal, record, "the session does not exist").await;
                 }
             }
             Ok(())
         }
-        Err(e) if super::transient(&e) => Err(e),
+        Err(e) if super::transient(&e) || chunk.len() == 1 => {
+            settle(journal, chunk[0].0, Err(e)).await
+        }
         Err(_) => {
-            for (write, record) in writes.into_iter().zip(records) {
-                match apply(journal, store, Op::Turns(write), cursor).await {
-                    Ok(()) => {}
-                    Err(e) if super::transient(&e) => return Err(e),
-                    Err(e) => reject(journal, record, &e.to_string()).await,
-                }
+            for one in chunk {
+                Box::pin(save_turns(journal, store, std::slice::from_ref(one))).await?;
             }
             Ok(())
         }
     }
 }
 
-/// Applies one record.
-async fn apply(
-    journal: &Journal,
-    store: &dyn Store,
-    op: Op,
-    cursor: &mut Cursor,
-) -> Result<(), StoreError> {
+/// Applies an answer, a profile change or a webhook (call starts and turns are applied by
+/// [`apply_batch`]).
+async fn apply(journal: &Journal, store: &dyn Store, op: Op) -> Result<(), StoreError> {
     match op {
-        Op::StartCall(start) => start_call(journal, store, start, cursor).await,
-        Op::Turns(write) => {
-            let write = resolved(journal, write);
-            let results = journal
-                .attempt(store.save_turns(std::slice::from_ref(&write)))
-                .await?;
-            match results.first() {
-                Some(Some(_)) => Ok(()),
-                _ => Err(StoreError::NotFound),
-            }
-        }
+        Op::StartCall(_) | Op::Turns(_) => Err(StoreError::Conflict(
+            "call starts and turns are applied in their own passes".into(),
+        )),
         Op::Answer(answer) => {
             let session_id = journal.resolve(answer.session_id);
             journal
@@ -302,6 +289,15 @@ async fn start_call(
     cursor: &mut Cursor,
 ) -> Result<(), StoreError> {
     let journaled = start.session.session_id;
+    let call = (start.session.platform, start.session.call_key.clone());
+    if let Some(stored) = journal.replayed_start(&call) {
+        // The call's start was applied already (an earlier record of the same call).
+        if stored != journaled {
+            journal.remember(journaled, stored);
+            cursor.remap.insert(journaled, stored);
+        }
+        return Ok(());
+    }
     start.session.resumes_session_id = start
         .session
         .resumes_session_id
@@ -312,6 +308,7 @@ async fn start_call(
     let offline = start.session.caller_id.is_none() && start.phone.is_some();
     let started = journal.attempt(store.start_call(&start)).await?;
     let stored = started.session.session_id;
+    journal.note_replayed_start(call, stored);
     if stored != journaled {
         journal.remember(journaled, stored);
         cursor.remap.insert(journaled, stored);

@@ -334,8 +334,8 @@ impl StoreError {
     /// the same write may succeed later unchanged (an outage journal keeps it for a retry).
     ///
     /// True for a write that did not finish within its budget ([`StoreError::Timeout`]), for
-    /// connection-level failures (I/O, TLS, no pooled connection in time, a closed
-    /// pool, a crashed SQLite worker), for Postgres SQLSTATE class 08 (connection exception),
+    /// connection-level failures (I/O, TLS, a broken protocol exchange, no pooled connection in
+    /// time, a closed pool, a crashed SQLite worker), for Postgres SQLSTATE class 08 (connection exception),
     /// class 53 (insufficient resources), 57P01–57P03 (shutdown, cannot connect now), 40001 and
     /// 40P01 (serialization failure, deadlock), and for SQLite's busy, locked, full, I/O error,
     /// cannot-open and protocol result codes (extended codes included). False for everything
@@ -362,7 +362,10 @@ fn transient_sqlx(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        | sqlx::Error::WorkerCrashed
+        // The conversation with the server broke (e.g. a connection closed during the TLS or
+        // startup exchange reads as an "unexpected response"): an outage, not bad data.
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 transient_sqlstate(pg.code())
@@ -414,6 +417,7 @@ mod tests {
             sqlx::Error::PoolTimedOut,
             sqlx::Error::PoolClosed,
             sqlx::Error::WorkerCrashed,
+            sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into()),
         ] {
             let error = StoreError::Database(error);
             assert!(error.is_transient(), "{error}");
@@ -430,7 +434,6 @@ mod tests {
             StoreError::Database(sqlx::Error::RowNotFound),
             StoreError::Database(sqlx::Error::ColumnNotFound("x".into())),
             StoreError::Database(sqlx::Error::Decode("bad".into())),
-            StoreError::Database(sqlx::Error::Protocol("unexpected".into())),
             StoreError::Database(sqlx::Error::InvalidSavePointStatement),
         ] {
             assert!(!error.is_transient(), "{error}");

@@ -9,6 +9,7 @@
 mod chat;
 mod disk;
 mod http;
+mod outage;
 mod process;
 mod retell;
 mod sdk;
