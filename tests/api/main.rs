@@ -8,6 +8,7 @@
 
 mod chat;
 mod http;
+mod jobs;
 mod process;
 mod retell;
 mod sdk;
