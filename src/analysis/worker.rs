@@ -1,6 +1,8 @@
 //! The analysis worker pool: claims jobs from the store's durable queue, runs them, retries with
-//! exponential backoff, and gives up after `analysis.max_attempts`. A job whose worker died is
-//! taken over once its lease expires, so a killed process loses nothing.
+//! exponential backoff, and gives up after `analysis.max_attempts`. A running job's lease is
+//! renewed, so a job may outlive it; a job whose worker died is taken over once its lease
+//! expires, so a killed process loses nothing. Every write a worker makes to its job is fenced
+//! by its lease, so a worker that lost the job cannot overwrite its new holder's outcome.
 
 use std::time::Duration;
 
@@ -110,16 +112,12 @@ impl LeaseLost {
 async fn hold(engine: &Engine, lease: &JobLease, claimed_at: Instant) -> LeaseLost {
     let lease_for = Duration::from_secs(engine.settings().analysis.lease_secs);
     let every = renewal_interval(lease_for);
-    let mut expires = claimed_at.checked_add(lease_for);
-    let mut next = claimed_at.checked_add(every);
+    let mut expires = after(claimed_at, lease_for);
+    let mut next = after(claimed_at, every);
     loop {
-        let wake = match (next, expires) {
-            (Some(next), Some(expires)) => next.min(expires),
-            (next, expires) => next.or(expires).unwrap_or_else(far_future),
-        };
-        tokio::time::sleep_until(wake).await;
+        tokio::time::sleep_until(next.min(expires)).await;
         let sent = Instant::now();
-        let left = expires.map_or(Duration::MAX, |e| e.saturating_duration_since(sent));
+        let left = expires.saturating_duration_since(sent);
         if left.is_zero() {
             return LeaseLost::Expired;
         }
@@ -129,8 +127,8 @@ async fn hold(engine: &Engine, lease: &JobLease, claimed_at: Instant) -> LeaseLo
                 metrics::counter!("redial_job_lease_renewals_total", "outcome" => "renewed")
                     .increment(1);
                 tracing::debug!(job_id = %lease.job_id, worker = %lease.worker, "job lease renewed");
-                expires = sent.checked_add(lease_for);
-                next = sent.checked_add(every);
+                expires = after(sent, lease_for);
+                next = after(sent, every);
             }
             Ok(Ok(false)) => return LeaseLost::TakenOver,
             Ok(Err(e)) => {
@@ -138,7 +136,7 @@ async fn hold(engine: &Engine, lease: &JobLease, claimed_at: Instant) -> LeaseLo
                     .increment(1);
                 tracing::warn!(job_id = %lease.job_id, worker = %lease.worker, error = %e,
                     remaining_ms = left.as_millis(), "renewing the job lease failed; retrying");
-                next = Instant::now().checked_add(every.min(RENEWAL_RETRY));
+                next = after(Instant::now(), every.min(RENEWAL_RETRY));
             }
             Err(_) => return LeaseLost::Expired,
         }
@@ -155,8 +153,10 @@ fn renewal_interval(lease: Duration) -> Duration {
     lease / 3
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+/// `at + span`, or a year from now should that overflow (validation bounds the lease to a day).
+fn after(at: Instant, span: Duration) -> Instant {
+    at.checked_add(span)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
 }
 
 fn lease_lost(lease: &JobLease, lost: LeaseLost) {
