@@ -62,7 +62,9 @@ pub struct AnalysisSettings {
     pub max_attempts: i32,
     /// First retry delay, in seconds; doubles on each further attempt.
     pub retry_base_secs: u64,
-    /// How long a worker may hold a job before another may take it over, in seconds.
+    /// How long a claimed job stays with its worker without a renewal, in seconds. The worker
+    /// renews it every third of this while the job runs; a crashed worker's job is taken over
+    /// once it runs out. At least 3 and at least 3 × `database.connect_timeout_secs`.
     pub lease_secs: u64,
     /// How often an idle worker looks for jobs, in milliseconds.
     pub poll_interval_ms: u64,
@@ -79,7 +81,7 @@ impl Default for AnalysisSettings {
             workers: 2,
             max_attempts: 5,
             retry_base_secs: 5,
-            lease_secs: 300,
+            lease_secs: 30,
             poll_interval_ms: 500,
             timeout_secs: 60,
             actions: vec!["call_back".into(), "send_quote".into(), "none".into()],

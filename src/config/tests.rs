@@ -287,3 +287,43 @@ fn assistants_take_a_prompt_and_greetings_from_the_file() {
     let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
     assert!(err.contains("assistants[0].greeting_unknown"), "{err}");
 }
+
+#[test]
+fn the_analysis_lease_must_outlast_renewals_waiting_for_a_connection() {
+    let lease = |secs: &str, connect: &str| {
+        let vars = env(&[
+            ("REDIAL_ANALYSIS__LEASE_SECS", secs),
+            ("REDIAL_DATABASE__CONNECT_TIMEOUT_SECS", connect),
+        ]);
+        load(None, vars, &[]).map(|s| s.analysis.lease_secs)
+    };
+    // Renewed every third of the lease, two renewals that each wait the whole connection
+    // timeout must fit in the two thirds after the first one: lease >= 3 x connect timeout.
+    for (secs, connect) in [("3", "1"), ("15", "5"), ("30", "10"), ("86400", "5")] {
+        assert!(
+            lease(secs, connect).is_ok(),
+            "lease {secs} s, connect {connect} s"
+        );
+    }
+    for (secs, connect) in [
+        ("0", "1"),
+        ("2", "0"),
+        ("2", "1"),
+        ("14", "5"),
+        ("29", "10"),
+        ("86401", "5"),
+        ("18446744073709551615", "5"),
+    ] {
+        let err = lease(secs, connect).unwrap_err().to_string();
+        assert!(
+            err.contains("`analysis.lease_secs`") && err.contains("REDIAL_ANALYSIS__LEASE_SECS"),
+            "lease {secs} s, connect {connect} s: {err}"
+        );
+    }
+    let defaults = Settings::default();
+    assert_eq!(defaults.analysis.lease_secs, 30);
+    assert!(
+        defaults.analysis.lease_secs + defaults.analysis.poll_interval_ms / 1_000 < 60,
+        "a crashed worker's job is taken over within a minute by default"
+    );
+}

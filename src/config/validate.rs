@@ -143,6 +143,7 @@ pub(super) fn validate(
             return fail(key, "must be greater than 0".into());
         }
     }
+    validate_lease(settings, &origin)?;
     if settings.upstream.max_tool_rounds == 0 {
         return fail("upstream.max_tool_rounds", "must be at least 1".into());
     }
@@ -151,6 +152,38 @@ pub(super) fn validate(
         return fail("memory.summary_max_tokens", "must be at least 16".into());
     }
     Ok(())
+}
+
+/// Longest `analysis.lease_secs`: a day (a crashed worker's job waits this long).
+const MAX_LEASE_SECS: u64 = 86_400;
+
+/// A running job renews its lease every third of `analysis.lease_secs`, and a renewal may wait
+/// up to `database.connect_timeout_secs` for a connection. From the first renewal to the
+/// lease's end there are two thirds of the lease: two renewals that each wait the full timeout
+/// and fail must still leave the job held, so the lease is at least 3 × the connection
+/// timeout (and at least 3 s, for a renewal interval of a second or more).
+fn validate_lease(
+    settings: &Settings,
+    origin: &impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let lease = settings.analysis.lease_secs;
+    let connect = settings.database.connect_timeout_secs;
+    let least = connect.saturating_mul(3).max(3);
+    let problem = if lease < least {
+        format!(
+            "{lease} is too short: the lease is renewed every third of it and a renewal may wait \
+             `database.connect_timeout_secs` ({connect} s) for a connection, so it must be at \
+             least 3 seconds and at least 3 × database.connect_timeout_secs ({least} s)"
+        )
+    } else if lease > MAX_LEASE_SECS {
+        format!("must be at most {MAX_LEASE_SECS} seconds")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError(format!(
+        "invalid value for `analysis.lease_secs`{}: {problem}",
+        origin("analysis.lease_secs")
+    )))
 }
 
 /// Assistant ids unique and non-empty; field names unique identifiers; questions and fillers set.

@@ -291,14 +291,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> StoreResult<Option<Job>>;
 
-    /// Marks a job `done`.
-    async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Marks a job `done`, only while `lease` still holds it: `Conflict` (nothing changed) when
+    /// the job was taken over or already finished, `NotFound` when there is no such job.
+    async fn complete_job(&self, lease: &JobLease, now: DateTime<Utc>) -> StoreResult<()>;
 
     /// Records a failed attempt: back to `queued` at `retry_at`, or `failed` for good when
-    /// `retry_at` is `None`.
+    /// `retry_at` is `None`. Fenced like [`Store::complete_job`].
     async fn fail_job(
         &self,
-        job_id: Uuid,
+        lease: &JobLease,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
@@ -306,6 +307,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The job with this id.
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>>;
+
+    /// Extends a running job's lease to `now + lease_for` while `lease` still holds it (same
+    /// worker, same attempt), so a job that outlives one lease is not taken over. Returns `false`,
+    /// changing nothing, when the job was taken over by a later claim, finished, or is gone. An
+    /// expired lease that nobody has claimed yet is still held and is renewed.
+    async fn renew_job(
+        &self,
+        lease: &JobLease,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+    ) -> StoreResult<bool>;
 
     // ---- analyses -----------------------------------------------------------------------------
 

@@ -420,6 +420,30 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A worker's hold on a claimed job: the worker and the attempt its claim started. Every later
+/// write to the job names it, so a worker whose lease was taken over (a later claim bumped
+/// `attempts`) can neither renew nor finish the job over its new holder's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLease {
+    /// The job held.
+    pub job_id: Uuid,
+    /// The worker that claimed it.
+    pub worker: String,
+    /// `attempts` as the claim set it.
+    pub attempt: i32,
+}
+
+impl Job {
+    /// The lease a claim returned (`None` when the job is not held by anyone).
+    pub fn lease(&self) -> Option<JobLease> {
+        self.locked_by.as_ref().map(|worker| JobLease {
+            job_id: self.job_id,
+            worker: worker.clone(),
+            attempt: self.attempts,
+        })
+    }
+}
+
 /// A post-call analysis to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAnalysis {

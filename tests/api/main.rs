@@ -9,6 +9,7 @@
 mod chat;
 mod disk;
 mod http;
+mod jobs;
 mod outage;
 mod process;
 mod retell;

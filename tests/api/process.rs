@@ -275,7 +275,8 @@ async fn an_analysis_interrupted_by_a_kill_completes_after_restart(backend: Back
     let db = TestDb::new(backend).await;
     let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let extra = "[analysis]\nmodel = \"analyst\"\nlease_secs = 1\npoll_interval_ms = 50\n\
+    // Default lease and poll interval: the interrupted job must be taken over within a minute.
+    let extra = "[analysis]\nmodel = \"analyst\"\n\
         [webhooks]\nretell_api_key = \"key_test_webhook\"\n";
     let config = write_config(dir.path(), &db.url, &upstream, extra);
     upstream.push("analyst", Behavior::Stall);
@@ -312,15 +313,22 @@ async fn an_analysis_interrupted_by_a_kill_completes_after_restart(backend: Back
     let reply = json!({"summary": "Asked about opening hours.", "urgency": 1, "action": "none", "sentiment": "satisfied"});
     upstream.push("analyst", Behavior::text([reply.to_string()]));
     let server = Server::start(dir.path(), &["--config", &config, "serve"]).await;
+    let restarted = std::time::Instant::now();
 
     let summary = wait_for_analysis(db.store.as_ref(), "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6").await;
     assert_eq!(summary, "Asked about opening hours.");
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "taken over {took:?} after the restart"
+    );
     server.terminate().await;
     db.teardown().await;
 }
 
 async fn wait_for_analysis(store: &dyn Store, call_key: &str) -> String {
-    for _ in 0..400 {
+    // A minute: with the default lease an interrupted job waits up to 30 s for its takeover.
+    for _ in 0..2_400 {
         if let Some((session, _)) = store.load_call(Platform::Retell, call_key).await.unwrap() {
             let analyses = store.list_analyses(session.session_id).await.unwrap();
             if let Some(a) = analyses.into_iter().find(|a| a.source == "redial") {

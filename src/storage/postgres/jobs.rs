@@ -8,7 +8,17 @@ use uuid::Uuid;
 
 use super::JobRow;
 use crate::storage::rows::job_columns;
-use crate::storage::{Job, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules};
+use crate::storage::{
+    Job, JobLease, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules,
+};
+
+/// The condition of every write by a lease holder (`$1` job id, `$2` worker, `$3` attempt): the
+/// job still runs under the claim that made the lease.
+macro_rules! held {
+    () => {
+        "job_id = $1 and status = 'running' and locked_by = $2 and attempts = $3"
+    };
+}
 
 #[tracing::instrument(
     name = "store.record_webhook",
@@ -123,49 +133,60 @@ pub(super) async fn claim_job(
     Ok(job)
 }
 
-#[tracing::instrument(name = "store.complete_job", skip_all, fields(backend = "postgres", %job_id))]
+#[tracing::instrument(
+    name = "store.complete_job",
+    skip_all,
+    fields(backend = "postgres", job_id = %lease.job_id, worker = %lease.worker)
+)]
 pub(super) async fn complete_job(
     pool: &PgPool,
-    job_id: Uuid,
+    lease: &JobLease,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    let done = sqlx::query(
-        "update job set status = 'done', locked_by = null, locked_until = null, updated_at = $2 \
-         where job_id = $1",
-    )
-    .bind(job_id)
+    let done = sqlx::query(concat!(
+        "update job set status = 'done', locked_by = null, locked_until = null, updated_at = $4 \
+         where ",
+        held!()
+    ))
+    .bind(lease.job_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
     .bind(now)
     .execute(pool)
     .await?;
-    found(done.rows_affected())
+    finished(pool, lease, done.rows_affected()).await
 }
 
 #[tracing::instrument(
     name = "store.fail_job",
     skip_all,
-    fields(backend = "postgres", %job_id, retry = retry_at.is_some())
+    fields(backend = "postgres", job_id = %lease.job_id, worker = %lease.worker,
+           retry = retry_at.is_some())
 )]
 pub(super) async fn fail_job(
     pool: &PgPool,
-    job_id: Uuid,
+    lease: &JobLease,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    let done = sqlx::query(
+    let done = sqlx::query(concat!(
         "update job set \
-         status = case when $3::timestamptz is null then 'failed' else 'queued' end, \
-         run_at = coalesce($3, run_at), last_error = $2, locked_by = null, \
-         locked_until = null, updated_at = $4 \
-         where job_id = $1",
-    )
-    .bind(job_id)
+         status = case when $5::timestamptz is null then 'failed' else 'queued' end, \
+         run_at = coalesce($5, run_at), last_error = $4, locked_by = null, \
+         locked_until = null, updated_at = $6 \
+         where ",
+        held!()
+    ))
+    .bind(lease.job_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
     .bind(error)
     .bind(retry_at)
     .bind(now)
     .execute(pool)
     .await?;
-    found(done.rows_affected())
+    finished(pool, lease, done.rows_affected()).await
 }
 
 #[tracing::instrument(name = "store.get_job", skip_all, fields(backend = "postgres", %job_id))]
@@ -181,10 +202,46 @@ pub(super) async fn get_job(pool: &PgPool, job_id: Uuid) -> StoreResult<Option<J
     row.map(Job::try_from).transpose()
 }
 
-fn found(rows_affected: u64) -> StoreResult<()> {
-    if rows_affected == 0 {
-        Err(StoreError::NotFound)
+#[tracing::instrument(
+    name = "store.renew_job",
+    skip_all,
+    fields(backend = "postgres", job_id = %lease.job_id, worker = %lease.worker, renewed)
+)]
+pub(super) async fn renew_job(
+    pool: &PgPool,
+    lease: &JobLease,
+    now: DateTime<Utc>,
+    lease_for: Duration,
+) -> StoreResult<bool> {
+    let done = sqlx::query(concat!(
+        "update job set locked_until = $4, updated_at = $5 where ",
+        held!()
+    ))
+    .bind(lease.job_id)
+    .bind(&lease.worker)
+    .bind(lease.attempt)
+    .bind(rules::lease_expiry(now, lease_for))
+    .bind(now)
+    .execute(pool)
+    .await?;
+    let renewed = done.rows_affected() == 1;
+    tracing::Span::current().record("renewed", renewed);
+    Ok(renewed)
+}
+
+/// The outcome of a fenced finish that changed `rows_affected` rows: a job that exists but is
+/// no longer held by `lease` is a conflict (its new holder's outcome stands), a missing one is
+/// not found.
+async fn finished(pool: &PgPool, lease: &JobLease, rows_affected: u64) -> StoreResult<()> {
+    if rows_affected > 0 {
+        return Ok(());
+    }
+    if get_job(pool, lease.job_id).await?.is_some() {
+        Err(StoreError::Conflict(format!(
+            "job {} is no longer held by {} (attempt {})",
+            lease.job_id, lease.worker, lease.attempt
+        )))
     } else {
-        Ok(())
+        Err(StoreError::NotFound)
     }
 }

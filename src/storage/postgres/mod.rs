@@ -31,9 +31,9 @@ use uuid::Uuid;
 use super::rows;
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
-    CallerPatch, CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession,
-    NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult, Turn,
-    TurnWrite,
+    CallerPatch, CloseSession, ConnectOptions, Job, JobLease, NewAnalysis, NewAudit, NewJob,
+    NewSession, NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult,
+    Turn, TurnWrite,
 };
 
 /// The Postgres migrations, embedded at build time.
@@ -266,22 +266,31 @@ impl Store for PostgresStore {
         jobs::claim_job(&self.pool, worker, now, lease).await
     }
 
-    async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
-        jobs::complete_job(&self.pool, job_id, now).await
+    async fn complete_job(&self, lease: &JobLease, now: DateTime<Utc>) -> StoreResult<()> {
+        jobs::complete_job(&self.pool, lease, now).await
     }
 
     async fn fail_job(
         &self,
-        job_id: Uuid,
+        lease: &JobLease,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        jobs::fail_job(&self.pool, job_id, error, retry_at, now).await
+        jobs::fail_job(&self.pool, lease, error, retry_at, now).await
     }
 
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
         jobs::get_job(&self.pool, job_id).await
+    }
+
+    async fn renew_job(
+        &self,
+        lease: &JobLease,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+    ) -> StoreResult<bool> {
+        jobs::renew_job(&self.pool, lease, now, lease_for).await
     }
 
     async fn save_analysis(

@@ -39,9 +39,9 @@ use uuid::fmt::Hyphenated;
 use super::rows;
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
-    CallerPatch, CloseSession, ConnectOptions, Job, NewAnalysis, NewAudit, NewJob, NewSession,
-    NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult, Turn,
-    TurnWrite,
+    CallerPatch, CloseSession, ConnectOptions, Job, JobLease, NewAnalysis, NewAudit, NewJob,
+    NewSession, NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult,
+    Turn, TurnWrite,
 };
 
 /// The SQLite migrations, embedded at build time.
@@ -314,22 +314,31 @@ impl Store for SqliteStore {
         jobs::claim_job(&self.writer, worker, now, lease).await
     }
 
-    async fn complete_job(&self, job_id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
-        jobs::complete_job(&self.writer, job_id, now).await
+    async fn complete_job(&self, lease: &JobLease, now: DateTime<Utc>) -> StoreResult<()> {
+        jobs::complete_job(&self.writer, lease, now).await
     }
 
     async fn fail_job(
         &self,
-        job_id: Uuid,
+        lease: &JobLease,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        jobs::fail_job(&self.writer, job_id, error, retry_at, now).await
+        jobs::fail_job(&self.writer, lease, error, retry_at, now).await
     }
 
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
         jobs::get_job(&self.reader, job_id).await
+    }
+
+    async fn renew_job(
+        &self,
+        lease: &JobLease,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+    ) -> StoreResult<bool> {
+        jobs::renew_job(&self.writer, lease, now, lease_for).await
     }
 
     async fn save_analysis(

@@ -1,7 +1,7 @@
 //! Webhook events and the durable job queue.
 
 use super::*;
-use redial::storage::{Job, JobStatus, Recorded};
+use redial::storage::{Job, JobLease, JobStatus, Recorded};
 use std::collections::HashSet;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -17,6 +17,11 @@ on_both_backends!(
     fail_job_requeues_for_a_retry_or_fails_for_good,
     a_completed_job_is_done_and_never_claimed_again,
     finishing_an_unknown_job_is_not_found_and_getting_it_is_none,
+    renewing_a_held_lease_extends_it,
+    an_expired_lease_nobody_claimed_is_still_renewed,
+    a_lease_taken_over_is_not_renewed,
+    a_stale_worker_cannot_finish_a_job_taken_over,
+    a_finished_job_is_not_renewed,
 );
 
 async fn record_webhook_stores_a_new_event_and_enqueues_its_job(store: Arc<dyn Store>) {
@@ -223,14 +228,11 @@ async fn fail_job_requeues_for_a_retry_or_fails_for_good(store: Arc<dyn Store>) 
     // Arrange
     let job = new_job("analyze:call-1", at(0));
     store.enqueue_job(&job).await.expect("enqueue");
-    store
-        .claim_job("worker-1", at(0), LEASE)
-        .await
-        .expect("claim");
+    let first = claim(store.as_ref(), "worker-1", 0).await;
 
     // Act
     store
-        .fail_job(job.job_id, "upstream 503", Some(at(100)), at(5))
+        .fail_job(&lease(&first), "upstream 503", Some(at(100)), at(5))
         .await
         .expect("fail with retry");
     let retried = store.get_job(job.job_id).await.expect("get").expect("job");
@@ -242,8 +244,9 @@ async fn fail_job_requeues_for_a_retry_or_fails_for_good(store: Arc<dyn Store>) 
         .claim_job("worker-1", at(100), LEASE)
         .await
         .expect("claim");
+    let second = second.expect("the retry");
     store
-        .fail_job(job.job_id, "bad output", None, at(105))
+        .fail_job(&lease(&second), "bad output", None, at(105))
         .await
         .expect("fail for good");
     let failed = store.get_job(job.job_id).await.expect("get").expect("job");
@@ -258,7 +261,7 @@ async fn fail_job_requeues_for_a_retry_or_fails_for_good(store: Arc<dyn Store>) 
     assert_eq!(retried.last_error.as_deref(), Some("upstream 503"));
     assert_eq!((retried.locked_by, retried.locked_until), (None, None));
     assert_eq!(too_early, None);
-    assert_eq!(second.map(|j| j.attempts), Some(2));
+    assert_eq!(second.attempts, 2);
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(failed.last_error.as_deref(), Some("bad output"));
     assert_eq!(failed.updated_at, at(105));
@@ -269,14 +272,11 @@ async fn a_completed_job_is_done_and_never_claimed_again(store: Arc<dyn Store>) 
     // Arrange
     let job = new_job("analyze:call-1", at(0));
     store.enqueue_job(&job).await.expect("enqueue");
-    store
-        .claim_job("worker-1", at(0), LEASE)
-        .await
-        .expect("claim");
+    let claimed = claim(store.as_ref(), "worker-1", 0).await;
 
     // Act
     store
-        .complete_job(job.job_id, at(5))
+        .complete_job(&lease(&claimed), at(5))
         .await
         .expect("complete");
 
@@ -293,9 +293,20 @@ async fn a_completed_job_is_done_and_never_claimed_again(store: Arc<dyn Store>) 
 }
 
 async fn finishing_an_unknown_job_is_not_found_and_getting_it_is_none(store: Arc<dyn Store>) {
+    // Arrange
+    let unknown = JobLease {
+        job_id: Uuid::now_v7(),
+        worker: "worker-1".into(),
+        attempt: 1,
+    };
+
     // Act
-    let completed = store.complete_job(Uuid::now_v7(), at(0)).await;
-    let failed = store.fail_job(Uuid::now_v7(), "boom", None, at(0)).await;
+    let completed = store.complete_job(&unknown, at(0)).await;
+    let failed = store.fail_job(&unknown, "boom", None, at(0)).await;
+    let renewed = store
+        .renew_job(&unknown, at(0), LEASE)
+        .await
+        .expect("renew");
     let got = store.get_job(Uuid::now_v7()).await.expect("get");
 
     // Assert
@@ -307,5 +318,165 @@ async fn finishing_an_unknown_job_is_not_found_and_getting_it_is_none(store: Arc
         matches!(failed, Err(StoreError::NotFound)),
         "got {failed:?}"
     );
+    assert!(!renewed, "an unknown job has no lease to renew");
     assert_eq!(got, None);
+}
+
+/// Claims the due job for `worker` at `at(secs)`; there must be one.
+async fn claim(store: &dyn Store, worker: &str, secs: i64) -> Job {
+    store
+        .claim_job(worker, at(secs), LEASE)
+        .await
+        .expect("claim")
+        .expect("a due job")
+}
+
+fn lease(job: &Job) -> JobLease {
+    job.lease().expect("a claimed job is leased")
+}
+
+async fn renewing_a_held_lease_extends_it(store: Arc<dyn Store>) {
+    // Arrange
+    let job = new_job("analyze:call-1", at(0));
+    store.enqueue_job(&job).await.expect("enqueue");
+    let claimed = claim(store.as_ref(), "worker-1", 0).await;
+
+    // Act
+    let renewed = store
+        .renew_job(&lease(&claimed), at(20), LEASE)
+        .await
+        .expect("renew");
+    let past_the_first_lease = store
+        .claim_job("worker-2", at(40), LEASE)
+        .await
+        .expect("claim");
+    let past_the_renewal = store
+        .claim_job("worker-2", at(51), LEASE)
+        .await
+        .expect("claim");
+
+    // Assert
+    assert!(renewed);
+    assert_eq!(past_the_first_lease, None, "the renewed lease holds to 50");
+    let taken_over = past_the_renewal.expect("the job once the renewal ran out");
+    assert_eq!(taken_over.job_id, job.job_id);
+    assert_eq!(taken_over.attempts, 2);
+}
+
+async fn an_expired_lease_nobody_claimed_is_still_renewed(store: Arc<dyn Store>) {
+    // Arrange
+    let job = new_job("analyze:call-1", at(0));
+    store.enqueue_job(&job).await.expect("enqueue");
+    let claimed = claim(store.as_ref(), "worker-1", 0).await;
+
+    // Act
+    let renewed = store
+        .renew_job(&lease(&claimed), at(40), LEASE)
+        .await
+        .expect("renew");
+
+    // Assert
+    assert!(
+        renewed,
+        "no other claim bumped the attempt: the job is still this worker's"
+    );
+    let stored = store.get_job(job.job_id).await.expect("get").expect("job");
+    assert_eq!(stored.locked_until, Some(at(70)));
+    assert_eq!(stored.updated_at, at(40));
+    assert_eq!(stored.attempts, 1);
+    let other = store
+        .claim_job("worker-2", at(50), LEASE)
+        .await
+        .expect("claim");
+    assert_eq!(other, None);
+}
+
+async fn a_lease_taken_over_is_not_renewed(store: Arc<dyn Store>) {
+    // Arrange
+    let job = new_job("analyze:call-1", at(0));
+    store.enqueue_job(&job).await.expect("enqueue");
+    let stale = lease(&claim(store.as_ref(), "worker-1", 0).await);
+    let holder = claim(store.as_ref(), "worker-2", 31).await;
+    // The same worker name claiming again is a new lease too: the attempt tells them apart.
+    let same_name = JobLease {
+        worker: holder.locked_by.clone().expect("holder"),
+        ..stale.clone()
+    };
+
+    // Act
+    let renewed_stale = store.renew_job(&stale, at(40), LEASE).await.expect("renew");
+    let renewed_same_name = store
+        .renew_job(&same_name, at(40), LEASE)
+        .await
+        .expect("renew");
+
+    // Assert
+    assert!(!renewed_stale, "a lease taken over is not extended");
+    assert!(
+        !renewed_same_name,
+        "an older attempt's lease is not extended"
+    );
+    let stored = store.get_job(job.job_id).await.expect("get").expect("job");
+    assert_eq!(stored, holder, "the new holder's lease is untouched");
+}
+
+async fn a_stale_worker_cannot_finish_a_job_taken_over(store: Arc<dyn Store>) {
+    // Arrange
+    let job = new_job("analyze:call-1", at(0));
+    store.enqueue_job(&job).await.expect("enqueue");
+    let stale = lease(&claim(store.as_ref(), "worker-1", 0).await);
+    let holder = claim(store.as_ref(), "worker-2", 31).await;
+
+    // Act
+    let completed = store.complete_job(&stale, at(40)).await;
+    let failed = store.fail_job(&stale, "stale failure", None, at(41)).await;
+    let after_stale = store.get_job(job.job_id).await.expect("get").expect("job");
+    store
+        .complete_job(&lease(&holder), at(50))
+        .await
+        .expect("the holder completes");
+
+    // Assert
+    assert!(
+        matches!(completed, Err(StoreError::Conflict(_))),
+        "got {completed:?}"
+    );
+    assert!(
+        matches!(failed, Err(StoreError::Conflict(_))),
+        "got {failed:?}"
+    );
+    assert_eq!(
+        after_stale, holder,
+        "a stale worker's outcome changes nothing"
+    );
+    let done = store.get_job(job.job_id).await.expect("get").expect("job");
+    assert_eq!((done.status, done.last_error), (JobStatus::Done, None));
+    let again = store.complete_job(&lease(&holder), at(60)).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "a finished job is not finished twice: {again:?}"
+    );
+}
+
+async fn a_finished_job_is_not_renewed(store: Arc<dyn Store>) {
+    // Arrange
+    let job = new_job("analyze:call-1", at(0));
+    store.enqueue_job(&job).await.expect("enqueue");
+    let held = lease(&claim(store.as_ref(), "worker-1", 0).await);
+    store
+        .fail_job(&held, "upstream 503", Some(at(100)), at(5))
+        .await
+        .expect("fail");
+
+    // Act
+    let renewed = store.renew_job(&held, at(10), LEASE).await.expect("renew");
+
+    // Assert
+    assert!(
+        !renewed,
+        "a job handed back to the queue has no lease to renew"
+    );
+    let stored = store.get_job(job.job_id).await.expect("get").expect("job");
+    assert_eq!(stored.status, JobStatus::Queued);
+    assert_eq!((stored.locked_by, stored.locked_until), (None, None));
 }
