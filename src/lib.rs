@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod openai;
 pub mod platforms;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod storage;
