@@ -106,7 +106,7 @@ fn admit(
         Admission::Refused => {
             metrics::counter!("redial_connections_refused_total").increment(1);
             if let Some(suppressed) = refusal_log.ready() {
-                tracing::warn!(%peer, open = registry.open(), suppressed, "connection refused: every connection has a request in flight (server.max_connections)");
+                tracing::warn!(%peer, open = registry.open(), suppressed, "connection refused at server.max_connections: no connection without a request in flight could make room");
             }
             refuse(stream);
             None
@@ -118,11 +118,10 @@ fn admit(
 fn refuse(stream: &TcpStream) {
     static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let response = RESPONSE.get_or_init(|| {
-        let body = crate::error::ApiError::Unavailable(
-            "too many connections: every connection has a request in flight; retry shortly".into(),
-        )
-        .body()
-        .to_string();
+        let body =
+            crate::error::ApiError::Unavailable("too many connections; retry shortly".into())
+                .body()
+                .to_string();
         format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
              content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",

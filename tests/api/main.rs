@@ -7,6 +7,7 @@
 )]
 
 mod chat;
+mod connections;
 mod http;
 mod process;
 mod retell;
