@@ -131,10 +131,10 @@ async fn a_flood_of_silent_and_slow_connections_leaves_keyed_clients_served(back
         &["--config", &config, "serve"],
     )
     .await;
-    let client = reqwest::Client::new();
     // One turn before the flood: the first parse of a phone number loads the numbering plan
     // database, which takes seconds in a debug build and has nothing to do with connections.
-    let warm_up = keyed_turn(&client, &server, "call-warm-up").await;
+    // Its own client, so that no pooled connection carries the requests during the flood.
+    let warm_up = keyed_turn(&reqwest::Client::new(), &server, "call-warm-up").await;
     assert!(parse_sse(&warm_up).done, "{warm_up}");
 
     let mut silent = Vec::with_capacity(SILENT);
@@ -147,6 +147,7 @@ async fn a_flood_of_silent_and_slow_connections_leaves_keyed_clients_served(back
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let client = reqwest::Client::new();
     let health = timeout(
         Duration::from_secs(1),
         client.get(server.url("/healthz")).send(),
