@@ -13,6 +13,7 @@ pub mod http;
 pub mod journal;
 pub mod openai;
 pub mod platforms;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod storage;

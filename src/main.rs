@@ -45,7 +45,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 fn check_config(settings: &Settings) -> anyhow::Result<()> {
     let text = toml::to_string_pretty(settings)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "# configuration is valid; secrets are masked\n{text}")?;
+    let limits = redial::server::limits::summary(settings);
+    writeln!(
+        out,
+        "# configuration is valid; secrets are masked\n{limits}{text}"
+    )?;
     Ok(())
 }
 

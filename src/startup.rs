@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::journal::Journal;
+use crate::server::{self, ServeOptions, limits};
 use crate::state::AppState;
 use crate::storage::{self, ConnectOptions, Store};
 
@@ -19,11 +19,16 @@ use crate::storage::{self, ConnectOptions, Store};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    max_connections: usize,
 }
 
 impl Application {
-    /// Connects the store, applies migrations, and binds the listener.
+    /// Raises the open-file limit, connects the store, applies migrations, and binds the
+    /// listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let soft = limits::raise_fd_limit().map(|l| l.soft);
+        let max_connections = limits::max_connections(&settings, soft);
+        limits::warn_if_cap_exceeds_limit(&settings, max_connections, soft);
         let store = open_store(&settings).await?;
         store
             .migrate()
@@ -35,7 +40,11 @@ impl Application {
         let journal = open_journal(&settings).await?;
         let state = AppState::new(settings, store, journal)
             .context("building the upstream client failed")?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            max_connections,
+        })
     }
 
     /// The address the listener is bound to.
@@ -52,21 +61,21 @@ impl Application {
     /// streams finish within `server.shutdown_grace_secs`, drains background writes within the
     /// same budget, and closes the store.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            max_connections,
+        } = self;
         let addr = listener.local_addr()?;
         let token = state.shutdown.clone();
-        let app =
-            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        // Token-sized SSE frames must leave at once: no Nagle delay waiting for an ACK.
-        let listener = listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future();
-        let mut server = tokio::spawn(server);
+        let settings = &state.settings.server;
+        let options = ServeOptions {
+            header_read_timeout: settings.header_read_timeout(),
+            idle_timeout: settings.idle_timeout(),
+            max_connections,
+        };
+        let app = crate::http::router(state.clone());
+        let mut server = tokio::spawn(server::serve(listener, app, options, token.clone()));
         crate::analysis::worker::spawn(&state.engine, &token, &state.workers);
         state.engine.journal().spawn_replayer(
             std::sync::Arc::clone(&state.store),
@@ -75,11 +84,11 @@ impl Application {
             state.settings.database.write_batch_max,
         );
         spawn_metrics_upkeep(&state);
-        tracing::info!(%addr, store = state.store.backend(), dev_mode = state.settings.server.dev_mode(), "redial listening");
+        tracing::info!(%addr, store = state.store.backend(), dev_mode = settings.dev_mode(), max_connections, "redial listening");
 
         tokio::select! {
             result = &mut server => {
-                result.context("server task failed")?.context("server failed")?;
+                result.context("server task failed")?;
             }
             () = shutdown => tracing::info!("shutdown signal received; draining"),
         }

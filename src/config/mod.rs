@@ -203,6 +203,13 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     /// Log output: `pretty` or `json`.
     pub log_format: LogFormat,
+    /// A connection must deliver a complete request head within this many milliseconds of
+    /// opening (or of its first byte after an idle keep-alive pause), or it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight is closed after this many seconds.
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once; 0 = derived from the open-file limit.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -214,6 +221,9 @@ impl Default for ServerSettings {
             body_limit_bytes: 2 * 1024 * 1024,
             shutdown_grace_secs: 30,
             log_format: LogFormat::Pretty,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_secs: 75,
+            max_connections: 0,
         }
     }
 }
@@ -227,6 +237,16 @@ impl ServerSettings {
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The header read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// The keep-alive idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 }
 

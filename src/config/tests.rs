@@ -327,3 +327,67 @@ fn the_analysis_lease_must_outlast_renewals_waiting_for_a_connection() {
         "a crashed worker's job is taken over within a minute by default"
     );
 }
+
+#[test]
+fn connection_limits_are_bounded_and_name_their_key() {
+    for (var, value, key) in [
+        (
+            "REDIAL_SERVER__HEADER_READ_TIMEOUT_MS",
+            "0",
+            "server.header_read_timeout_ms",
+        ),
+        (
+            "REDIAL_SERVER__HEADER_READ_TIMEOUT_MS",
+            "600001",
+            "server.header_read_timeout_ms",
+        ),
+        (
+            "REDIAL_SERVER__IDLE_TIMEOUT_SECS",
+            "0",
+            "server.idle_timeout_secs",
+        ),
+        (
+            "REDIAL_SERVER__IDLE_TIMEOUT_SECS",
+            "3601",
+            "server.idle_timeout_secs",
+        ),
+        (
+            "REDIAL_SERVER__MAX_CONNECTIONS",
+            "1000001",
+            "server.max_connections",
+        ),
+        (
+            "REDIAL_SERVER__MAX_CONNECTIONS",
+            "-1",
+            "server.max_connections",
+        ),
+    ] {
+        let err = load(None, env(&[(var, value)]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains(var), "{err}");
+    }
+    let settings = load(
+        None,
+        env(&[
+            ("REDIAL_SERVER__HEADER_READ_TIMEOUT_MS", "100"),
+            ("REDIAL_SERVER__IDLE_TIMEOUT_SECS", "3600"),
+            ("REDIAL_SERVER__MAX_CONNECTIONS", "1"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(settings.server.header_read_timeout_ms, 100);
+    assert_eq!(settings.server.idle_timeout_secs, 3_600);
+    assert_eq!(settings.server.max_connections, 1);
+    let defaults = Settings::default().server;
+    assert_eq!(
+        (
+            defaults.header_read_timeout_ms,
+            defaults.idle_timeout_secs,
+            defaults.max_connections
+        ),
+        (10_000, 75, 0),
+        "the defaults README and config.example.toml document"
+    );
+}

@@ -32,6 +32,7 @@ pub(super) fn validate(
     if server.body_limit_bytes < 1024 {
         return fail("server.body_limit_bytes", "must be at least 1024".into());
     }
+    validate_connections(server, &fail)?;
     let url = settings.database.url.expose();
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres://")
@@ -184,6 +185,33 @@ fn validate_lease(
         "invalid value for `analysis.lease_secs`{}: {problem}",
         origin("analysis.lease_secs")
     )))
+}
+
+/// The connection timeouts and cap: a zero timeout would close every connection at once, and
+/// a timeout of hours would let idle sockets pile up again.
+fn validate_connections(
+    server: &super::ServerSettings,
+    fail: &impl Fn(&str, String) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    if !(100..=600_000).contains(&server.header_read_timeout_ms) {
+        return fail(
+            "server.header_read_timeout_ms",
+            "must be between 100 and 600000 (milliseconds)".into(),
+        );
+    }
+    if !(1..=3_600).contains(&server.idle_timeout_secs) {
+        return fail(
+            "server.idle_timeout_secs",
+            "must be between 1 and 3600 (seconds)".into(),
+        );
+    }
+    if server.max_connections > 1_000_000 {
+        return fail(
+            "server.max_connections",
+            "must be at most 1000000 (0 = derived from the open-file limit)".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Assistant ids unique and non-empty; field names unique identifiers; questions and fillers set.

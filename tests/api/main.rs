@@ -7,6 +7,7 @@
 )]
 
 mod chat;
+mod connections;
 mod disk;
 mod http;
 mod jobs;

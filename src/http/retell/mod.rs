@@ -33,8 +33,10 @@ use crate::state::AppState;
 /// word timings, so long calls send large frames.
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
-/// Largest single WebSocket frame accepted, in bytes.
-pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// Largest single WebSocket frame accepted, in bytes: the same as a message, because Retell sends
+/// every event as one unfragmented frame; a smaller frame limit would cut the socket on
+/// messages the message limit allows.
+pub const MAX_FRAME_BYTES: usize = MAX_MESSAGE_BYTES;
 
 /// Longest call id accepted (Retell's are 32 characters).
 const MAX_CALL_ID_CHARS: usize = 256;

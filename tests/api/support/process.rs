@@ -30,6 +30,29 @@ pub fn command(dir: &Path) -> Command {
     command
 }
 
+/// Like [`command`], but the binary runs under an open-file limit of `nofile`, soft and hard (so
+/// redial cannot raise it), set by the shell that then `exec`s it.
+pub fn limited_command(dir: &Path, nofile: u64) -> Command {
+    let mut command = command(dir);
+    let std = command.as_std_mut();
+    let mut limited = Command::new("bash");
+    limited
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Hn {nofile} -Sn {nofile} && exec \"$0\" \"$@\""
+        ))
+        .arg(binary())
+        .current_dir(dir)
+        .kill_on_drop(true);
+    for (key, value) in std.get_envs() {
+        match value {
+            Some(value) => limited.env(key, value),
+            None => limited.env_remove(key),
+        };
+    }
+    limited
+}
+
 /// Runs the binary to completion.
 pub async fn run(dir: &Path, args: &[&str]) -> std::process::Output {
     command(dir).args(args).output().await.expect("run redial")
@@ -47,7 +70,12 @@ impl Server {
     /// Starts `redial [args…]` (which must serve on `127.0.0.1:0` or another free address) and
     /// waits until it logs that it listens.
     pub async fn start(dir: &Path, args: &[&str]) -> Self {
-        let mut child = command(dir)
+        Self::start_command(command(dir), args).await
+    }
+
+    /// Like [`Server::start`], with the command to run (see [`limited_command`]).
+    pub async fn start_command(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(args)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -84,6 +112,18 @@ impl Server {
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// How many log lines received since the last call have a message containing `text`.
+    pub fn count_logs(&mut self, text: &str) -> usize {
+        let mut count = 0;
+        while let Ok(line) = self.logs.try_recv() {
+            let entry = serde_json::from_str::<Value>(&line).unwrap_or_default();
+            if entry["message"].as_str().is_some_and(|m| m.contains(text)) {
+                count += 1;
+            }
+        }
+        count
     }
 
     /// SIGKILL: no shutdown, no drain.
