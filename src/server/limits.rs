@@ -47,10 +47,10 @@ pub fn fd_limit() -> Option<FdLimit> {
 /// the hard limit is what the administrator allows.
 pub fn raise_fd_limit() -> Option<FdLimit> {
     let before = fd_limit()?;
-    if before.soft < before.hard {
-        if let Err(e) = rlimit::increase_nofile_limit(before.hard) {
-            tracing::warn!(error = %e, soft = before.soft, hard = before.hard, "could not raise the open-file limit");
-        }
+    if before.soft < before.hard
+        && let Err(e) = rlimit::increase_nofile_limit(before.hard)
+    {
+        tracing::warn!(error = %e, soft = before.soft, hard = before.hard, "could not raise the open-file limit");
     }
     let after = fd_limit()?;
     tracing::info!(
