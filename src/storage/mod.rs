@@ -10,6 +10,7 @@ mod postgres;
 mod rows;
 mod rules;
 mod sqlite;
+pub mod text;
 mod types;
 
 use std::time::Duration;

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::JobRow;
+use super::{JobRow, json, opt_text, text};
 use crate::storage::rows::job_columns;
 use crate::storage::{Job, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules};
 
@@ -29,10 +30,10 @@ pub(super) async fn record_webhook(
     )
     .bind(event.event_id)
     .bind(event.platform.as_str())
-    .bind(&event.event_type)
-    .bind(&event.call_key)
-    .bind(&event.dedupe_key)
-    .bind(&event.payload)
+    .bind(text(&event.event_type))
+    .bind(opt_text(event.call_key.as_deref()))
+    .bind(text(&event.dedupe_key))
+    .bind(text(&event.payload))
     .bind(event.received_at)
     .execute(&mut *tx)
     .await?;
@@ -74,9 +75,9 @@ async fn insert_job(
          on conflict (dedupe_key) do nothing",
     )
     .bind(job.job_id)
-    .bind(&job.kind)
-    .bind(&job.dedupe_key)
-    .bind(&job.payload)
+    .bind(text(&job.kind))
+    .bind(text(&job.dedupe_key))
+    .bind(Json(json(&job.payload)))
     .bind(job.max_attempts)
     .bind(job.run_at)
     .bind(created_at)
@@ -113,7 +114,7 @@ pub(super) async fn claim_job(
          returning ",
         job_columns!()
     ))
-    .bind(worker)
+    .bind(text(worker))
     .bind(now)
     .bind(rules::lease_expiry(now, lease))
     .fetch_optional(pool)
@@ -162,7 +163,7 @@ pub(super) async fn fail_job(
          where job_id = $1",
     )
     .bind(job_id)
-    .bind(error)
+    .bind(text(error))
     .bind(retry_at)
     .bind(now)
     .execute(pool)

@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{JobRow, begin_write, id, ms};
 use crate::storage::rows::job_columns;
+use crate::storage::text::{json, opt_text, text};
 use crate::storage::{Job, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules};
 
 #[tracing::instrument(
@@ -29,10 +31,10 @@ pub(super) async fn record_webhook(
     )
     .bind(id(event.event_id))
     .bind(event.platform.as_str())
-    .bind(&event.event_type)
-    .bind(&event.call_key)
-    .bind(&event.dedupe_key)
-    .bind(&event.payload)
+    .bind(text(&event.event_type))
+    .bind(opt_text(event.call_key.as_deref()))
+    .bind(text(&event.dedupe_key))
+    .bind(text(&event.payload))
     .bind(ms(event.received_at))
     .execute(&mut *tx)
     .await?;
@@ -74,9 +76,9 @@ async fn insert_job(
          on conflict (dedupe_key) do nothing",
     )
     .bind(id(job.job_id))
-    .bind(&job.kind)
-    .bind(&job.dedupe_key)
-    .bind(&job.payload)
+    .bind(text(&job.kind))
+    .bind(text(&job.dedupe_key))
+    .bind(Json(json(&job.payload)))
     .bind(job.max_attempts)
     .bind(ms(job.run_at))
     .bind(ms(created_at))
@@ -113,7 +115,7 @@ pub(super) async fn claim_job(
          returning ",
         job_columns!()
     ))
-    .bind(worker)
+    .bind(text(worker))
     .bind(ms(now))
     .bind(ms(rules::lease_expiry(now, lease)))
     .fetch_optional(&mut *tx)
@@ -163,7 +165,7 @@ pub(super) async fn fail_job(
          where job_id = $1",
     )
     .bind(id(job_id))
-    .bind(error)
+    .bind(text(error))
     .bind(retry_at.map(ms))
     .bind(ms(now))
     .execute(pool)
