@@ -159,6 +159,7 @@ async fn record_answer(
     if value.is_empty() {
         return Err("the value is empty; ask the caller again".into());
     }
+    within_limit(engine, "value", &value)?;
     let now = Utc::now();
     let outcome = engine
         .store
@@ -215,6 +216,15 @@ async fn remember_caller(
     if patch == CallerPatch::default() {
         return Err("nothing to remember: give a name, language or note".into());
     }
+    for (field, value) in [
+        ("name", &patch.name),
+        ("language", &patch.language),
+        ("note", &patch.note),
+    ] {
+        if let Some(value) = value {
+            within_limit(engine, field, value)?;
+        }
+    }
     let Some(caller) = &context.caller else {
         return Err(
             "the caller's number is unknown, so nothing can be remembered across calls".into(),
@@ -247,6 +257,20 @@ async fn remember_caller(
     )
     .await;
     Ok(ToolResult::ok(&json!({"ok": true, "remembered": fields})))
+}
+
+/// A value longer than `limits.max_value_bytes` is not stored; the model is told the limit, so
+/// it can store a shorter one.
+fn within_limit(engine: &Engine, field: &str, value: &str) -> Result<(), String> {
+    let limit = engine.settings.limits.max_value_bytes;
+    if value.len() > limit {
+        return Err(format!(
+            "`{field}` is {} bytes long; stored values are at most {limit} bytes \
+             (limits.max_value_bytes): nothing was saved, give a shorter {field}",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &str, details: Value) {

@@ -8,6 +8,7 @@
 
 mod chat;
 mod http;
+mod limits;
 mod process;
 mod retell;
 mod sdk;
