@@ -20,7 +20,7 @@ pub fn replace_lone_surrogates(body: &[u8]) -> Cow<'_, [u8]> {
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
     let mut at = 0;
-    while let Some(offset) = body.get(at..).and_then(|rest| find_backslash(rest)) {
+    while let Some(offset) = body.get(at..).and_then(find_backslash) {
         let start = at + offset;
         at = match unit_at(body, start) {
             Some(high) if is_high(high) && unit_at(body, start + 6).is_some_and(is_low) => {
