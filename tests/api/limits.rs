@@ -126,7 +126,7 @@ async fn a_request_with_many_old_messages_writes_only_the_new_ones(backend: Back
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     let spoken: Vec<(TurnRole, &str)> =
         turns.iter().map(|t| (t.role, t.content.as_str())).collect();
-    assert_eq!(spoken.len(), 2, "{spoken:?}");
+    assert_eq!(spoken.len(), 2, "only the new message and the reply are written");
     assert_eq!(spoken[0], (TurnRole::User, "the new one"));
     assert_eq!(spoken[1].0, TurnRole::Assistant);
     app.teardown().await;
