@@ -1,13 +1,24 @@
 //! Poison input and limits: text the stores cannot hold is stored sanitised, and requests over
 //! the `[limits]` are refused with a 400 naming the limit, storing nothing (both stores).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
 use redial::config::{AssistantSettings, FieldSettings, Settings};
-use redial::storage::{Platform, TurnRole};
+use redial::storage::{
+    Answer, Answers, CallStart, CallerAnalysisUpdate, CallerPatch, CloseSession, NewAnalysis,
+    NewAudit, NewJob, NewSession, NewTurn, NewWebhookEvent, Platform, SessionStatus, Store,
+    TurnRole,
+};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::support::app::{API_KEY, TestApp, app_tests, read_sse, vapi_body};
-use crate::support::db::Backend;
+use crate::support::db::{Backend, on_both_backends};
+
+on_both_backends!(every_write_stores_nul_as_the_replacement_character);
 
 app_tests!(
     tool_values_with_nul_are_stored_sanitised,
@@ -126,7 +137,11 @@ async fn a_request_with_many_old_messages_writes_only_the_new_ones(backend: Back
     let turns = app.db.store.list_turns(session.session_id).await.unwrap();
     let spoken: Vec<(TurnRole, &str)> =
         turns.iter().map(|t| (t.role, t.content.as_str())).collect();
-    assert_eq!(spoken.len(), 2, "only the new message and the reply are written");
+    assert_eq!(
+        spoken.len(),
+        2,
+        "only the new message and the reply are written"
+    );
     assert_eq!(spoken[0], (TurnRole::User, "the new one"));
     assert_eq!(spoken[1].0, TurnRole::Assistant);
     app.teardown().await;
@@ -271,4 +286,167 @@ async fn overlong_tool_values_get_a_tool_error_and_are_not_stored(backend: Backe
     let result = tool_turn(&app, "call-big", "record_answer", &answer).await;
     assert!(result.contains(r#""ok":true"#), "{result}");
     app.teardown().await;
+}
+
+/// Every string a write takes, with a NUL in it, is stored with U+FFFD instead, and a lookup by a
+/// key with a NUL finds the record stored under it.
+async fn every_write_stores_nul_as_the_replacement_character(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let nul = |s: &str| format!("{s}\u{0}");
+    let mut answers = Answers::new();
+    answers.insert(
+        nul("f"),
+        Answer {
+            value: nul("v"),
+            confirmed_at: now,
+        },
+    );
+    let started = store
+        .start_call(&CallStart {
+            session: NewSession {
+                session_id: Uuid::now_v7(),
+                platform: Platform::Generic,
+                call_key: nul("call"),
+                caller_id: None,
+                assistant_id: nul("asst"),
+                attempt: 1,
+                resumes_session_id: None,
+                answers,
+                status: SessionStatus::Active,
+                model: Some(nul("m")),
+                started_at: now,
+            },
+            phone: Some(nul("+1")),
+            close_previous: None,
+            now,
+        })
+        .await
+        .unwrap();
+    let session_id = started.session.session_id;
+    let caller_id = started.caller.unwrap().caller_id;
+    let patch = CallerPatch {
+        name: Some(nul("name")),
+        language: Some(nul("lang")),
+        note: Some(nul("note")),
+    };
+    store.update_caller(caller_id, &patch, now).await.unwrap();
+    store
+        .record_answer(session_id, &nul("g"), &nul("w"), &[], now)
+        .await
+        .unwrap();
+    store
+        .touch_session(session_id, Some(&nul("m2")), now)
+        .await
+        .unwrap();
+    let turn = NewTurn {
+        idempotency_key: nul("key"),
+        role: TurnRole::ToolCall,
+        content: nul("content"),
+        tool_name: Some(nul("tool")),
+        tool_call_id: Some(nul("id")),
+        partial: false,
+        created_at: now,
+    };
+    let audit = NewAudit {
+        caller_id: Some(caller_id),
+        session_id: Some(session_id),
+        actor: nul("actor"),
+        action: nul("action"),
+        reason: nul("reason"),
+        details: json!({nul("k"): [nul("v")]}),
+        created_at: now,
+    };
+    let inserted = store
+        .save_turn(session_id, &[turn], Some(&nul("m3")), &[audit])
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    let close = CloseSession {
+        status: SessionStatus::Ended,
+        ended_reason: Some(nul("reason")),
+        ended_at: now,
+        details: json!({nul("transcript"): nul("text")}),
+    };
+    store.close_session(session_id, &close).await.unwrap();
+    let event = NewWebhookEvent {
+        event_id: Uuid::now_v7(),
+        platform: Platform::Vapi,
+        event_type: nul("type"),
+        call_key: Some(nul("call")),
+        dedupe_key: nul("dedupe"),
+        payload: nul("{}"),
+        received_at: now,
+    };
+    let job = NewJob {
+        job_id: Uuid::now_v7(),
+        kind: nul("kind"),
+        dedupe_key: nul("job"),
+        payload: json!({nul("p"): nul("q")}),
+        run_at: now,
+        max_attempts: 1,
+    };
+    assert!(
+        store
+            .record_webhook(&event, Some(&job))
+            .await
+            .unwrap()
+            .is_new()
+    );
+    let claimed = store
+        .claim_job(&nul("worker"), now, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .fail_job(claimed.job_id, &nul("error"), None, now)
+        .await
+        .unwrap();
+    let analysis = NewAnalysis {
+        analysis_id: Uuid::now_v7(),
+        session_id,
+        source: nul("source"),
+        summary: nul("summary"),
+        urgency: Some(1),
+        action: Some(nul("action")),
+        sentiment: Some(nul("sentiment")),
+        raw: json!({nul("raw"): nul("raw")}),
+        model: Some(nul("model")),
+        created_at: now,
+    };
+    let update = CallerAnalysisUpdate {
+        caller_id,
+        summary: nul("last summary"),
+        sentiment: Some(nul("calm")),
+        action: Some(nul("call back")),
+        now,
+    };
+    store.save_analysis(&analysis, Some(&update)).await.unwrap();
+
+    // Found by the keys as given, NUL and all.
+    let (session, caller) = store
+        .load_call(Platform::Generic, &nul("call"))
+        .await
+        .unwrap()
+        .expect("the call is found by its key as given");
+    let caller = caller.unwrap();
+    let by_phone = store.get_caller_by_phone(&nul("+1")).await.unwrap();
+    assert_eq!(by_phone.map(|c| c.caller_id), Some(caller_id));
+    let job = store.get_job(claimed.job_id).await.unwrap().unwrap();
+    let stored = format!(
+        "{session:?}{caller:?}{:?}{:?}{:?}{job:?}",
+        store.list_turns(session_id).await.unwrap(),
+        store.list_audit(caller_id, 10).await.unwrap(),
+        store.list_analyses(session_id).await.unwrap(),
+    );
+    assert!(!stored.contains("\\0"), "a NUL was stored: {stored}");
+    assert_eq!(session.call_key, "call\u{fffd}");
+    assert_eq!(session.model.as_deref(), Some("m3\u{fffd}"));
+    assert_eq!(session.answers["g\u{fffd}"].value, "w\u{fffd}");
+    assert_eq!(session.details["transcript\u{fffd}"], "text\u{fffd}");
+    assert_eq!(caller.notes, ["note\u{fffd}"]);
+    assert_eq!(caller.last_action.as_deref(), Some("call back\u{fffd}"));
+    assert_eq!(job.last_error.as_deref(), Some("error\u{fffd}"));
+    assert_eq!(job.payload, json!({"p\u{fffd}": "q\u{fffd}"}));
+    // Every NUL given (36 of them, the lookups aside) is now a U+FFFD.
+    assert!(stored.matches('\u{fffd}').count() >= 30, "{stored}");
 }
