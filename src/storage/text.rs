@@ -17,9 +17,6 @@ use serde_json::{Map, Value};
 
 use super::Answers;
 
-/// What a character no store can hold becomes.
-pub const REPLACEMENT: char = '\u{fffd}';
-
 /// `value` as every store can hold it: NUL becomes U+FFFD.
 pub fn text(value: &str) -> Cow<'_, str> {
     if value.contains('\0') {
