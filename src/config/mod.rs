@@ -35,6 +35,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Per-assistant scripts; `id = "default"` applies to assistants not listed.
     pub assistants: Vec<AssistantSettings>,
+    /// Bounds on what one request may make redial store.
+    pub limits: LimitSettings,
 }
 
 impl Settings {
@@ -380,6 +382,31 @@ impl Default for MemorySettings {
             resume_window_secs: 86_400,
             stale_after_secs: 300,
             default_region: "US".into(),
+        }
+    }
+}
+
+/// `[limits]`: bounds on what one request may make redial store. A request over a bound is
+/// refused with a 400 naming the field and the limit, and stores nothing; a tool value over it
+/// gets the model a tool error instead (the request itself is fine).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Most messages in one chat request. Each turn resends the whole call: an hour-long voice
+    /// call is some 600 to 1,000 messages, tool calls included.
+    pub max_messages: usize,
+    /// Longest value a tool stores (caller name, language, note; scripted answers), in bytes.
+    pub max_value_bytes: usize,
+    /// Longest call id, caller id or assistant id, in bytes.
+    pub max_id_bytes: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_messages: 2_000,
+            max_value_bytes: 4_096,
+            max_id_bytes: 256,
         }
     }
 }

@@ -217,6 +217,32 @@ fn semantic_checks_name_the_key() {
 }
 
 #[test]
+fn limits_are_bounded_and_name_their_key() {
+    for (var, value, key) in [
+        ("REDIAL_LIMITS__MAX_MESSAGES", "0", "limits.max_messages"),
+        (
+            "REDIAL_LIMITS__MAX_MESSAGES",
+            "100001",
+            "limits.max_messages",
+        ),
+        (
+            "REDIAL_LIMITS__MAX_VALUE_BYTES",
+            "0",
+            "limits.max_value_bytes",
+        ),
+        ("REDIAL_LIMITS__MAX_ID_BYTES", "4097", "limits.max_id_bytes"),
+    ] {
+        let err = load(None, env(&[(var, value)]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains(var), "{err}");
+    }
+    let settings = load(None, env(&[("REDIAL_LIMITS__MAX_ID_BYTES", "64")]), &[]).unwrap();
+    assert_eq!(settings.limits.max_id_bytes, 64);
+    assert_eq!(settings.limits.max_messages, 2_000);
+}
+
+#[test]
 fn the_example_config_loads_as_it_is() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
     let settings = load(Some(&path), env(&[]), &[]).unwrap();

@@ -152,6 +152,16 @@ pub(super) fn validate(
     if settings.memory.summary_max_tokens < 16 {
         return fail("memory.summary_max_tokens", "must be at least 16".into());
     }
+    let limits = &settings.limits;
+    for (key, value, most) in [
+        ("limits.max_messages", limits.max_messages, 100_000),
+        ("limits.max_value_bytes", limits.max_value_bytes, 1 << 20),
+        ("limits.max_id_bytes", limits.max_id_bytes, 4_096),
+    ] {
+        if !(1..=most).contains(&value) {
+            return fail(key, format!("must be between 1 and {most}"));
+        }
+    }
     Ok(())
 }
 

@@ -161,6 +161,7 @@ async fn record_answer(
     if value.is_empty() {
         return Err("the value is empty; ask the caller again".into());
     }
+    within_limit(engine, "value", &value)?;
     let answer = AnswerWrite {
         session_id: engine.journal.resolve(context.session.session_id),
         field: args.field,
@@ -239,6 +240,15 @@ async fn remember_caller(
     if patch == CallerPatch::default() {
         return Err("nothing to remember: give a name, language or note".into());
     }
+    for (field, value) in [
+        ("name", &patch.name),
+        ("language", &patch.language),
+        ("note", &patch.note),
+    ] {
+        if let Some(value) = value {
+            within_limit(engine, field, value)?;
+        }
+    }
     let profile = ProfileWrite {
         caller_id: context.caller.as_ref().map(|c| c.caller_id),
         phone: context.phone.clone(),
@@ -295,6 +305,20 @@ async fn update_profile(engine: &Engine, profile: &ProfileWrite) -> StoreResult<
     store
         .update_caller(caller_id, &profile.patch, profile.at)
         .await
+}
+
+/// A value longer than `limits.max_value_bytes` is not stored; the model is told the limit, so
+/// it can store a shorter one.
+fn within_limit(engine: &Engine, field: &str, value: &str) -> Result<(), String> {
+    let limit = engine.settings.limits.max_value_bytes;
+    if value.len() > limit {
+        return Err(format!(
+            "`{field}` is {} bytes long; stored values are at most {limit} bytes \
+             (limits.max_value_bytes): nothing was saved, give a shorter {field}",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &str, details: Value) {

@@ -37,7 +37,13 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     let request = parse(&headers, &body)?;
     validate(&state, &request)?;
-    let identity = platforms::identify(&headers, &request, &state.settings.memory.default_region);
+    let identity = platforms::identify(
+        &headers,
+        &request,
+        &state.settings.memory.default_region,
+        state.settings.limits.max_id_bytes,
+    )
+    .map_err(|e| over_limit(e.field, "string_above_max_length", e.to_string()))?;
     let streaming = identity.is_voice() || request.stream == Some(true);
     metrics::counter!("redial_turns_total", "platform" => identity.platform.as_str()).increment(1);
     let requested_model = request.model.clone().unwrap_or_default();
@@ -84,11 +90,24 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
+/// Checks what the request must satisfy before anything of it is stored or sent upstream.
 fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
             "`messages` must contain at least one message",
+        ));
+    }
+    let max_messages = state.settings.limits.max_messages;
+    if request.messages.len() > max_messages {
+        return Err(over_limit(
+            "messages",
+            "array_above_max_length",
+            format!(
+                "`messages` has {} messages; at most {max_messages} are accepted \
+                 (limits.max_messages)",
+                request.messages.len()
+            ),
         ));
     }
     let has_model = request
@@ -102,6 +121,15 @@ fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A 400 for a request over one of the `[limits]`, with OpenAI's code for it.
+fn over_limit(param: &str, code: &'static str, message: String) -> ApiError {
+    ApiError::BadRequest {
+        message,
+        param: Some(param.to_owned()),
+        code,
+    }
 }
 
 /// SSE: waits briefly for the first event so `Server-Timing` can include the upstream's first

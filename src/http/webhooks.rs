@@ -121,14 +121,20 @@ fn authenticate(
 }
 
 /// Stores the event (and its job) once, warms the session of a starting call, acknowledges.
+///
+/// Called only once the signature is verified on the raw bytes. Lone surrogate escapes, which
+/// no parser or store accepts, are then replaced (`\ufffd`) so that a signed event is never
+/// refused for them; the body is parsed and stored as repaired. Text the stores cannot hold
+/// (NUL) is replaced by the storage layer.
 async fn accept(
     state: &AppState,
     platform: Platform,
     body: &[u8],
 ) -> Result<axum::Json<Value>, ApiError> {
-    let event = webhooks::parse(platform, body)
+    let body = webhooks::replace_lone_surrogates(body);
+    let event = webhooks::parse(platform, &body)
         .map_err(|e| ApiError::bad_request(format!("malformed webhook: {e}")))?;
-    let payload = String::from_utf8_lossy(body).into_owned();
+    let payload = String::from_utf8_lossy(&body).into_owned();
     let record = NewWebhookEvent {
         event_id: Uuid::now_v7(),
         platform,

@@ -44,15 +44,38 @@ impl Identity {
     }
 }
 
-/// Extracts identity from an OpenAI-compatible request.
-pub fn identify(headers: &HeaderMap, request: &ChatRequest, default_region: &str) -> Identity {
-    let header = |name: &str| {
+/// An id longer than `limits.max_id_bytes`: the request is refused (400) before anything is
+/// stored or sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` is {len} bytes long; ids are at most {limit} bytes (limits.max_id_bytes)")]
+pub struct IdTooLong {
+    /// Where the id came from: a header (`X-Call-Id`…) or a body field (`call.id`…).
+    pub field: &'static str,
+    /// Its length, in bytes.
+    pub len: usize,
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
+/// An id and where it came from.
+type Sourced = Option<(&'static str, String)>;
+
+/// Extracts identity from an OpenAI-compatible request. Every id it reads (call, caller,
+/// assistant) must be at most `max_id_bytes` long, so that a client cannot make redial store or
+/// index arbitrary amounts of text under a key.
+pub fn identify(
+    headers: &HeaderMap,
+    request: &ChatRequest,
+    default_region: &str,
+    max_id_bytes: usize,
+) -> Result<Identity, IdTooLong> {
+    let header = |name: &'static str, field: &'static str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .map(str::to_owned)
+            .map(|v| (field, v.to_owned()))
     };
     let (platform, call_key, raw_caller, assistant) = if let Some(call) = request.extra.get("call")
     {
@@ -65,42 +88,56 @@ pub fn identify(headers: &HeaderMap, request: &ChatRequest, default_region: &str
         } else {
             Platform::Generic
         };
-        let caller = header(CALLER_ID_HEADER).or_else(|| match platform {
-            Platform::Generic => request.user.clone(),
+        let caller = header(CALLER_ID_HEADER, "X-Caller-Id").or_else(|| match platform {
+            Platform::Generic => request.user.clone().map(|u| ("user", u)),
             _ => None,
         });
         (
             platform,
-            header(CALL_ID_HEADER),
+            header(CALL_ID_HEADER, "X-Call-Id"),
             caller,
-            header(ASSISTANT_ID_HEADER),
+            header(ASSISTANT_ID_HEADER, "X-Assistant-Id"),
         )
     };
-    let ephemeral = call_key.is_none();
-    Identity {
-        platform,
-        call_key: call_key.unwrap_or_else(|| format!("req-{}", Uuid::now_v7().simple())),
-        ephemeral,
-        caller: raw_caller.and_then(|raw| phone::normalize(&raw, default_region)),
-        assistant_id: assistant.unwrap_or_default(),
+    for (field, value) in [&call_key, &raw_caller, &assistant].into_iter().flatten() {
+        if value.len() > max_id_bytes {
+            return Err(IdTooLong {
+                field,
+                len: value.len(),
+                limit: max_id_bytes,
+            });
+        }
     }
+    let ephemeral = call_key.is_none();
+    Ok(Identity {
+        platform,
+        call_key: call_key.map_or_else(|| format!("req-{}", Uuid::now_v7().simple()), |(_, k)| k),
+        ephemeral,
+        caller: raw_caller.and_then(|(_, raw)| phone::normalize(&raw, default_region)),
+        assistant_id: assistant.map(|(_, a)| a).unwrap_or_default(),
+    })
 }
 
-/// Vapi: `call.id`, `customer.number` or `call.customer.number`, `call.assistantId`.
-fn vapi(
-    request: &ChatRequest,
-    call: &Value,
-) -> (Platform, Option<String>, Option<String>, Option<String>) {
-    let text = |v: Option<&Value>| {
+/// Vapi: `call.id`, `customer.number` or `call.customer.number`, `call.assistantId` or
+/// `assistant.id`.
+fn vapi(request: &ChatRequest, call: &Value) -> (Platform, Sourced, Sourced, Sourced) {
+    let text = |field: &'static str, v: Option<&Value>| {
         v.and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .map(str::to_owned)
+            .map(|s| (field, s.to_owned()))
     };
-    let call_key = text(call.get("id"));
-    let caller = text(request.extra.get("customer").and_then(|c| c.get("number")))
-        .or_else(|| text(call.pointer("/customer/number")));
-    let assistant = text(call.get("assistantId"))
-        .or_else(|| text(request.extra.get("assistant").and_then(|a| a.get("id"))));
+    let call_key = text("call.id", call.get("id"));
+    let caller = text(
+        "customer.number",
+        request.extra.get("customer").and_then(|c| c.get("number")),
+    )
+    .or_else(|| text("call.customer.number", call.pointer("/customer/number")));
+    let assistant = text("call.assistantId", call.get("assistantId")).or_else(|| {
+        text(
+            "assistant.id",
+            request.extra.get("assistant").and_then(|a| a.get("id")),
+        )
+    });
     (Platform::Vapi, call_key, caller, assistant)
 }
 
@@ -118,7 +155,7 @@ mod tests {
         let r = request(
             json!({"messages": [], "call": {"id": "c-1", "assistantId": "as-1", "customer": {"number": "+1 415 555 0123"}}}),
         );
-        let id = identify(&HeaderMap::new(), &r, "US");
+        let id = identify(&HeaderMap::new(), &r, "US", 256).unwrap();
         assert_eq!(id.platform, Platform::Vapi);
         assert_eq!(id.call_key, "c-1");
         assert_eq!(id.caller.as_deref(), Some("+14155550123"));
@@ -128,7 +165,10 @@ mod tests {
             json!({"messages": [], "call": {"id": "c-1"}, "customer": {"number": "(415) 555-0123"}}),
         );
         assert_eq!(
-            identify(&HeaderMap::new(), &r, "US").caller.as_deref(),
+            identify(&HeaderMap::new(), &r, "US", 256)
+                .unwrap()
+                .caller
+                .as_deref(),
             Some("+14155550123")
         );
     }
@@ -140,16 +180,57 @@ mod tests {
         headers.insert(CALLER_ID_HEADER, "+14155550123".parse().unwrap());
         headers.insert(ASSISTANT_ID_HEADER, "agent_1".parse().unwrap());
         let r = request(json!({"messages": [], "user_id": "u"}));
-        let id = identify(&headers, &r, "US");
+        let id = identify(&headers, &r, "US", 256).unwrap();
         assert_eq!(
             (id.platform, id.call_key.as_str(), id.assistant_id.as_str()),
             (Platform::ElevenLabs, "conv_1", "agent_1")
         );
         let r = request(json!({"messages": [], "user": "415-555-0123"}));
-        let id = identify(&HeaderMap::new(), &r, "US");
+        let id = identify(&HeaderMap::new(), &r, "US", 256).unwrap();
         assert_eq!(id.platform, Platform::Generic);
         assert_eq!(id.caller.as_deref(), Some("+14155550123"));
         assert!(id.ephemeral && id.call_key.starts_with("req-"));
         assert!(!id.is_voice());
+    }
+
+    #[test]
+    fn ids_over_the_limit_are_refused_naming_their_source() {
+        let long = "9".repeat(17);
+        let r = request(json!({"messages": [], "call": {"id": long}}));
+        assert_eq!(
+            identify(&HeaderMap::new(), &r, "US", 16),
+            Err(IdTooLong {
+                field: "call.id",
+                len: 17,
+                limit: 16
+            })
+        );
+        let r = request(json!({"messages": [], "call": {"id": "c"}, "customer": {"number": long}}));
+        let err = identify(&HeaderMap::new(), &r, "US", 16).unwrap_err();
+        assert_eq!(err.field, "customer.number");
+        assert!(err.to_string().contains("limits.max_id_bytes"), "{err}");
+        let r = request(json!({"messages": [], "call": {"id": "c"}, "assistant": {"id": long}}));
+        assert_eq!(
+            identify(&HeaderMap::new(), &r, "US", 16).unwrap_err().field,
+            "assistant.id"
+        );
+        for (header, field) in [
+            (CALL_ID_HEADER, "X-Call-Id"),
+            (CALLER_ID_HEADER, "X-Caller-Id"),
+            (ASSISTANT_ID_HEADER, "X-Assistant-Id"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header, long.parse().unwrap());
+            let r = request(json!({"messages": []}));
+            assert_eq!(identify(&headers, &r, "US", 16).unwrap_err().field, field);
+        }
+        let r = request(json!({"messages": [], "user": long}));
+        assert_eq!(
+            identify(&HeaderMap::new(), &r, "US", 16).unwrap_err().field,
+            "user"
+        );
+        // At the limit is fine.
+        let r = request(json!({"messages": [], "call": {"id": "9".repeat(16)}}));
+        assert!(identify(&HeaderMap::new(), &r, "US", 16).is_ok());
     }
 }

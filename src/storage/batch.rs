@@ -6,11 +6,13 @@
 //! [`Batch::touches`] in one update, appends [`Batch::audit`] and commits; [`Batch::results`]
 //! is then the answer.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::text::text;
 use super::{NewAudit, NewTurn, TurnWrite};
 
 /// Rows per multi-row insert: at most 8 parameters each, under SQLite's 32,766 and Postgres'
@@ -22,8 +24,9 @@ pub(crate) struct Batch<'a> {
     writes: &'a [TurnWrite],
     found: HashSet<Uuid>,
     /// The first item (in batch order) carrying each key of a session: the one a key repeated
-    /// within the batch is inserted for.
-    first_of: HashMap<(Uuid, &'a str), usize>,
+    /// within the batch is inserted for. Keys are as stored ([`text`]), as the database reports
+    /// them back.
+    first_of: HashMap<Uuid, HashMap<Cow<'a, str>, usize>>,
     inserted: Vec<u64>,
     newest: Vec<Option<DateTime<Utc>>>,
 }
@@ -41,13 +44,12 @@ pub(crate) struct Touch<'a> {
 impl<'a> Batch<'a> {
     /// A batch whose stored sessions are `found`; items of other sessions are skipped.
     pub(crate) fn new(writes: &'a [TurnWrite], found: HashSet<Uuid>) -> Self {
-        let mut first_of = HashMap::new();
+        let mut first_of: HashMap<Uuid, HashMap<Cow<'a, str>, usize>> = HashMap::new();
         for (index, write) in writes.iter().enumerate() {
             if found.contains(&write.session_id) {
+                let keys = first_of.entry(write.session_id).or_default();
                 for turn in &write.turns {
-                    first_of
-                        .entry((write.session_id, turn.idempotency_key.as_str()))
-                        .or_insert(index);
+                    keys.entry(text(&turn.idempotency_key)).or_insert(index);
                 }
             }
         }
@@ -84,7 +86,11 @@ impl<'a> Batch<'a> {
 
     /// Counts a row the database inserted.
     pub(crate) fn inserted(&mut self, session_id: Uuid, key: &str, at: DateTime<Utc>) {
-        if let Some(&index) = self.first_of.get(&(session_id, key)) {
+        if let Some(&index) = self
+            .first_of
+            .get(&session_id)
+            .and_then(|keys| keys.get(key))
+        {
             self.inserted[index] += 1;
             self.newest[index] = self.newest[index].max(Some(at));
         }

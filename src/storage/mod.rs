@@ -4,12 +4,15 @@
 //! redial instances may share one database, so nothing here may rely on process-local state) and
 //! SQLite, the embedded zero-setup default. Both are held to one conformance suite
 //! (`tests/api/storage.rs`). The store saves values as given: callers mint ids and timestamps.
+//! The one exception is text no store can hold (NUL), which both backends store as U+FFFD
+//! ([`text`]).
 
 mod batch;
 mod postgres;
 mod rows;
 mod rules;
 mod sqlite;
+pub mod text;
 mod types;
 
 use std::time::Duration;

@@ -8,27 +8,30 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::text::{json, text};
 use super::{Answer, CallSession, Caller, CallerPatch, CloseSession, SessionStatus};
 
 /// Applies a profile patch. Returns whether anything changed; `updated_at` moves only then.
+/// Values are compared and kept as stored ([`text`]), so re-sending a value with NUL is a no-op
+/// and the returned caller matches the stored one.
 pub(crate) fn apply_caller_patch(
     caller: &mut Caller,
     patch: &CallerPatch,
     now: DateTime<Utc>,
 ) -> bool {
     let mut changed = false;
-    if let Some(name) = &patch.name {
-        changed |= caller.name.as_ref() != Some(name);
-        caller.name = Some(name.clone());
+    if let Some(name) = patch.name.as_deref().map(text) {
+        changed |= caller.name.as_deref() != Some(&*name);
+        caller.name = Some(name.into_owned());
     }
-    if let Some(language) = &patch.language {
-        changed |= caller.language.as_ref() != Some(language);
-        caller.language = Some(language.clone());
+    if let Some(language) = patch.language.as_deref().map(text) {
+        changed |= caller.language.as_deref() != Some(&*language);
+        caller.language = Some(language.into_owned());
     }
-    if let Some(note) = &patch.note
-        && !caller.notes.contains(note)
+    if let Some(note) = patch.note.as_deref().map(text)
+        && !caller.notes.iter().any(|n| *n == *note)
     {
-        caller.notes.push(note.clone());
+        caller.notes.push(note.into_owned());
         changed = true;
     }
     if changed {
@@ -40,7 +43,8 @@ pub(crate) fn apply_caller_patch(
 /// Confirms `field = value`. Returns whether anything changed: re-recording the same value is a
 /// no-op. On a change the version is bumped, activity moves to `now` (never backwards), and the
 /// session becomes `completed` when a non-empty `required` set is fully answered. An empty
-/// `required` (no scripted required fields) never completes a session.
+/// `required` (no scripted required fields) never completes a session. The field and value are
+/// compared and kept as stored ([`text`]).
 pub(crate) fn apply_answer(
     session: &mut CallSession,
     field: &str,
@@ -48,13 +52,18 @@ pub(crate) fn apply_answer(
     required: &[String],
     now: DateTime<Utc>,
 ) -> bool {
-    if session.answers.get(field).is_some_and(|a| a.value == value) {
+    let (field, value) = (text(field), text(value));
+    if session
+        .answers
+        .get(&*field)
+        .is_some_and(|a| a.value == value)
+    {
         return false;
     }
     session.answers.insert(
-        field.to_owned(),
+        field.into_owned(),
         Answer {
-            value: value.to_owned(),
+            value: value.into_owned(),
             confirmed_at: now,
         },
     );
@@ -78,10 +87,10 @@ pub(crate) fn apply_close(session: &mut CallSession, close: &CloseSession) {
         session.status = close.status;
     }
     session.ended_at.get_or_insert(close.ended_at);
-    if close.ended_reason.is_some() {
-        session.ended_reason.clone_from(&close.ended_reason);
+    if let Some(reason) = &close.ended_reason {
+        session.ended_reason = Some(text(reason).into_owned());
     }
-    merge_details(&mut session.details, &close.details);
+    merge_details(&mut session.details, &json(&close.details));
     session.version += 1;
 }
 
@@ -134,6 +143,73 @@ mod tests {
         assert_eq!(stored, serde_json::json!({"a": 1, "b": {"y": 2}, "c": 3}));
         merge_details(&mut stored, &serde_json::Value::Null);
         assert_eq!(stored, serde_json::json!({"a": 1, "b": {"y": 2}, "c": 3}));
+    }
+
+    #[test]
+    fn values_with_nul_are_kept_as_stored_so_resending_them_changes_nothing() {
+        let now = Utc::now();
+        let mut caller = Caller {
+            caller_id: uuid::Uuid::now_v7(),
+            phone: "+14155550123".into(),
+            name: None,
+            language: None,
+            notes: Vec::new(),
+            last_summary: None,
+            last_sentiment: None,
+            last_action: None,
+            last_call_at: None,
+            call_count: 0,
+            first_seen_at: now,
+            last_seen_at: now,
+            updated_at: now,
+        };
+        let patch = CallerPatch {
+            name: Some("Ann\0".into()),
+            language: Some("\0en".into()),
+            note: Some("likes\0tea".into()),
+        };
+        assert!(apply_caller_patch(&mut caller, &patch, now));
+        assert_eq!(caller.name.as_deref(), Some("Ann\u{fffd}"));
+        assert_eq!(caller.language.as_deref(), Some("\u{fffd}en"));
+        assert_eq!(caller.notes, ["likes\u{fffd}tea"]);
+        assert!(!apply_caller_patch(&mut caller, &patch, now));
+        assert_eq!(caller.notes.len(), 1);
+
+        let close = CloseSession {
+            status: SessionStatus::Ended,
+            ended_reason: Some("hung\0up".into()),
+            ended_at: now,
+            details: serde_json::json!({"t\0": "x\0"}),
+        };
+        let mut session = CallSession {
+            session_id: uuid::Uuid::now_v7(),
+            platform: super::super::Platform::Vapi,
+            call_key: "c".into(),
+            caller_id: None,
+            assistant_id: String::new(),
+            status: SessionStatus::Active,
+            attempt: 1,
+            resumes_session_id: None,
+            answers: super::super::Answers::new(),
+            prior_calls: 0,
+            prior_call_at: None,
+            model: None,
+            ended_reason: None,
+            details: serde_json::json!({}),
+            started_at: now,
+            last_activity_at: now,
+            ended_at: None,
+            version: 1,
+        };
+        assert!(apply_answer(&mut session, "f\0", "v\0", &[], now));
+        assert_eq!(session.answers["f\u{fffd}"].value, "v\u{fffd}");
+        assert!(!apply_answer(&mut session, "f\0", "v\0", &[], now));
+        apply_close(&mut session, &close);
+        assert_eq!(session.ended_reason.as_deref(), Some("hung\u{fffd}up"));
+        assert_eq!(
+            session.details,
+            serde_json::json!({"t\u{fffd}": "x\u{fffd}"})
+        );
     }
 
     #[test]

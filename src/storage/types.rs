@@ -366,7 +366,7 @@ pub struct NewWebhookEvent {
     pub call_key: Option<String>,
     /// Unique key (platform, event, call): a second delivery is a duplicate.
     pub dedupe_key: String,
-    /// The raw body, exactly as received.
+    /// The raw body as received (lone surrogate escapes repaired; NUL is stored as U+FFFD).
     pub payload: String,
     /// When it arrived.
     pub received_at: DateTime<Utc>,

@@ -12,7 +12,8 @@
 //! let header = "v=1700000000000,d=07024cabe7dd8f6d1c6e4a8324ca92c812e6ad4a7ee506c04f7e462e3321823e";
 //! let now_ms = 1_700_000_000_000;
 //! webhooks::verify_retell(Some(header), body, "test-api-key", now_ms)?; // error → 401
-//! let event = webhooks::parse(Platform::Retell, body)?; // error → 400
+//! let body = webhooks::replace_lone_surrogates(body); // only after the signature check
+//! let event = webhooks::parse(Platform::Retell, &body)?; // error → 400
 //! assert_eq!(event.kind, EventKind::CallEnded);
 //! assert_eq!(event.dedupe_key, "retell:call_ended:-");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -25,12 +26,14 @@
 //! repeated `transcript_updated` keeps one key per call: only the latest matters.
 
 mod elevenlabs;
+mod escapes;
 pub mod event;
 mod json;
 mod retell;
 pub mod signature;
 mod vapi;
 
+pub use escapes::replace_lone_surrogates;
 pub use event::{CallEnd, EventKind, ParseError, PlatformAnalysisData, WebhookEvent, parse};
 pub use signature::{
     SignatureError, VapiAuthHeaders, verify_elevenlabs, verify_retell, verify_vapi,

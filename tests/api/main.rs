@@ -11,6 +11,7 @@ mod connections;
 mod disk;
 mod http;
 mod jobs;
+mod limits;
 mod outage;
 mod process;
 mod retell;

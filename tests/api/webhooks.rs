@@ -27,6 +27,7 @@ app_tests!(
     unconfigured_platforms_and_malformed_bodies_are_refused,
     an_invalid_analysis_is_asked_again,
     vapi_status_updates_open_and_close_the_session_and_other_messages_are_acknowledged,
+    signed_webhooks_with_nul_and_lone_surrogates_everywhere_close_and_analyse_the_call,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -503,4 +504,95 @@ async fn vapi_status_updates_open_and_close_the_session_and_other_messages_are_a
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the session was not closed");
+}
+
+/// `body` with a NUL (`\u0000`) and a lone surrogate (`\ud800`) escape at the end of every
+/// string value, except the event types (`type`, `event`) that say what the event is.
+fn poisoned(body: &[u8]) -> Vec<u8> {
+    fn poison(value: &mut Value) {
+        match value {
+            Value::String(s) => s.push_str("\u{0}\u{1}"),
+            Value::Array(items) => items.iter_mut().for_each(poison),
+            Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    if key != "type" && key != "event" {
+                        poison(value);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut value: Value = serde_json::from_slice(body).unwrap();
+    poison(&mut value);
+    let text = serde_json::to_string(&value).unwrap();
+    // serde_json escapes U+0001 as `\u0001`: turn each into a lone surrogate escape.
+    text.replace("\\u0001", "\\ud800").into_bytes()
+}
+
+async fn signed_webhooks_with_nul_and_lone_surrogates_everywhere_close_and_analyse_the_call(
+    backend: Backend,
+) {
+    let app = spawn(backend).await;
+    for _ in 0..3 {
+        app.upstream
+            .push("analyst", analysis_reply("Poison\u{0} handled."));
+    }
+    let vapi = poisoned(&end_of_call_report("call-poison", "+14155550123"));
+    let retell = poisoned(include_bytes!("../fixtures/retell/call_ended.json"));
+    let eleven = poisoned(include_bytes!(
+        "../fixtures/elevenlabs/post_call_transcription.json"
+    ));
+    assert!(String::from_utf8_lossy(&retell).contains(r"\u0000\ud800"));
+    let deliveries: Vec<(Platform, &str, &[u8], Headers)> = vec![
+        (
+            Platform::Vapi,
+            "call-poison",
+            &vapi,
+            vec![("x-vapi-secret", VAPI_SECRET.to_owned())],
+        ),
+        (
+            Platform::Retell,
+            "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6",
+            &retell,
+            retell_headers(&retell, RETELL_KEY),
+        ),
+        (
+            Platform::ElevenLabs,
+            "conv_01jzq8r5x4e9v3k2m7n6p5t4s3",
+            &eleven,
+            elevenlabs_headers(&eleven, ELEVENLABS_SECRET),
+        ),
+    ];
+    for (platform, key, body, headers) in deliveries {
+        let path = format!("/webhooks/{platform}");
+        let response = post_raw(&app, &path, body, &headers).await;
+        assert_eq!(response.status(), 200, "{platform}");
+        // Stored sanitised: the call id's NUL and lone surrogate are both U+FFFD.
+        let stored_key = format!("{key}\u{fffd}\u{fffd}");
+        let analysis = redial_analysis(app.db.store.as_ref(), platform, &stored_key).await;
+        assert_eq!(analysis.summary, "Poison\u{fffd} handled.", "{platform}");
+        let (session, _) = app.stored_call(platform, &stored_key).await;
+        assert_eq!(session.status, SessionStatus::Ended, "{platform}");
+        let reason = session.ended_reason.clone().unwrap_or_default();
+        assert!(
+            reason.ends_with("\u{fffd}\u{fffd}"),
+            "{platform}: {reason:?}"
+        );
+        let transcript = session.details["transcript"].as_str().unwrap_or_default();
+        assert!(
+            transcript.contains('\u{fffd}') && !transcript.contains('\0'),
+            "{platform}: {transcript:?}"
+        );
+        assert!(
+            !session.details.to_string().contains("\\u0000"),
+            "{platform}: no NUL left in the details"
+        );
+        // The call id as the platform sent it finds the same call.
+        let (same, _) = app
+            .stored_call(platform, &format!("{key}\u{0}\u{fffd}"))
+            .await;
+        assert_eq!(same.session_id, session.session_id);
+    }
+    app.teardown().await;
 }

@@ -38,9 +38,6 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// messages the message limit allows.
 pub const MAX_FRAME_BYTES: usize = MAX_MESSAGE_BYTES;
 
-/// Longest call id accepted (Retell's are 32 characters).
-const MAX_CALL_ID_CHARS: usize = 256;
-
 /// Where the key goes, for the 401 message.
 const KEY_HINT: &str = "Retell sends no headers: put the key in the URL, /retell/llm-websocket/<key>/{call_id} \
      or ?key=<key>";
@@ -93,7 +90,7 @@ fn accept(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     auth::authorize(&state.settings.server.api_keys, peer, key, KEY_HINT)?;
-    validate_call_id(&call_id)?;
+    validate_call_id(&call_id, state.settings.limits.max_id_bytes)?;
     require_model(&state.settings)?;
     let upgrade =
         upgrade.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {e}")))?;
@@ -108,18 +105,27 @@ fn accept(
         }))
 }
 
-fn validate_call_id(call_id: &str) -> Result<(), ApiError> {
-    let valid = !call_id.trim().is_empty()
-        && call_id.chars().count() <= MAX_CALL_ID_CHARS
-        && !call_id.chars().any(char::is_control);
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_param(
-            "call_id",
-            format!("the call id must be 1 to {MAX_CALL_ID_CHARS} printable characters"),
-        ))
+/// The call id of the URL: printable, and at most `max_id_bytes` long (Retell's are 32
+/// characters; `limits.max_id_bytes`).
+fn validate_call_id(call_id: &str, max_id_bytes: usize) -> Result<(), ApiError> {
+    if call_id.len() > max_id_bytes {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "`call_id` is {} bytes long; ids are at most {max_id_bytes} bytes \
+                 (limits.max_id_bytes)",
+                call_id.len()
+            ),
+            param: Some("call_id".into()),
+            code: "string_above_max_length",
+        });
     }
+    if call_id.trim().is_empty() || call_id.chars().any(char::is_control) {
+        return Err(ApiError::invalid_param(
+            "call_id",
+            "the call id must be printable characters",
+        ));
+    }
+    Ok(())
 }
 
 /// Retell sends no model, so one must be configured.

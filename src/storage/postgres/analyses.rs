@@ -2,10 +2,11 @@
 
 use std::borrow::Borrow;
 
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{AnalysisRow, AuditRow};
+use super::{AnalysisRow, AuditRow, json, opt_text, text};
 use crate::storage::batch::ROWS_PER_STATEMENT;
 use crate::storage::rows::{convert_all, missing_parent};
 use crate::storage::{
@@ -32,13 +33,13 @@ pub(super) async fn save_analysis(
     )
     .bind(analysis.analysis_id)
     .bind(analysis.session_id)
-    .bind(&analysis.source)
-    .bind(&analysis.summary)
+    .bind(text(&analysis.source))
+    .bind(text(&analysis.summary))
     .bind(analysis.urgency)
-    .bind(&analysis.action)
-    .bind(&analysis.sentiment)
-    .bind(&analysis.raw)
-    .bind(&analysis.model)
+    .bind(opt_text(analysis.action.as_deref()))
+    .bind(opt_text(analysis.sentiment.as_deref()))
+    .bind(Json(json(&analysis.raw)))
+    .bind(opt_text(analysis.model.as_deref()))
     .bind(analysis.created_at)
     .execute(&mut *tx)
     .await
@@ -50,9 +51,9 @@ pub(super) async fn save_analysis(
              updated_at = $5 where caller_id = $1",
         )
         .bind(update.caller_id)
-        .bind(&update.summary)
-        .bind(&update.sentiment)
-        .bind(rules::normalize_action(update.action.as_deref()))
+        .bind(text(&update.summary))
+        .bind(opt_text(update.sentiment.as_deref()))
+        .bind(opt_text(rules::normalize_action(update.action.as_deref())))
         .bind(update.now)
         .execute(&mut *tx)
         .await?;
@@ -111,10 +112,10 @@ pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
             row.push_bind(entry.entry_key)
                 .push_bind(entry.caller_id)
                 .push_bind(entry.session_id)
-                .push_bind(&entry.actor)
-                .push_bind(&entry.action)
-                .push_bind(&entry.reason)
-                .push_bind(&entry.details)
+                .push_bind(text(&entry.actor))
+                .push_bind(text(&entry.action))
+                .push_bind(text(&entry.reason))
+                .push_bind(Json(json(&entry.details)))
                 .push_bind(entry.created_at);
         });
         insert.push(" on conflict (entry_key) do nothing");

@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::CallerRow;
+use super::{CallerRow, opt_text, strings, text};
 use crate::storage::rows::caller_columns;
 use crate::storage::{Caller, CallerPatch, StoreError, StoreResult, rules};
 
@@ -40,7 +40,7 @@ pub(super) async fn upsert_caller_in(
         caller_columns!()
     ))
     .bind(Uuid::now_v7())
-    .bind(phone)
+    .bind(text(phone))
     .bind(now)
     .fetch_one(conn)
     .await?;
@@ -75,7 +75,7 @@ pub(super) async fn get_caller_by_phone(pool: &PgPool, phone: &str) -> StoreResu
         caller_columns!(),
         " from caller where phone = $1"
     ))
-    .bind(phone)
+    .bind(text(phone))
     .fetch_optional(pool)
     .await?;
     row.map(Caller::try_from).transpose()
@@ -108,9 +108,9 @@ pub(super) async fn update_caller(
              where caller_id = $1",
         )
         .bind(caller_id)
-        .bind(&caller.name)
-        .bind(&caller.language)
-        .bind(Json(&caller.notes))
+        .bind(opt_text(caller.name.as_deref()))
+        .bind(opt_text(caller.language.as_deref()))
+        .bind(Json(strings(&caller.notes)))
         .bind(caller.updated_at)
         .execute(&mut *tx)
         .await?;

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::JobRow;
+use super::{JobRow, json, opt_text, text};
 use crate::storage::rows::job_columns;
 use crate::storage::{
     Job, JobLease, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules,
@@ -39,10 +40,10 @@ pub(super) async fn record_webhook(
     )
     .bind(event.event_id)
     .bind(event.platform.as_str())
-    .bind(&event.event_type)
-    .bind(&event.call_key)
-    .bind(&event.dedupe_key)
-    .bind(&event.payload)
+    .bind(text(&event.event_type))
+    .bind(opt_text(event.call_key.as_deref()))
+    .bind(text(&event.dedupe_key))
+    .bind(text(&event.payload))
     .bind(event.received_at)
     .execute(&mut *tx)
     .await?;
@@ -82,9 +83,9 @@ async fn insert_job(
          on conflict (dedupe_key) do nothing",
     )
     .bind(job.job_id)
-    .bind(&job.kind)
-    .bind(&job.dedupe_key)
-    .bind(&job.payload)
+    .bind(text(&job.kind))
+    .bind(text(&job.dedupe_key))
+    .bind(Json(json(&job.payload)))
     .bind(job.max_attempts)
     .bind(job.run_at)
     .bind(created_at)
@@ -121,7 +122,7 @@ pub(super) async fn claim_job(
          returning ",
         job_columns!()
     ))
-    .bind(worker)
+    .bind(text(worker))
     .bind(now)
     .bind(rules::lease_expiry(now, lease))
     .fetch_optional(pool)
@@ -149,7 +150,7 @@ pub(super) async fn complete_job(
         held!()
     ))
     .bind(lease.job_id)
-    .bind(&lease.worker)
+    .bind(text(&lease.worker))
     .bind(lease.attempt)
     .bind(now)
     .execute(pool)
@@ -179,9 +180,9 @@ pub(super) async fn fail_job(
         held!()
     ))
     .bind(lease.job_id)
-    .bind(&lease.worker)
+    .bind(text(&lease.worker))
     .bind(lease.attempt)
-    .bind(error)
+    .bind(text(error))
     .bind(retry_at)
     .bind(now)
     .execute(pool)
@@ -218,7 +219,7 @@ pub(super) async fn renew_job(
         held!()
     ))
     .bind(lease.job_id)
-    .bind(&lease.worker)
+    .bind(text(&lease.worker))
     .bind(lease.attempt)
     .bind(rules::lease_expiry(now, lease_for))
     .bind(now)

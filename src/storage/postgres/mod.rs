@@ -15,7 +15,6 @@ mod jobs;
 mod sessions;
 mod turns;
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,6 +28,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::rows;
+// Every bound string and JSON value goes through these (see `storage::text`).
+use super::text::{answers, json, opt_text, strings, text};
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
     CallerPatch, CloseSession, ConnectOptions, Job, JobLease, NewAnalysis, NewAudit, NewJob,
@@ -46,16 +47,6 @@ type TurnRow = rows::TurnRow<Uuid, DateTime<Utc>>;
 type JobRow = rows::JobRow<Uuid, DateTime<Utc>>;
 type AnalysisRow = rows::AnalysisRow<Uuid, DateTime<Utc>>;
 type AuditRow = rows::AuditRow<Uuid, DateTime<Utc>>;
-
-/// `value` as Postgres `text` can hold it: NUL, which it cannot store, becomes U+FFFD (for text
-/// that comes from callers, so that one stray character never loses a turn).
-fn text(value: &str) -> Cow<'_, str> {
-    if value.contains('\0') {
-        Cow::Owned(value.replace('\0', "\u{fffd}"))
-    } else {
-        Cow::Borrowed(value)
-    }
-}
 
 /// Postgres implementation of [`Store`].
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{SessionRow, SessionWithCallerRow, callers};
+use super::{SessionRow, SessionWithCallerRow, answers, callers, json, opt_text, text};
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::{
     AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
@@ -58,16 +58,16 @@ pub(super) async fn create_session_in(
     ))
     .bind(new.session_id)
     .bind(new.platform.as_str())
-    .bind(&new.call_key)
+    .bind(text(&new.call_key))
     .bind(new.caller_id)
-    .bind(&new.assistant_id)
+    .bind(text(&new.assistant_id))
     .bind(new.status.as_str())
     .bind(new.attempt)
     .bind(new.resumes_session_id)
-    .bind(Json(&new.answers))
+    .bind(Json(answers(&new.answers)))
     .bind(prior_calls)
     .bind(prior_call_at)
-    .bind(&new.model)
+    .bind(opt_text(new.model.as_deref()))
     .bind(new.started_at)
     .fetch_optional(&mut *tx)
     .await
@@ -143,7 +143,7 @@ async fn select_by_key(
         " from call_session where platform = $1 and call_key = $2"
     ))
     .bind(platform.as_str())
-    .bind(call_key)
+    .bind(text(call_key))
     .fetch_optional(conn)
     .await?)
 }
@@ -175,7 +175,7 @@ pub(super) async fn load_call(
         " where s.platform = $1 and s.call_key = $2"
     ))
     .bind(platform.as_str())
-    .bind(call_key)
+    .bind(text(call_key))
     .fetch_optional(pool)
     .await?;
     row.map(SessionWithCallerRow::into_records).transpose()
@@ -206,7 +206,7 @@ pub(super) async fn find_resumable(
          order by started_at desc, session_id desc limit 1"
     ))
     .bind(caller_id)
-    .bind(assistant_id)
+    .bind(text(assistant_id))
     .bind(started_since)
     .bind(stale_before)
     .bind(exclude)
@@ -267,7 +267,7 @@ pub(super) async fn touch(
     )
     .bind(session_id)
     .bind(at)
-    .bind(model)
+    .bind(model.map(text))
     .execute(conn)
     .await?;
     if done.rows_affected() == 0 {
@@ -332,11 +332,11 @@ async fn save_state(
     .bind(session.session_id)
     .bind(session.version)
     .bind(session.status.as_str())
-    .bind(Json(&session.answers))
+    .bind(Json(answers(&session.answers)))
     .bind(session.last_activity_at)
     .bind(session.ended_at)
-    .bind(&session.ended_reason)
-    .bind(&session.details)
+    .bind(opt_text(session.ended_reason.as_deref()))
+    .bind(Json(json(&session.details)))
     .bind(now)
     .execute(conn)
     .await?;

@@ -43,7 +43,7 @@ pub(super) async fn save_turns(
         );
         insert.push_values(chunk, |mut row, (session_id, turn)| {
             row.push_bind(*session_id)
-                .push_bind(&turn.idempotency_key)
+                .push_bind(text(&turn.idempotency_key))
                 .push_bind(turn.role.as_str())
                 .push_bind(text(&turn.content))
                 .push_bind(turn.tool_name.as_deref().map(text))
@@ -74,7 +74,12 @@ pub(super) async fn save_turns(
         )
         .bind(touches.iter().map(|t| t.session_id).collect::<Vec<_>>())
         .bind(touches.iter().map(|t| t.at).collect::<Vec<_>>())
-        .bind(touches.iter().map(|t| t.model).collect::<Vec<_>>())
+        .bind(
+            touches
+                .iter()
+                .map(|t| t.model.map(text))
+                .collect::<Vec<_>>(),
+        )
         .bind(touches.iter().map(|t| t.bumps).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;

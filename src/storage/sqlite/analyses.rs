@@ -2,12 +2,14 @@
 
 use std::borrow::Borrow;
 
+use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{AnalysisRow, AuditRow, begin_write, id, ms};
 use crate::storage::batch::ROWS_PER_STATEMENT;
 use crate::storage::rows::{convert_all, missing_parent};
+use crate::storage::text::{json, opt_text, text};
 use crate::storage::{
     Analysis, AuditEntry, CallerAnalysisUpdate, NewAnalysis, NewAudit, Recorded, StoreError,
     StoreResult, rules,
@@ -32,13 +34,13 @@ pub(super) async fn save_analysis(
     )
     .bind(id(analysis.analysis_id))
     .bind(id(analysis.session_id))
-    .bind(&analysis.source)
-    .bind(&analysis.summary)
+    .bind(text(&analysis.source))
+    .bind(text(&analysis.summary))
     .bind(analysis.urgency)
-    .bind(&analysis.action)
-    .bind(&analysis.sentiment)
-    .bind(&analysis.raw)
-    .bind(&analysis.model)
+    .bind(opt_text(analysis.action.as_deref()))
+    .bind(opt_text(analysis.sentiment.as_deref()))
+    .bind(Json(json(&analysis.raw)))
+    .bind(opt_text(analysis.model.as_deref()))
     .bind(ms(analysis.created_at))
     .execute(&mut *tx)
     .await
@@ -50,9 +52,9 @@ pub(super) async fn save_analysis(
              updated_at = $5 where caller_id = $1",
         )
         .bind(id(update.caller_id))
-        .bind(&update.summary)
-        .bind(&update.sentiment)
-        .bind(rules::normalize_action(update.action.as_deref()))
+        .bind(text(&update.summary))
+        .bind(opt_text(update.sentiment.as_deref()))
+        .bind(opt_text(rules::normalize_action(update.action.as_deref())))
         .bind(ms(update.now))
         .execute(&mut *tx)
         .await?;
@@ -114,10 +116,10 @@ pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
             row.push_bind(entry.entry_key.map(id))
                 .push_bind(entry.caller_id.map(id))
                 .push_bind(entry.session_id.map(id))
-                .push_bind(&entry.actor)
-                .push_bind(&entry.action)
-                .push_bind(&entry.reason)
-                .push_bind(&entry.details)
+                .push_bind(text(&entry.actor))
+                .push_bind(text(&entry.action))
+                .push_bind(text(&entry.reason))
+                .push_bind(Json(json(&entry.details)))
                 .push_bind(ms(entry.created_at));
         });
         insert.push(" on conflict (entry_key) do nothing");

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{CallerRow, begin_write, id, ms};
 use crate::storage::rows::caller_columns;
+use crate::storage::text::{opt_text, strings, text};
 use crate::storage::{Caller, CallerPatch, StoreError, StoreResult, rules};
 
 #[tracing::instrument(
@@ -40,7 +41,7 @@ pub(super) async fn upsert_caller_in(
         caller_columns!()
     ))
     .bind(id(Uuid::now_v7()))
-    .bind(phone)
+    .bind(text(phone))
     .bind(ms(now))
     .fetch_one(conn)
     .await?;
@@ -74,7 +75,7 @@ pub(super) async fn get_caller_by_phone(
         caller_columns!(),
         " from caller where phone = $1"
     ))
-    .bind(phone)
+    .bind(text(phone))
     .fetch_optional(pool)
     .await?;
     row.map(Caller::try_from).transpose()
@@ -103,9 +104,9 @@ pub(super) async fn update_caller(
              where caller_id = $1",
         )
         .bind(id(caller_id))
-        .bind(&caller.name)
-        .bind(&caller.language)
-        .bind(Json(&caller.notes))
+        .bind(opt_text(caller.name.as_deref()))
+        .bind(opt_text(caller.language.as_deref()))
+        .bind(Json(strings(&caller.notes)))
         .bind(ms(caller.updated_at))
         .execute(&mut *tx)
         .await?;

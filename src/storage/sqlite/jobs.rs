@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{JobRow, begin_write, id, ms};
 use crate::storage::rows::job_columns;
+use crate::storage::text::{json, opt_text, text};
 use crate::storage::{
     Job, JobLease, NewJob, NewWebhookEvent, Recorded, StoreError, StoreResult, rules,
 };
@@ -39,10 +41,10 @@ pub(super) async fn record_webhook(
     )
     .bind(id(event.event_id))
     .bind(event.platform.as_str())
-    .bind(&event.event_type)
-    .bind(&event.call_key)
-    .bind(&event.dedupe_key)
-    .bind(&event.payload)
+    .bind(text(&event.event_type))
+    .bind(opt_text(event.call_key.as_deref()))
+    .bind(text(&event.dedupe_key))
+    .bind(text(&event.payload))
     .bind(ms(event.received_at))
     .execute(&mut *tx)
     .await?;
@@ -82,9 +84,9 @@ async fn insert_job(
          on conflict (dedupe_key) do nothing",
     )
     .bind(id(job.job_id))
-    .bind(&job.kind)
-    .bind(&job.dedupe_key)
-    .bind(&job.payload)
+    .bind(text(&job.kind))
+    .bind(text(&job.dedupe_key))
+    .bind(Json(json(&job.payload)))
     .bind(job.max_attempts)
     .bind(ms(job.run_at))
     .bind(ms(created_at))
@@ -121,7 +123,7 @@ pub(super) async fn claim_job(
          returning ",
         job_columns!()
     ))
-    .bind(worker)
+    .bind(text(worker))
     .bind(ms(now))
     .bind(ms(rules::lease_expiry(now, lease)))
     .fetch_optional(&mut *tx)
@@ -150,7 +152,7 @@ pub(super) async fn complete_job(
         held!()
     ))
     .bind(id(lease.job_id))
-    .bind(&lease.worker)
+    .bind(text(&lease.worker))
     .bind(lease.attempt)
     .bind(ms(now))
     .execute(pool)
@@ -180,9 +182,9 @@ pub(super) async fn fail_job(
         held!()
     ))
     .bind(id(lease.job_id))
-    .bind(&lease.worker)
+    .bind(text(&lease.worker))
     .bind(lease.attempt)
-    .bind(error)
+    .bind(text(error))
     .bind(retry_at.map(ms))
     .bind(ms(now))
     .execute(pool)
@@ -219,7 +221,7 @@ pub(super) async fn renew_job(
         held!()
     ))
     .bind(id(lease.job_id))
-    .bind(&lease.worker)
+    .bind(text(&lease.worker))
     .bind(lease.attempt)
     .bind(ms(rules::lease_expiry(now, lease_for)))
     .bind(ms(now))

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{SessionRow, SessionWithCallerRow, begin_write, callers, id, ms, truncate_ms};
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
+use crate::storage::text::{answers, json, opt_text, text};
 use crate::storage::{
     AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
     StoreError, StoreResult, rules,
@@ -55,16 +56,16 @@ pub(super) async fn create_session_in(
     ))
     .bind(id(new.session_id))
     .bind(new.platform.as_str())
-    .bind(&new.call_key)
+    .bind(text(&new.call_key))
     .bind(new.caller_id.map(id))
-    .bind(&new.assistant_id)
+    .bind(text(&new.assistant_id))
     .bind(new.status.as_str())
     .bind(new.attempt)
     .bind(new.resumes_session_id.map(id))
-    .bind(Json(&new.answers))
+    .bind(Json(answers(&new.answers)))
     .bind(prior_calls)
     .bind(prior_call_at)
-    .bind(&new.model)
+    .bind(opt_text(new.model.as_deref()))
     .bind(ms(new.started_at))
     .fetch_optional(&mut *tx)
     .await
@@ -141,7 +142,7 @@ async fn select_by_key(
         " from call_session where platform = $1 and call_key = $2"
     ))
     .bind(platform.as_str())
-    .bind(call_key)
+    .bind(text(call_key))
     .fetch_optional(conn)
     .await?)
 }
@@ -173,7 +174,7 @@ pub(super) async fn load_call(
         " where s.platform = $1 and s.call_key = $2"
     ))
     .bind(platform.as_str())
-    .bind(call_key)
+    .bind(text(call_key))
     .fetch_optional(pool)
     .await?;
     row.map(SessionWithCallerRow::into_records).transpose()
@@ -204,7 +205,7 @@ pub(super) async fn find_resumable(
          order by started_at desc, session_id desc limit 1"
     ))
     .bind(id(caller_id))
-    .bind(assistant_id)
+    .bind(text(assistant_id))
     .bind(ms(started_since))
     .bind(ms(stale_before))
     .bind(exclude.map(id))
@@ -265,7 +266,7 @@ pub(super) async fn touch(
     )
     .bind(id(session_id))
     .bind(at)
-    .bind(model)
+    .bind(model.map(text))
     .execute(conn)
     .await?;
     if done.rows_affected() == 0 {
@@ -332,11 +333,11 @@ async fn save_state(
     .bind(id(session.session_id))
     .bind(session.version)
     .bind(session.status.as_str())
-    .bind(Json(&session.answers))
+    .bind(Json(answers(&session.answers)))
     .bind(ms(session.last_activity_at))
     .bind(session.ended_at.map(ms))
-    .bind(&session.ended_reason)
-    .bind(&session.details)
+    .bind(opt_text(session.ended_reason.as_deref()))
+    .bind(Json(json(&session.details)))
     .bind(ms(now))
     .execute(conn)
     .await?;

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{TurnRow, analyses, begin_write, id, ms};
 use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
 use crate::storage::rows::convert_all;
+use crate::storage::text::{opt_text, text};
 use crate::storage::{StoreResult, Turn, TurnWrite};
 
 #[tracing::instrument(
@@ -48,11 +49,11 @@ pub(super) async fn save_turns(
         );
         insert.push_values(chunk, |mut row, (session_id, turn)| {
             row.push_bind(id(*session_id))
-                .push_bind(&turn.idempotency_key)
+                .push_bind(text(&turn.idempotency_key))
                 .push_bind(turn.role.as_str())
-                .push_bind(&turn.content)
-                .push_bind(&turn.tool_name)
-                .push_bind(&turn.tool_call_id)
+                .push_bind(text(&turn.content))
+                .push_bind(opt_text(turn.tool_name.as_deref()))
+                .push_bind(opt_text(turn.tool_call_id.as_deref()))
                 .push_bind(turn.partial)
                 .push_bind(ms(turn.created_at));
         });
@@ -78,7 +79,7 @@ pub(super) async fn save_turns(
         update.push_values(chunk, |mut row, touch| {
             row.push_bind(id(touch.session_id))
                 .push_bind(touch.at.map(ms))
-                .push_bind(touch.model)
+                .push_bind(touch.model.map(text))
                 .push_bind(touch.bumps);
         });
         update.push(
