@@ -80,7 +80,6 @@ impl Application {
         state.engine.journal().spawn_replayer(
             std::sync::Arc::clone(&state.store),
             token.clone(),
-            &state.workers,
             state.settings.database.write_batch_max,
         );
         spawn_metrics_upkeep(&state);
@@ -102,7 +101,7 @@ impl Application {
             server.abort();
         }
         drain(&state, grace).await;
-        state.engine.journal().close();
+        state.engine.journal().close().await;
         state.store.close().await;
         tracing::info!("redial stopped");
         Ok(())

@@ -68,6 +68,10 @@ struct Shared {
     journaled_starts: Mutex<Bounded<CallKey, Uuid>>,
     /// Calls whose journaled start was replayed → their stored session.
     replayed_starts: Mutex<Bounded<CallKey, Uuid>>,
+    /// Stored sessions seen by replay → their caller.
+    session_callers: Mutex<Bounded<Uuid, Option<Uuid>>>,
+    /// The replayer task.
+    replayer: TaskTracker,
 }
 
 /// A map that forgets its oldest entries past [`Bounded::CAPACITY`].
@@ -193,6 +197,8 @@ impl Journal {
             remap: Mutex::new(Bounded::default()),
             journaled_starts: Mutex::new(Bounded::default()),
             replayed_starts: Mutex::new(Bounded::default()),
+            session_callers: Mutex::new(Bounded::default()),
+            replayer: TaskTracker::new(),
         }))
     }
 
@@ -247,6 +253,14 @@ impl Journal {
     /// Records that the call's first write was journaled under `session_id`.
     pub fn note_journaled_start(&self, platform: Platform, call_key: &str, session_id: Uuid) {
         locked(&self.0.journaled_starts).insert((platform, call_key.to_owned()), session_id);
+    }
+
+    fn session_caller(&self, session_id: Uuid) -> Option<Option<Uuid>> {
+        locked(&self.0.session_callers).get(&session_id)
+    }
+
+    fn note_session_caller(&self, session_id: Uuid, caller: Option<Uuid>) {
+        locked(&self.0.session_callers).insert(session_id, caller);
     }
 
     fn replayed_start(&self, call: &CallKey) -> Option<Uuid> {
@@ -370,9 +384,12 @@ impl Journal {
         appended
     }
 
-    /// Releases the journal directory at shutdown, once writes are drained: another process
-    /// (a restart) may open it. Later appends fail.
-    pub fn close(&self) {
+    /// Releases the journal directory at shutdown, once writes are drained and the replayer
+    /// (stopped by the shutdown token) has finished its batch: another process (a restart) may
+    /// then open it. Later appends fail.
+    pub async fn close(&self) {
+        self.0.replayer.close();
+        self.0.replayer.wait().await;
         if let Some(mut log) = self.lock_log() {
             log.close();
         }
@@ -384,14 +401,14 @@ impl Journal {
         &self,
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
-        tracker: &TaskTracker,
         batch_max: usize,
     ) {
         if self.0.log.is_none() {
             return;
         }
         let journal = self.clone();
-        tracker.spawn(async move { op::replay(journal, store, shutdown, batch_max).await });
+        let replay = async move { op::replay(journal, store, shutdown, batch_max).await };
+        self.0.replayer.spawn(replay);
     }
 }
 

@@ -210,10 +210,11 @@ async fn save_turns(
     store: &dyn Store,
     chunk: &[(&Record, TurnWrite)],
 ) -> Result<(), StoreError> {
-    let writes: Vec<TurnWrite> = chunk
+    let mut writes: Vec<TurnWrite> = chunk
         .iter()
         .map(|(_, write)| resolved(journal, write.clone()))
         .collect();
+    attribute_audit(journal, store, &mut writes).await?;
     match journal.attempt(store.save_turns(&writes)).await {
         Ok(results) => {
             for (result, (record, _)) in results.iter().zip(chunk) {
@@ -309,6 +310,7 @@ async fn start_call(
     let started = journal.attempt(store.start_call(&start)).await?;
     let stored = started.session.session_id;
     journal.note_replayed_start(call, stored);
+    journal.note_session_caller(stored, started.session.caller_id);
     if stored != journaled {
         journal.remember(journaled, stored);
         cursor.remap.insert(journaled, stored);
@@ -328,6 +330,31 @@ async fn start_call(
         if caller_id.is_some() {
             journal.attempt(store.append_audit(&[entry])).await?;
         }
+    }
+    Ok(())
+}
+
+/// Fills in the caller of audit entries written while the caller's profile could not be read
+/// (an offline context knows the call, not the caller id): the caller of the entry's session,
+/// so a caller's access log lists them.
+async fn attribute_audit(
+    journal: &Journal,
+    store: &dyn Store,
+    writes: &mut [TurnWrite],
+) -> Result<(), StoreError> {
+    for entry in writes.iter_mut().flat_map(|w| w.audit.iter_mut()) {
+        let (None, Some(session_id)) = (entry.caller_id, entry.session_id) else {
+            continue;
+        };
+        entry.caller_id = match journal.session_caller(session_id) {
+            Some(caller) => caller,
+            None => {
+                let session = journal.attempt(store.get_session(session_id)).await?;
+                let caller = session.and_then(|s| s.caller_id);
+                journal.note_session_caller(session_id, caller);
+                caller
+            }
+        };
     }
     Ok(())
 }

@@ -267,7 +267,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// order, so concurrent batches of several instances cannot deadlock one another.
     async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>>;
 
-    /// The session's turns, oldest first.
+    /// The session's turns, oldest first: by `created_at` (when each was said, so a turn
+    /// written late — replayed from the outage journal, or persisted after a slower earlier
+    /// one — still takes its place), then in the order they were stored.
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;
 
     // ---- webhooks and jobs --------------------------------------------------------------------

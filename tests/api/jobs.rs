@@ -189,8 +189,11 @@ async fn a_job_longer_than_its_lease_runs_once(backend: Backend) {
         MODEL,
         slow_reply("Booked a cleaning.", Duration::from_secs(9)),
     );
+    // Two instances: each its own working directory, so each its own outage journal.
+    let second_dir = dir.path().join("second");
+    std::fs::create_dir(&second_dir).unwrap();
     let first = Server::start(dir.path(), &["--config", &config, "serve"]).await;
-    let second = Server::start(dir.path(), &["--config", &config, "serve"]).await;
+    let second = Server::start(&second_dir, &["--config", &config, "serve"]).await;
 
     end_the_call(&first).await;
     let summaries = wait_for_analyses(db.store.as_ref(), Duration::from_secs(30)).await;

@@ -543,6 +543,18 @@ impl Report {
                 "{}: audit entries",
                 call.id
             );
+            let anonymous: i64 = sqlx::query_scalar(
+                "select count(*) from audit_log where session_id = $1 and caller_id is null",
+            )
+            .bind(session.session_id)
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+            assert_eq!(
+                anonymous, 0,
+                "{}: every audit entry names the caller",
+                call.id
+            );
             let sessions: i64 =
                 sqlx::query_scalar("select count(*) from call_session where call_key = $1")
                     .bind(&call.id)

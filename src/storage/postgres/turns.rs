@@ -95,7 +95,7 @@ pub(super) async fn save_turns(
 pub(super) async fn list_turns(pool: &PgPool, session_id: Uuid) -> StoreResult<Vec<Turn>> {
     let rows: Vec<TurnRow> = sqlx::query_as(
         "select seq, session_id, idempotency_key, role, content, tool_name, tool_call_id, \
-         partial, created_at from turn where session_id = $1 order by seq",
+         partial, created_at from turn where session_id = $1 order by created_at, seq",
     )
     .bind(session_id)
     .fetch_all(pool)

@@ -162,10 +162,15 @@ impl TestApp {
             .unwrap_or_else(|| panic!("call {call_key} is not stored"))
     }
 
-    /// Waits until background work and the writes it queued (turn persistence) are done.
+    /// Waits until background work and the writes it queued (turn persistence) are done, and
+    /// anything journaled meanwhile is replayed.
     pub async fn settle(&self) {
-        for _ in 0..200 {
-            if self.state.tasks.is_empty() && self.state.engine.pending_writes() == 0 {
+        for _ in 0..1000 {
+            let journal = self.state.engine.journal();
+            if self.state.tasks.is_empty()
+                && self.state.engine.pending_writes() == 0
+                && journal.backlog() == 0
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
