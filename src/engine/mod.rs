@@ -173,6 +173,8 @@ pub struct Engine {
     pub(crate) tasks: TaskTracker,
     pub(crate) writer: writer::WriteQueue,
     pub(crate) journal: Journal,
+    /// Failed memory reads are logged at most once a while (an outage fails every turn's).
+    pub(crate) read_warnings: Arc<writer::Throttle>,
 }
 
 impl Engine {
@@ -202,6 +204,7 @@ impl Engine {
             tasks,
             writer,
             journal,
+            read_warnings: Arc::new(writer::Throttle::new()),
         }
     }
 

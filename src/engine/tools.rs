@@ -19,6 +19,11 @@ pub const RECORD_ANSWER: &str = "record_answer";
 /// Updates the caller's profile.
 pub const REMEMBER_CALLER: &str = "remember_caller";
 
+/// What the model hears when an answer can be neither stored nor journaled.
+const ANSWER_NOT_SAVED: &str = "the answer could not be saved; ask the caller to repeat it";
+/// What the model hears when a profile change can be neither stored nor journaled.
+const PROFILE_NOT_SAVED: &str = "the profile could not be saved";
+
 /// Whether `name` is one of redial's own tools.
 pub fn is_internal(name: &str) -> bool {
     name == RECORD_ANSWER || name == REMEMBER_CALLER
@@ -119,9 +124,11 @@ pub async fn execute(
     // A first turn's session is written only now that a tool needs it.
     if let Err(e) = memory::ensure_stored(engine, context).await {
         tracing::error!(error = %e, "storing the call before a tool failed");
-        return ToolResult::error(
-            "memory is unavailable for this call right now; carry on without it",
-        );
+        return ToolResult::error(match name {
+            RECORD_ANSWER => ANSWER_NOT_SAVED,
+            REMEMBER_CALLER => PROFILE_NOT_SAVED,
+            _ => "memory is unavailable for this call right now; carry on without it",
+        });
     }
     let result = match name {
         RECORD_ANSWER => record_answer(engine, context, arguments).await,
@@ -182,7 +189,7 @@ async fn record_answer(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "record_answer failed");
-            "the answer could not be saved; ask the caller to repeat it".to_owned()
+            ANSWER_NOT_SAVED.to_owned()
         })?;
     let changed = match written {
         Written::Stored(outcome) => {
@@ -268,7 +275,7 @@ async fn remember_caller(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "remember_caller failed");
-            "the profile could not be saved".to_owned()
+            PROFILE_NOT_SAVED.to_owned()
         })?;
     if let Written::Stored(updated) = written {
         context.caller = Some(updated);

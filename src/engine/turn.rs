@@ -169,16 +169,21 @@ async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallConte
     match result {
         Ok(Ok(context)) => Some(context),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "memory read failed; the turn continues without memory");
+            if engine.read_warnings.elapsed_enough() {
+                tracing::warn!(error = %e, "memory read failed; the turn continues without memory (logged once every 10 s; see redial_memory_read_failures_total)");
+            }
             metrics::counter!("redial_memory_read_failures_total", "reason" => "error")
                 .increment(1);
             None
         }
         Err(_) => {
-            tracing::warn!(
-                ?budget,
-                "memory read exceeded its budget; the turn continues without memory"
-            );
+            if engine.read_warnings.elapsed_enough() {
+                tracing::warn!(
+                    ?budget,
+                    "memory read exceeded its budget; the turn continues without memory (logged \
+                     once every 10 s; see redial_memory_read_failures_total)"
+                );
+            }
             metrics::counter!("redial_memory_read_failures_total", "reason" => "timeout")
                 .increment(1);
             None

@@ -48,7 +48,7 @@ pub(crate) struct WriteQueue {
 
 /// Lets something happen at most once per [`Throttle::EVERY`].
 #[derive(Debug)]
-struct Throttle {
+pub(crate) struct Throttle {
     started: std::time::Instant,
     /// Milliseconds since `started` of the last time, plus one (0: never).
     last: AtomicU64,
@@ -57,7 +57,7 @@ struct Throttle {
 impl Throttle {
     const EVERY: Duration = Duration::from_secs(10);
 
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             started: std::time::Instant::now(),
             last: AtomicU64::new(0),
@@ -65,7 +65,7 @@ impl Throttle {
     }
 
     /// Whether it may happen now (and, if so, records that it did).
-    fn elapsed_enough(&self) -> bool {
+    pub(crate) fn elapsed_enough(&self) -> bool {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
         let last = self.last.load(Ordering::Relaxed);
         let every = u64::try_from(Self::EVERY.as_millis()).unwrap_or(u64::MAX);

@@ -1,10 +1,12 @@
 //! What the journal records, and replaying it into the database.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -71,6 +73,8 @@ pub struct WebhookWrite {
 /// First and longest wait between replay attempts while the database stays away.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Sessions whose answers replay applies at the same time.
+const CONCURRENT_QUEUES: usize = 8;
 /// Most bytes of records read per replay batch.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -181,7 +185,53 @@ async fn apply_batch(
     for chunk in turns.chunks(batch_max.max(1)) {
         save_turns(journal, store, chunk).await?;
     }
+    apply_rest(journal, store, rest).await
+}
+
+/// Answers, profile changes and webhooks: in order for each session (caller, webhook), and
+/// several sessions at a time — each is its own small transaction, and one at a time they
+/// would make replay slower than a busy instance writes.
+async fn apply_rest(
+    journal: &Journal,
+    store: &dyn Store,
+    rest: Vec<(&Record, Op)>,
+) -> Result<(), StoreError> {
+    let mut queues: Vec<Vec<(&Record, Op)>> = Vec::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
     for (record, op) in rest {
+        let key = match &op {
+            Op::Answer(answer) => journal.resolve(answer.session_id).to_string(),
+            Op::Profile(profile) => match (profile.caller_id, &profile.phone) {
+                (Some(id), _) => id.to_string(),
+                (None, phone) => format!("phone:{}", phone.as_deref().unwrap_or_default()),
+            },
+            Op::Webhook(webhook) => format!("webhook:{}", webhook.event.dedupe_key),
+            Op::StartCall(_) | Op::Turns(_) => String::new(),
+        };
+        let index = *by_key.entry(key).or_insert_with(|| {
+            queues.push(Vec::new());
+            queues.len() - 1
+        });
+        queues[index].push((record, op));
+    }
+    let runs: Vec<_> = queues
+        .into_iter()
+        .map(|queue| apply_queue(journal, store, queue))
+        .collect();
+    let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(runs)
+        .buffer_unordered(CONCURRENT_QUEUES)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// One session's (caller's, webhook's) records, in order.
+async fn apply_queue(
+    journal: &Journal,
+    store: &dyn Store,
+    queue: Vec<(&Record, Op)>,
+) -> Result<(), StoreError> {
+    for (record, op) in queue {
         settle(journal, record, apply(journal, store, op).await).await?;
     }
     Ok(())
