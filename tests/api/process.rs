@@ -117,6 +117,29 @@ async fn a_bad_value_exits_non_zero_naming_the_key_and_the_file() {
 }
 
 #[tokio::test]
+async fn a_journal_directory_that_cannot_be_used_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "a file").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+
+    let output = crate::support::process::command(dir.path())
+        .env("REDIAL_DATABASE__JOURNAL_DIR", &blocker)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+        .output()
+        .await
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("database.journal_dir") && message.contains("not-a-directory"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"));
+}
+
+#[tokio::test]
 async fn an_unreachable_database_exits_non_zero_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let output = run(
