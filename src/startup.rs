@@ -119,7 +119,10 @@ async fn release_waiting_jobs(store: &dyn Store) {
     match store.release_waiting_jobs(chrono::Utc::now()).await {
         Ok(0) => {}
         Ok(released) => {
-            tracing::info!(released, "jobs that waited for configuration are queued again");
+            tracing::info!(
+                released,
+                "jobs that waited for configuration are queued again"
+            );
         }
         Err(e) => tracing::warn!(error = %e, "releasing jobs that wait for configuration failed"),
     }
@@ -151,7 +154,8 @@ pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
             ),
         });
     }
-    let retell_model = !upstream.model.is_empty() || upstream.fallback_models.iter().any(|m| !m.is_empty());
+    let retell_model =
+        !upstream.model.is_empty() || upstream.fallback_models.iter().any(|m| !m.is_empty());
     if !retell_model {
         warnings.push(ConfigWarning {
             key: "upstream.model",

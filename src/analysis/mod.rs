@@ -39,7 +39,9 @@ pub struct NeedsConfiguration(pub String);
 
 /// Whether `error` (or anything in its chain) is a [`NeedsConfiguration`].
 pub fn needs_configuration(error: &anyhow::Error) -> bool {
-    error.chain().any(<dyn std::error::Error>::is::<NeedsConfiguration>)
+    error
+        .chain()
+        .any(<dyn std::error::Error>::is::<NeedsConfiguration>)
 }
 
 /// The job that processes `event` (enqueued with the event, in one transaction).
@@ -238,12 +240,14 @@ async fn ask(engine: &Engine, model: &str, transcript: &str) -> anyhow::Result<C
     let mut last_error = String::new();
     for _ in 0..VALID_REPLY_ATTEMPTS {
         let body = json!({"model": model, "messages": messages, "stream": false, "temperature": 0});
-        let reply = engine.llm().complete(&body, timeout).await.map_err(|e| {
-            match e.hint() {
+        let reply = engine
+            .llm()
+            .complete(&body, timeout)
+            .await
+            .map_err(|e| match e.hint() {
                 Some(hint) => anyhow::Error::new(NeedsConfiguration(format!("{e} ({hint})"))),
                 None => anyhow::Error::new(e),
-            }
-        })?;
+            })?;
         let text = reply
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)

@@ -511,8 +511,7 @@ async fn fail(
             kind: e.kind(),
         },
     );
-    metrics::counter!("redial_upstream_errors_relayed_total", "kind" => failure.kind)
-        .increment(1);
+    metrics::counter!("redial_upstream_errors_relayed_total", "kind" => failure.kind).increment(1);
     ctx.tx
         .send(TurnEvent::UpstreamFailed(failure))
         .await

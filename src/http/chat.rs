@@ -14,9 +14,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::engine::{
-    ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure,
-};
+use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure};
 use crate::error::ApiError;
 use crate::http::RawBody;
 use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
@@ -133,10 +131,13 @@ fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
 /// read from the request's `tools` and from the assistant's `model.tools` that Vapi sends with
 /// the call, whichever carries the tool's `messages`.
 fn announced_tools(request: &ChatRequest) -> Vec<String> {
-    let assistant_tools = [("assistant", "/model/tools"), ("call", "/assistant/model/tools")]
-        .into_iter()
-        .filter_map(|(key, pointer)| request.extra.get(key)?.pointer(pointer)?.as_array())
-        .flatten();
+    let assistant_tools = [
+        ("assistant", "/model/tools"),
+        ("call", "/assistant/model/tools"),
+    ]
+    .into_iter()
+    .filter_map(|(key, pointer)| request.extra.get(key)?.pointer(pointer)?.as_array())
+    .flatten();
     request
         .tools
         .iter()

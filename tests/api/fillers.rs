@@ -72,7 +72,10 @@ async fn a_generic_client_calling_a_platform_tool_gets_no_filler(backend: Backen
         message["content"].is_null() || message["content"] == "",
         "a generic client gets no filler: {message}"
     );
-    assert_eq!(message["tool_calls"][0]["function"]["name"], "bookAppointment");
+    assert_eq!(
+        message["tool_calls"][0]["function"]["name"],
+        "bookAppointment"
+    );
     assert_eq!(completion["choices"][0]["finish_reason"], "tool_calls");
 
     // Streaming: the same.
@@ -118,9 +121,9 @@ async fn an_empty_filler_turns_it_off(backend: Backend) {
     let sse = read_sse(app.chat(&body).await).await;
 
     assert!(
-        sse.chunks
-            .iter()
-            .all(|c| c["choices"][0]["delta"].get("content").is_none_or(Value::is_null)),
+        sse.chunks.iter().all(|c| c["choices"][0]["delta"]
+            .get("content")
+            .is_none_or(Value::is_null)),
         "filler = \"\" says nothing, not even an empty line: {:?}",
         sse.chunks
     );
@@ -133,7 +136,8 @@ async fn an_empty_filler_turns_it_off(backend: Backend) {
 async fn a_vapi_tool_with_its_own_request_start_message_gets_no_filler(backend: Backend) {
     let app = TestApp::spawn_with(backend, assistant(FILLER)).await;
     let announced = |mut tool: Value| {
-        tool["messages"] = json!([{"type": "request-start", "content": "Let me check the calendar."}]);
+        tool["messages"] =
+            json!([{"type": "request-start", "content": "Let me check the calendar."}]);
         tool
     };
     // The message on the tool in the request, then on the assistant's tools Vapi sends along.
@@ -142,7 +146,11 @@ async fn a_vapi_tool_with_its_own_request_start_message_gets_no_filler(backend: 
     let mut body = vapi_body("call-f3", "+14155550123", "Book me for Thursday.");
     body["tools"] = json!([announced(book_tool())]);
     let sse = read_sse(app.chat(&body).await).await;
-    assert_eq!(sse.text(), "", "Vapi speaks the tool's own message; redial adds none");
+    assert_eq!(
+        sse.text(),
+        "",
+        "Vapi speaks the tool's own message; redial adds none"
+    );
     assert_eq!(streamed_tool_names(&sse.chunks), ["bookAppointment"]);
 
     app.upstream

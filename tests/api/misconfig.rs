@@ -200,18 +200,31 @@ async fn an_analysis_job_failing_on_configuration_waits_and_runs_after_a_restart
         "the attempt does not count"
     );
     let reason = reason.unwrap();
-    assert!(reason.contains("analysis.model"), "a clear reason: {reason}");
-    assert!(app.upstream.requests().is_empty(), "nothing was asked upstream");
+    assert!(
+        reason.contains("analysis.model"),
+        "a clear reason: {reason}"
+    );
+    assert!(
+        app.upstream.requests().is_empty(),
+        "nothing was asked upstream"
+    );
 
     // A restart with a model configured runs it.
     app.upstream.push(
         "analyst",
         Behavior::text([json!({"summary": "Asked about a loan.", "urgency": 2, "action": "none", "sentiment": "neutral"}).to_string()]),
     );
-    let app = app.restart_with(|s| s.analysis.model = "analyst".into()).await;
+    let app = app
+        .restart_with(|s| s.analysis.model = "analyst".into())
+        .await;
     wait_for_job_status(backend, &app, "done", Duration::from_secs(10)).await;
     let (session, _) = app.stored_call(Platform::Vapi, CALL_ID).await;
-    let analyses = app.db.store.list_analyses(session.session_id).await.unwrap();
+    let analyses = app
+        .db
+        .store
+        .list_analyses(session.session_id)
+        .await
+        .unwrap();
     let ours = analyses.iter().find(|a| a.source == "redial").unwrap();
     assert_eq!(ours.summary, "Asked about a loan.");
     assert_eq!(ours.model.as_deref(), Some("analyst"));

@@ -224,7 +224,10 @@ pub(super) async fn wait_job(
     skip_all,
     fields(backend = "sqlite", released = tracing::field::Empty)
 )]
-pub(super) async fn release_waiting_jobs(pool: &SqlitePool, now: DateTime<Utc>) -> StoreResult<u64> {
+pub(super) async fn release_waiting_jobs(
+    pool: &SqlitePool,
+    now: DateTime<Utc>,
+) -> StoreResult<u64> {
     let done = sqlx::query(
         "update job set status = 'queued', run_at = $1, updated_at = $1 where status = 'waiting'",
     )
