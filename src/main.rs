@@ -46,10 +46,11 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
     let text = toml::to_string_pretty(settings)?;
     let mut out = std::io::stdout().lock();
     let limits = redial::server::limits::summary(settings);
-    writeln!(
-        out,
-        "# configuration is valid; secrets are masked\n{limits}{text}"
-    )?;
+    writeln!(out, "# configuration is valid; secrets are masked")?;
+    for warning in startup::config_warnings(settings) {
+        writeln!(out, "# warning ({}): {}", warning.key, warning.message)?;
+    }
+    writeln!(out, "{limits}{text}")?;
     Ok(())
 }
 

@@ -26,6 +26,9 @@ impl Application {
     /// Raises the open-file limit, connects the store, applies migrations, and binds the
     /// listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        for warning in config_warnings(&settings) {
+            tracing::warn!(key = warning.key, "{}", warning.message);
+        }
         let soft = limits::raise_fd_limit().map(|l| l.soft);
         let max_connections = limits::max_connections(&settings, soft);
         limits::warn_if_cap_exceeds_limit(&settings, max_connections, soft);
@@ -34,6 +37,7 @@ impl Application {
             .migrate()
             .await
             .context("applying database migrations failed")?;
+        release_waiting_jobs(store.as_ref()).await;
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
@@ -106,6 +110,80 @@ impl Application {
         tracing::info!("redial stopped");
         Ok(())
     }
+}
+
+/// Jobs parked because the configuration did not allow them run again now: the configuration
+/// is read at start, so this is when it may have changed. One that still cannot run waits again
+/// without using up its attempts. A failure here is logged; the jobs are released next time.
+async fn release_waiting_jobs(store: &dyn Store) {
+    match store.release_waiting_jobs(chrono::Utc::now()).await {
+        Ok(0) => {}
+        Ok(released) => {
+            tracing::info!(
+                released,
+                "jobs that waited for configuration are queued again"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "releasing jobs that wait for configuration failed"),
+    }
+}
+
+/// A configuration that loads but will not work as its operator likely expects: logged at start
+/// and reported by `redial check-config`, so it is seen before a caller finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The key to look at.
+    pub key: &'static str,
+    /// What will go wrong, and what to set.
+    pub message: String,
+}
+
+/// The silent misconfigurations: no upstream key, no model for Retell (it names none), and
+/// webhooks whose calls may have no model to analyse them with.
+pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
+    let upstream = &settings.upstream;
+    let mut warnings = Vec::new();
+    if upstream.api_key.is_empty() {
+        warnings.push(ConfigWarning {
+            key: "upstream.api_key",
+            message: format!(
+                "no upstream key is set (upstream.api_key, REDIAL_UPSTREAM__API_KEY or \
+                 OPENAI_API_KEY): turns go to {} without one, which a hosted provider refuses \
+                 with 401; fine only for a local model server",
+                upstream.base_url
+            ),
+        });
+    }
+    let retell_model =
+        !upstream.model.is_empty() || upstream.fallback_models.iter().any(|m| !m.is_empty());
+    if !retell_model {
+        warnings.push(ConfigWarning {
+            key: "upstream.model",
+            message: "upstream.model is empty: Retell names no model, so every Retell call is \
+                      refused (503 at the WebSocket upgrade); set upstream.model to serve Retell"
+                .into(),
+        });
+    }
+    let webhooks = &settings.webhooks;
+    let webhooks_on = settings.server.dev_mode()
+        || !webhooks.vapi_secret.is_empty()
+        || !webhooks.retell_api_key.is_empty()
+        || !webhooks.elevenlabs_secret.is_empty();
+    if webhooks_on
+        && settings.analysis.workers > 0
+        && settings.analysis.model.is_empty()
+        && upstream.model.is_empty()
+    {
+        warnings.push(ConfigWarning {
+            key: "analysis.model",
+            message: "analysis.model and upstream.model are both empty: a call's post-call \
+                      analysis can only use the model its turns asked for, so a webhook for a \
+                      call redial did not answer has no model to analyse it with (its job waits \
+                      until a start with analysis.model set); set analysis.model"
+                .into(),
+        });
+    }
+    warnings
 }
 
 /// Histogram samples wait in the recorder until upkeep folds them in; without it they would

@@ -30,6 +30,20 @@ pub const ANALYZE_JOB: &str = "analyze_call";
 /// Attempts at a valid analysis within one job attempt before the job is retried later.
 const VALID_REPLY_ATTEMPTS: usize = 3;
 
+/// A job failed because of the configuration, not a passing fault (no model to analyse with,
+/// the upstream refusing redial's key or the model): retrying before the configuration changes
+/// cannot help, so the worker parks the job with this reason until the next start.
+#[derive(Debug, thiserror::Error)]
+#[error("needs configuration: {0}")]
+pub struct NeedsConfiguration(pub String);
+
+/// Whether `error` (or anything in its chain) is a [`NeedsConfiguration`].
+pub fn needs_configuration(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(<dyn std::error::Error>::is::<NeedsConfiguration>)
+}
+
 /// The job that processes `event` (enqueued with the event, in one transaction).
 pub fn job_for(event: &WebhookEvent, max_attempts: i32) -> Option<NewJob> {
     if !matches!(
@@ -149,7 +163,11 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
         .cloned()
         .or_else(|| session.model.clone())
         .ok_or_else(|| {
-            anyhow::anyhow!("no analysis model: set analysis.model or upstream.model")
+            NeedsConfiguration(
+                "no model to analyse the call with (its turns named none): set analysis.model \
+                 or upstream.model; the job runs at the next start"
+                    .into(),
+            )
         })?;
     let analysis = ask(engine, &model, &transcript).await?;
     let caller_update = session.caller_id.map(|caller_id| CallerAnalysisUpdate {
@@ -222,7 +240,14 @@ async fn ask(engine: &Engine, model: &str, transcript: &str) -> anyhow::Result<C
     let mut last_error = String::new();
     for _ in 0..VALID_REPLY_ATTEMPTS {
         let body = json!({"model": model, "messages": messages, "stream": false, "temperature": 0});
-        let reply = engine.llm().complete(&body, timeout).await?;
+        let reply = engine
+            .llm()
+            .complete(&body, timeout)
+            .await
+            .map_err(|e| match e.hint() {
+                Some(hint) => anyhow::Error::new(NeedsConfiguration(format!("{e} ({hint})"))),
+                None => anyhow::Error::new(e),
+            })?;
         let text = reply
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)

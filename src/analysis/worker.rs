@@ -2,7 +2,8 @@
 //! exponential backoff, and gives up after `analysis.max_attempts`. A running job's lease is
 //! renewed, so a job may outlive it; a job whose worker died is taken over once its lease
 //! expires, so a killed process loses nothing. Every write a worker makes to its job is fenced
-//! by its lease, so a worker that lost the job cannot overwrite its new holder's outcome.
+//! by its lease, so a worker that lost the job cannot overwrite its new holder's outcome. A job
+//! that fails on configuration is not retried: it waits, with its reason, for the next start.
 
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::{ANALYZE_JOB, CALL_EVENT_JOB, analyse_session, process_call_event};
+use super::{
+    ANALYZE_JOB, CALL_EVENT_JOB, analyse_session, needs_configuration, process_call_event,
+};
 use crate::engine::Engine;
 use crate::storage::{Job, JobLease, StoreError};
 use crate::webhooks::WebhookEvent;
@@ -181,6 +184,12 @@ async fn record_outcome(engine: &Engine, lease: &JobLease, job: &Job, result: an
     let now = Utc::now();
     let (outcome, recorded) = match result {
         Ok(()) => ("done", store.complete_job(lease, now).await),
+        Err(e) if needs_configuration(&e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(job_id = %job.job_id, kind = %job.kind, reason,
+                "job cannot run with this configuration; it waits for the next start");
+            ("waiting", store.wait_job(lease, &reason, now).await)
+        }
         Err(e) => {
             let error = format!("{e:#}");
             let retry_at =

@@ -117,7 +117,8 @@ pub const NAME_PLACEHOLDER: &str = "{name}";
 pub struct AssistantSettings {
     /// The platform's assistant or agent id; `default` for every assistant not listed.
     pub id: String,
-    /// Spoken while a platform tool runs, when the model said nothing before calling it.
+    /// Spoken while a platform tool runs, when the model said nothing before calling it: to
+    /// voice platforms only, and not before a tool the platform announces itself. Empty = off.
     #[serde(default = "default_filler")]
     pub filler: String,
     /// The system prompt of platforms that send none (Retell); empty = none.

@@ -417,3 +417,15 @@ fn connection_limits_are_bounded_and_name_their_key() {
         "the defaults README and config.example.toml document"
     );
 }
+
+#[test]
+fn an_empty_filler_loads_and_turns_the_filler_off() {
+    let f = file("[[assistants]]\nid = \"quiet\"\nfiller = \"\"\n[[assistants]]\nid = \"a\"\n");
+    let settings = load(Some(f.path()), env(&[]), &[]).unwrap();
+    assert_eq!(settings.assistant("quiet").filler, "");
+    assert_eq!(
+        settings.assistant("a").filler,
+        "One moment, please.",
+        "the default filler when none is given"
+    );
+}

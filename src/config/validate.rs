@@ -224,7 +224,8 @@ fn validate_connections(
     Ok(())
 }
 
-/// Assistant ids unique and non-empty; field names unique identifiers; questions and fillers set.
+/// Assistant ids unique and non-empty; field names unique identifiers; questions set (an empty
+/// filler is allowed: it turns the filler off).
 fn validate_assistants(
     settings: &Settings,
     origin: &impl Fn(&str) -> String,
@@ -243,12 +244,6 @@ fn validate_assistants(
         }
         if !ids.insert(assistant.id.as_str()) {
             return fail(at("id"), &format!("{:?} is listed twice", assistant.id));
-        }
-        if assistant.filler.trim().is_empty() {
-            return fail(
-                at("filler"),
-                "must not be empty: it is what the caller hears while a tool runs",
-            );
         }
         if assistant.greeting_unknown.contains(NAME_PLACEHOLDER) {
             return fail(

@@ -57,6 +57,9 @@ pub struct TurnRequest {
     /// Platform tools the platform runs only once the reply has been spoken (Retell's
     /// `end_call`): the filler is not spoken before them.
     pub deferred_tools: Vec<String>,
+    /// Platform tools the platform announces itself while they run (a Vapi tool with its own
+    /// `request-start` message): a filler before them would be spoken twice.
+    pub announced_tools: Vec<String>,
     /// Speak the assistant's filler before redial's own tools too, when the model has said
     /// nothing yet in this turn (for transports that voice tool progress, like Retell's).
     pub hold_before_internal_tools: bool,
@@ -89,6 +92,20 @@ pub enum TurnEvent {
     },
     /// The turn is over; nothing follows.
     Finish(FinishReason),
+    /// The upstream failed and the client is not a voice platform: it is told so, with the
+    /// upstream's status, instead of hearing the apology. Nothing follows.
+    UpstreamFailed(UpstreamFailure),
+}
+
+/// How the upstream failed, for a client that is told rather than apologised to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    /// The HTTP status to answer with (see [`crate::upstream::UpstreamError::client_status`]).
+    pub status: u16,
+    /// What happened, with a hint for the operator where one helps.
+    pub message: String,
+    /// Low-cardinality kind (`client_error`, `rate_limited`, `server_error`, `timeout`…).
+    pub kind: &'static str,
 }
 
 /// Timings of one turn, filled as it progresses (read by transports for `Server-Timing`).

@@ -13,7 +13,9 @@ use super::memory::{self, CallContext};
 use super::summary::{self, SummaryInput};
 use super::tool_calls::ToolCalls;
 use super::tools::{self, ToolResult};
-use super::{Engine, TurnEvent, TurnRequest, TurnTimings, persist, prompt, script};
+use super::{
+    Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, persist, prompt, script,
+};
 use crate::config::AssistantSettings;
 use crate::openai::{ChatMessage, Content, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
@@ -288,8 +290,9 @@ async fn pass(
     offered: &[Value],
     outcome: &mut Outcome,
 ) -> Result<Vec<ToolCall>, ClientGone> {
-    let Some((model, mut stream, first)) = open(ctx, messages, offered).await? else {
-        return apologise(ctx, outcome).await.map(|()| Vec::new());
+    let (model, mut stream, first) = match open(ctx, messages, offered).await? {
+        Ok(opened) => opened,
+        Err(e) => return fail(ctx, outcome, e).await.map(|()| Vec::new()),
     };
     let _ = ctx.timings.upstream_first.set(ctx.started.elapsed());
     metrics::histogram!("redial_upstream_first_token_seconds")
@@ -309,7 +312,7 @@ async fn pass(
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream stream broke mid-reply");
                 metrics::counter!("redial_upstream_failures_total", "kind" => e.kind(), "phase" => "stream").increment(1);
-                return apologise(ctx, outcome).await.map(|()| Vec::new());
+                return fail(ctx, outcome, Some(e)).await.map(|()| Vec::new());
             }
         }
     }
@@ -324,7 +327,9 @@ async fn pass(
     Ok(internal)
 }
 
-type Opened = Option<(String, UpstreamStream, Vec<Delta>)>;
+/// The model that answered, its stream and first deltas; or the last failure (`None` when there
+/// was no model to ask).
+type Opened = Result<(String, UpstreamStream, Vec<Delta>), Option<UpstreamError>>;
 
 /// Tries each candidate model until one streams a first event within the first-token timeout.
 async fn open(
@@ -334,6 +339,7 @@ async fn open(
 ) -> Result<Opened, ClientGone> {
     let upstream = &ctx.engine.settings.upstream;
     let first_token = Duration::from_millis(upstream.first_token_timeout_ms);
+    let mut failure = None;
     for (i, model) in prompt::candidates(&ctx.primary, &upstream.fallback_models)
         .into_iter()
         .enumerate()
@@ -359,24 +365,27 @@ async fn open(
                 if i > 0 {
                     metrics::counter!("redial_upstream_fallbacks_total").increment(1);
                 }
-                return Ok(Some((model, stream, first)));
+                return Ok(Ok((model, stream, first)));
             }
             Err(e) => {
                 tracing::warn!(model, error = %e, "upstream failed before its first token");
                 metrics::counter!("redial_upstream_failures_total", "kind" => e.kind(), "phase" => "open").increment(1);
-                if !e.is_retryable() {
+                let retryable = e.is_retryable();
+                failure = Some(e);
+                if !retryable {
                     break;
                 }
             }
         }
     }
-    Ok(None)
+    Ok(Err(failure))
 }
 
 /// Sends tool-call fragments where they belong: redial's own are kept, the platform's pass
-/// through (renumbered so the platform sees indices 0, 1, …), preceded by the filler when the
-/// caller has heard nothing yet — except before deferred tools, which the platform runs after
-/// the reply; redial's own get the filler too when the request asks for a holding line.
+/// through (renumbered so the platform sees indices 0, 1, …), preceded by the filler (see
+/// [`filler`]) when the caller has heard nothing yet — except before deferred tools, which the
+/// platform runs after the reply, and tools the platform announces itself; redial's own get the
+/// filler too when the request asks for a holding line.
 #[derive(Default)]
 struct ToolRouter {
     /// Upstream index → `Some(platform index)` or `None` for an internal call.
@@ -427,17 +436,26 @@ impl ToolRouter {
             .or_insert_with(|| (!tools::is_internal(name)).then_some(next_platform));
         let silent = outcome.text.trim().is_empty();
         let Some(platform_index) = route else {
-            if silent && ctx.request.hold_before_internal_tools {
+            if let Some(filler) = filler(ctx)
+                && silent
+                && ctx.request.hold_before_internal_tools
+            {
                 // The trailing space keeps the model's follow-up from running into the line.
-                let line = format!("{} ", ctx.script.filler.trim_end());
+                let line = format!("{} ", filler.trim_end());
                 speak(ctx, outcome, &line).await?;
             }
             self.internal.push(&fragment);
             return Ok(());
         };
-        let deferred = ctx.request.deferred_tools.iter().any(|t| t == name);
-        if !self.platform_called && silent && !deferred {
-            speak(ctx, outcome, &ctx.script.filler).await?;
+        let request = ctx.request;
+        let platform_speaks = request.deferred_tools.iter().any(|t| t == name)
+            || request.announced_tools.iter().any(|t| t == name);
+        if let Some(filler) = filler(ctx)
+            && !self.platform_called
+            && silent
+            && !platform_speaks
+        {
+            speak(ctx, outcome, filler).await?;
         }
         self.platform_called = true;
         fragment["index"] = json!(platform_index);
@@ -447,6 +465,14 @@ impl ToolRouter {
             .await
             .map_err(|_| ClientGone)
     }
+}
+
+/// The assistant's filler, when this turn may speak it: only to voice platforms (a generic
+/// OpenAI client would get it as content beside the tool call, where nobody asked for it), and
+/// not when the assistant turned it off with `filler = ""`.
+fn filler<'a>(ctx: &TurnCtx<'a>) -> Option<&'a str> {
+    let filler = ctx.script.filler.as_str();
+    (ctx.request.identity.is_voice() && !filler.trim().is_empty()).then_some(filler)
 }
 
 /// Speaks a line of redial's own (filler, bound line).
@@ -459,6 +485,40 @@ async fn speak(ctx: &TurnCtx<'_>, outcome: &mut Outcome, line: &str) -> Result<(
     outcome.text.push_str(&line);
     ctx.tx
         .send(TurnEvent::Text(line))
+        .await
+        .map_err(|_| ClientGone)
+}
+
+/// The upstream failed: a voice platform's caller hears the apology (soft for callers); any
+/// other client is told, with the upstream's own status (loud for operators: a wrong key is a
+/// 401 in the client's logs, not a 200 that reads like a reply).
+async fn fail(
+    ctx: &TurnCtx<'_>,
+    outcome: &mut Outcome,
+    error: Option<UpstreamError>,
+) -> Result<(), ClientGone> {
+    if ctx.request.identity.is_voice() {
+        return apologise(ctx, outcome).await;
+    }
+    outcome.partial = true;
+    outcome.finish = Some(FinishReason::Stop);
+    let failure = error.map_or_else(
+        || UpstreamFailure {
+            status: 502,
+            message: "there was no model to ask upstream".into(),
+            kind: "no_model",
+        },
+        |e| UpstreamFailure {
+            status: e.client_status(),
+            message: e
+                .hint()
+                .map_or_else(|| e.to_string(), |hint| format!("{e} ({hint})")),
+            kind: e.kind(),
+        },
+    );
+    metrics::counter!("redial_upstream_errors_relayed_total", "kind" => failure.kind).increment(1);
+    ctx.tx
+        .send(TurnEvent::UpstreamFailed(failure))
         .await
         .map_err(|_| ClientGone)
 }

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures_util::Stream;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings};
+use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure};
 use crate::error::ApiError;
 use crate::http::RawBody;
 use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
@@ -47,6 +48,7 @@ async fn chat(
     let streaming = identity.is_voice() || request.stream == Some(true);
     metrics::counter!("redial_turns_total", "platform" => identity.platform.as_str()).increment(1);
     let requested_model = request.model.clone().unwrap_or_default();
+    let announced_tools = announced_tools(&request);
     let turn = TurnRequest {
         identity,
         messages: request.messages,
@@ -54,6 +56,7 @@ async fn chat(
         model: request.model,
         params: request.extra,
         deferred_tools: Vec::new(),
+        announced_tools,
         hold_before_internal_tools: false,
     };
     let handle = state.engine.start_turn(turn);
@@ -123,6 +126,39 @@ fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The tools Vapi announces itself when they start: those configured with a `request-start`
+/// message (Vapi speaks it, or one of its own default phrases, as the tool call starts). They are
+/// read from the request's `tools` and from the assistant's `model.tools` that Vapi sends with
+/// the call, whichever carries the tool's `messages`.
+fn announced_tools(request: &ChatRequest) -> Vec<String> {
+    let assistant_tools = [
+        ("assistant", "/model/tools"),
+        ("call", "/assistant/model/tools"),
+    ]
+    .into_iter()
+    .filter_map(|(key, pointer)| request.extra.get(key)?.pointer(pointer)?.as_array())
+    .flatten();
+    request
+        .tools
+        .iter()
+        .flatten()
+        .chain(assistant_tools)
+        .filter(|tool| announces_start(tool))
+        .filter_map(|tool| tool.pointer("/function/name")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Whether a Vapi tool definition has a `request-start` message.
+fn announces_start(tool: &Value) -> bool {
+    tool.get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(|messages| {
+            messages
+                .iter()
+                .any(|m| m.get("type").and_then(Value::as_str) == Some("request-start"))
+        })
+}
+
 /// A 400 for a request over one of the `[limits]`, with OpenAI's code for it.
 fn over_limit(param: &str, code: &'static str, message: String) -> ApiError {
     ApiError::BadRequest {
@@ -141,6 +177,9 @@ async fn stream_response(
     heartbeat: Duration,
 ) -> Response {
     let first = tokio::time::timeout(heartbeat, handle.recv()).await.ok();
+    if let Some(Some(TurnEvent::UpstreamFailed(failure))) = first {
+        return upstream_error(&failure);
+    }
     let timing = server_timing(&handle.timings, handle.started, None);
     let model = handle
         .timings
@@ -187,6 +226,12 @@ fn sse_events(
                     break;
                 }
                 Some(TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. }) => {}
+                // Past the headers, the error goes in the stream, as OpenAI sends one (its SDKs
+                // raise it).
+                Some(TurnEvent::UpstreamFailed(failure)) => {
+                    yield Ok(json_event(&upstream_error_body(&failure).to_string()));
+                    break;
+                }
                 None => {
                     // The turn ended without a finish event (it cannot, short of a bug): still
                     // close the stream properly so the platform never hangs.
@@ -216,6 +261,7 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
                 break;
             }
             TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. } => {}
+            TurnEvent::UpstreamFailed(failure) => return upstream_error(&failure),
         }
     }
     let model = handle
@@ -239,6 +285,32 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
     let mut response = axum::Json(body).into_response();
     set_common_headers(&mut response, &timing);
     response
+}
+
+/// The upstream's failure as an error response in OpenAI's shape, with its status.
+fn upstream_error(failure: &UpstreamFailure) -> Response {
+    let status = StatusCode::from_u16(failure.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, axum::Json(upstream_error_body(failure))).into_response()
+}
+
+/// `{"error": {message, type, param, code}}`: OpenAI's type for the status (its SDKs pick the
+/// exception from the status, and retry 429 and 5xx), and `upstream_<kind>` as the code, so the
+/// error reads as the upstream's and not the gateway's own.
+fn upstream_error_body(failure: &UpstreamFailure) -> Value {
+    let kind = match failure.status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    };
+    json!({"error": {
+        "message": failure.message,
+        "type": kind,
+        "param": null,
+        "code": format!("upstream_{}", failure.kind),
+    }})
 }
 
 fn set_common_headers(response: &mut Response, timing: &str) {

@@ -310,6 +310,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
 
+    /// Parks a job that failed on configuration: `waiting`, with `reason` as its last error,
+    /// until [`Store::release_waiting_jobs`]. The attempt does not count against the job (its
+    /// `max_attempts` grows by one; `attempts` never goes back, so leases stay fenced). Fenced
+    /// like [`Store::complete_job`].
+    async fn wait_job(&self, lease: &JobLease, reason: &str, now: DateTime<Utc>)
+    -> StoreResult<()>;
+
+    /// Queues every `waiting` job to run now (at a start, when the configuration may have
+    /// changed); returns how many.
+    async fn release_waiting_jobs(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
     /// The job with this id.
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>>;
 

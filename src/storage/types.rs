@@ -96,6 +96,9 @@ string_enum!(
         Done => "done",
         /// Given up after its attempts.
         Failed => "failed",
+        /// Failed on configuration; waits for a start that may allow it (see
+        /// `Store::wait_job`).
+        Waiting => "waiting",
     }
 );
 

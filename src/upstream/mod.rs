@@ -46,6 +46,31 @@ impl UpstreamError {
         }
     }
 
+    /// The HTTP status a non-voice client is answered with: the upstream's own error status as
+    /// it gave it (a wrong key is a 401, an unknown model a 404, a rate limit a 429, an outage
+    /// a 5xx), 504 when it did not answer in time, and 502 when it could not be reached or
+    /// answered something unreadable.
+    pub fn client_status(&self) -> u16 {
+        match self {
+            Self::Status { status, .. } if *status >= 400 => *status,
+            Self::Timeout(_) => 504,
+            Self::Status { .. } | Self::Transport(_) | Self::Decode(_) => 502,
+        }
+    }
+
+    /// Where an operator should look, for the errors a configuration causes.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Status {
+                status: 401 | 403, ..
+            } => Some("check upstream.api_key (or OPENAI_API_KEY)"),
+            Self::Status { status: 404, .. } => {
+                Some("check the model name (upstream.model or the request's `model`)")
+            }
+            _ => None,
+        }
+    }
+
     /// Low-cardinality label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -9,9 +9,11 @@
 mod chat;
 mod connections;
 mod disk;
+mod fillers;
 mod http;
 mod jobs;
 mod limits;
+mod misconfig;
 mod outage;
 mod process;
 mod retell;

@@ -55,6 +55,7 @@ pub(super) fn turn_request(
         model: None,
         params: Map::new(),
         deferred_tools: vec![END_CALL.to_owned()],
+        announced_tools: Vec::new(),
         hold_before_internal_tools: true,
     }
 }
@@ -103,6 +104,13 @@ pub(super) async fn run(engine: Engine, turn: TurnRequest, guard: ResponseGuard)
                 guard.event(event).await
             }
             TurnEvent::Finish(_) => {
+                finished = true;
+                break;
+            }
+            // Only non-voice clients are told of an upstream failure; Retell callers hear the
+            // apology. Should one arrive, the response still completes.
+            TurnEvent::UpstreamFailed(failure) => {
+                tracing::error!(response_id, status = failure.status, "{}", failure.message);
                 finished = true;
                 break;
             }

@@ -271,6 +271,19 @@ impl Store for PostgresStore {
         jobs::fail_job(&self.pool, lease, error, retry_at, now).await
     }
 
+    async fn wait_job(
+        &self,
+        lease: &JobLease,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        jobs::wait_job(&self.pool, lease, reason, now).await
+    }
+
+    async fn release_waiting_jobs(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        jobs::release_waiting_jobs(&self.pool, now).await
+    }
+
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
         jobs::get_job(&self.pool, job_id).await
     }

@@ -192,6 +192,52 @@ pub(super) async fn fail_job(
     finished(pool, lease, done.rows_affected()).await
 }
 
+#[tracing::instrument(
+    name = "store.wait_job",
+    skip_all,
+    fields(backend = "sqlite", job_id = %lease.job_id, worker = %lease.worker)
+)]
+pub(super) async fn wait_job(
+    pool: &SqlitePool,
+    lease: &JobLease,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = sqlx::query(concat!(
+        "update job set status = 'waiting', last_error = $4, max_attempts = max_attempts + 1, \
+         locked_by = null, locked_until = null, updated_at = $5 \
+         where ",
+        held!()
+    ))
+    .bind(id(lease.job_id))
+    .bind(text(&lease.worker))
+    .bind(lease.attempt)
+    .bind(text(reason))
+    .bind(ms(now))
+    .execute(pool)
+    .await?;
+    finished(pool, lease, done.rows_affected()).await
+}
+
+#[tracing::instrument(
+    name = "store.release_waiting_jobs",
+    skip_all,
+    fields(backend = "sqlite", released = tracing::field::Empty)
+)]
+pub(super) async fn release_waiting_jobs(
+    pool: &SqlitePool,
+    now: DateTime<Utc>,
+) -> StoreResult<u64> {
+    let done = sqlx::query(
+        "update job set status = 'queued', run_at = $1, updated_at = $1 where status = 'waiting'",
+    )
+    .bind(ms(now))
+    .execute(pool)
+    .await?;
+    tracing::Span::current().record("released", done.rows_affected());
+    Ok(done.rows_affected())
+}
+
 #[tracing::instrument(name = "store.get_job", skip_all, fields(backend = "sqlite", %job_id))]
 pub(super) async fn get_job(pool: &SqlitePool, job_id: Uuid) -> StoreResult<Option<Job>> {
     let row: Option<JobRow> = sqlx::query_as(concat!(

@@ -328,6 +328,19 @@ impl Store for SqliteStore {
         jobs::fail_job(&self.writer, lease, error, retry_at, now).await
     }
 
+    async fn wait_job(
+        &self,
+        lease: &JobLease,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        jobs::wait_job(&self.writer, lease, reason, now).await
+    }
+
+    async fn release_waiting_jobs(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        jobs::release_waiting_jobs(&self.writer, now).await
+    }
+
     async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
         jobs::get_job(&self.reader, job_id).await
     }

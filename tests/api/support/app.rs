@@ -119,6 +119,13 @@ impl TestApp {
         Self::start(db, upstream, settings).await
     }
 
+    /// Like [`TestApp::restart`], with the settings changed by `configure` first (a restart
+    /// with a new configuration).
+    pub async fn restart_with(mut self, configure: impl FnOnce(&mut Settings)) -> Self {
+        configure(&mut self.settings);
+        self.restart().await
+    }
+
     /// Stops the app and removes its database.
     pub async fn teardown(mut self) {
         self.stop().await;
