@@ -453,10 +453,8 @@ impl Simulator {
                 report.problems.push(format!("error: {label}: {why}"));
             }
         }
-        if let (Some(first), Some(own)) = (
-            exchanges.first(),
-            turn.reply.first().and_then(|s| s.own_ttft()),
-        ) && let Some(heard) = first.first_token
+        if let (Some(first), Some(own)) = (exchanges.first(), turn.own_ttft())
+            && let Some(heard) = first.first_token
         {
             let overhead = heard.saturating_sub(own).as_secs_f64() * 1000.0;
             report.ttft_overhead_ms.push((overhead * 100.0).round() / 100.0);

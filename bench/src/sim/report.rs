@@ -34,7 +34,8 @@ pub struct CallReport {
     pub wrong_resumptions: u32,
     /// Scripted upstream replies redial never asked for (drained after the turn).
     pub unused_replies: u32,
-    /// Time to the first spoken token minus the upstream's own, per turn that opened with text, ms.
+    /// Time to the first spoken token minus the upstream's own ([`super::scenario::TurnSpec::own_ttft`]),
+    /// per turn where it is known, ms (0 when a filler was heard before the upstream spoke).
     pub ttft_overhead_ms: Vec<f64>,
     /// What went wrong, in words.
     pub problems: Vec<String>,

@@ -154,6 +154,24 @@ pub struct TurnSpec {
     pub reconnect: bool,
 }
 
+impl TurnSpec {
+    /// The upstream's own time to the turn's first spoken token: the latency of the first text
+    /// reply, when only redial's own tools (answered at once by the mock) come before it. `None`
+    /// when the turn opens with a failure, a cut or a platform tool.
+    pub fn own_ttft(&self) -> Option<Duration> {
+        for step in &self.reply {
+            if let Some(own) = step.own_ttft() {
+                return Some(own);
+            }
+            let internal = step.answer.is_some() || step.remember.is_some();
+            if !internal || step.platform_tool.is_some() {
+                return None;
+            }
+        }
+        None
+    }
+}
+
 fn default_pause() -> u64 {
     300
 }
@@ -350,6 +368,13 @@ mod tests {
         let steps = &scenario.calls[0].turns[0].reply;
         assert!(matches!(steps[0].behavior().unwrap(), Behavior::ToolCalls { calls, .. } if calls.len() == 2));
         assert_eq!(steps[1].own_ttft(), Some(Duration::from_millis(40)));
+        assert_eq!(steps[0].own_ttft(), None);
+        assert_eq!(
+            scenario.calls[0].turns[0].own_ttft(),
+            Some(Duration::from_millis(40)),
+            "after an internal tool, the text's latency"
+        );
+        assert_eq!(scenario.calls[1].turns[0].own_ttft(), None, "no reply scripted");
         assert_eq!(words("How much?"), ["How ", "much?"]);
     }
 
