@@ -16,6 +16,7 @@ mod outage;
 mod process;
 mod retell;
 mod sdk;
+mod sim;
 mod storage;
 mod support;
 mod tools;

@@ -49,6 +49,15 @@ pub struct Outcome {
     pub ending: Ending,
 }
 
+impl Outcome {
+    /// A silent turn: the stream ended with nothing spoken, and not because the simulation hung
+    /// up or killed the gateway.
+    pub fn silent(&self) -> bool {
+        let faulted = matches!(self.ending, Ending::HungUp | Ending::Killed);
+        !faulted && self.spoken.trim().is_empty()
+    }
+}
+
 /// What to do once the first words are heard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -452,5 +461,26 @@ impl RetellCall {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_that_ends_without_words_is_silent_unless_the_simulation_cut_it() {
+        let outcome = |spoken: &str, ending: Ending| Outcome {
+            spoken: spoken.to_owned(),
+            first_token: None,
+            ending,
+        };
+        assert!(outcome(" \n", Ending::Complete).silent());
+        assert!(outcome("", Ending::Failed("HTTP 500".into())).silent());
+        assert!(outcome("", Ending::ToolCalls(Vec::new())).silent());
+        assert!(!outcome("One moment.", Ending::ToolCalls(Vec::new())).silent());
+        assert!(!outcome("", Ending::HungUp).silent());
+        assert!(!outcome("", Ending::Killed).silent());
+        assert!(!outcome("Hi", Ending::Failed("the stream broke".into())).silent());
     }
 }

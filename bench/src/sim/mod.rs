@@ -443,8 +443,7 @@ impl Simulator {
             } else {
                 format!("turn {n} tool follow-up {i}")
             };
-            let faulted = matches!(outcome.ending, Ending::HungUp | Ending::Killed);
-            if !faulted && outcome.spoken.trim().is_empty() {
+            if outcome.silent() {
                 report.silent_turns += 1;
                 report
                     .problems
