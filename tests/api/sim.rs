@@ -80,7 +80,10 @@ async fn the_ci_scenarios_play_without_silence_or_repeated_questions(backend: Ba
         ),
         (0, 0, 0)
     );
-    assert_eq!((totals.missed_resumptions, totals.wrong_resumptions), (0, 0));
+    assert_eq!(
+        (totals.missed_resumptions, totals.wrong_resumptions),
+        (0, 0)
+    );
     assert!(
         totals.ttft_overhead_p50_ms.is_some(),
         "time to first token was measured"
@@ -121,7 +124,12 @@ async fn a_redial_from_another_number_is_counted_as_started_over(backend: Backen
     let report = play(backend, &scenarios).await;
 
     let totals = &report.totals;
-    assert_eq!((totals.calls, totals.turns), (6, 6), "{}", report.to_markdown());
+    assert_eq!(
+        (totals.calls, totals.turns),
+        (6, 6),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(totals.failed_calls, 3, "{}", report.to_markdown());
     assert_eq!(totals.missed_resumptions, 3);
     assert_eq!(totals.reasked_answers, 3, "the purpose, once per platform");

@@ -20,7 +20,10 @@ use redial_bench::sim::{self, Simulator, scenario};
 use redial_bench::suite::resolve_binary;
 
 #[derive(Debug, Parser)]
-#[command(name = "redial-sim", about = "Plays whole calls against redial from scenario files")]
+#[command(
+    name = "redial-sim",
+    about = "Plays whole calls against redial from scenario files"
+)]
 struct Args {
     /// Directory of scenario files (`*.toml`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))]
@@ -128,11 +131,11 @@ async fn start_owned(
     secrets: &WebhookSecrets,
 ) -> anyhow::Result<Gateway> {
     let binary = resolve_binary(args.redial_bin.as_deref())?;
-    let workdir = args.workdir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("redial-sim-{}", std::process::id()))
-    });
-    std::fs::create_dir_all(&workdir)
-        .with_context(|| format!("creating {}", workdir.display()))?;
+    let workdir = args
+        .workdir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("redial-sim-{}", std::process::id())));
+    std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
     let database_url = args.database_url.clone().unwrap_or_else(|| {
         let db = workdir.join("redial-sim.db");
         let _ = std::fs::remove_file(&db);
@@ -145,7 +148,11 @@ async fn start_owned(
         &mock.base_url(),
         secrets,
     );
-    eprintln!("redial-sim: starting {} (log in {})", binary.display(), workdir.display());
+    eprintln!(
+        "redial-sim: starting {} (log in {})",
+        binary.display(),
+        workdir.display()
+    );
     Gateway::start(
         OwnedSettings {
             binary,

@@ -55,8 +55,7 @@ pub fn offered_questions(request: &Value) -> Vec<String> {
         match message["role"].as_str() {
             Some("system") => {
                 for (at, _) in content.match_indices(NEXT_QUESTION) {
-                    if let Some(question) = json_string_at(&content[at + NEXT_QUESTION.len()..])
-                    {
+                    if let Some(question) = json_string_at(&content[at + NEXT_QUESTION.len()..]) {
                         questions.push(question);
                     }
                 }
@@ -152,7 +151,10 @@ mod tests {
     #[test]
     fn a_tool_result_asking_for_a_confirmed_field_is_reasked() {
         let confirmed: BTreeSet<String> = ["amount".to_owned()].into();
-        let tool = request("", Some(r#"{"ok":true,"next_question":"How much do you need?"}"#));
+        let tool = request(
+            "",
+            Some(r#"{"ok":true,"next_question":"How much do you need?"}"#),
+        );
         assert_eq!(reasked(&[&tool], &confirmed), ["amount".to_owned()].into());
         let garbage = request("Next question to ask: not json", Some("not json"));
         assert!(offered_questions(&garbage).is_empty());

@@ -382,9 +382,11 @@ impl RetellCall {
             .map(|(role, content)| json!({"role": role, "content": content, "words": []}))
             .collect();
         let started = Instant::now();
-        self.send(&json!({"interaction_type": "response_required", "response_id": id,
-            "transcript": transcript}))
-            .await?;
+        self.send(
+            &json!({"interaction_type": "response_required", "response_id": id,
+            "transcript": transcript}),
+        )
+        .await?;
         let mut outcome = Outcome {
             spoken: String::new(),
             first_token: None,

@@ -96,7 +96,10 @@ impl Gateway {
         let mut owned = owned.lock().await;
         if let Some(mut child) = owned.child.take() {
             child.start_kill().context("SIGKILL to redial")?;
-            child.wait().await.context("waiting for the killed redial")?;
+            child
+                .wait()
+                .await
+                .context("waiting for the killed redial")?;
         }
         let base_url = owned.spawn().await?;
         *self.base_url.lock().unwrap_or_else(PoisonError::into_inner) = base_url;

@@ -172,7 +172,7 @@ impl Ends {
 /// A call's platform side.
 enum Line {
     Http(HttpCall),
-    Retell(RetellCall),
+    Retell(Box<RetellCall>),
 }
 
 impl Simulator {
@@ -274,7 +274,14 @@ impl Simulator {
         let started = epoch_secs();
         let mut confirmed = inherited;
         let dropped = self
-            .play_turns(instance, spec, &call_id, &caller, &mut confirmed, &mut report)
+            .play_turns(
+                instance,
+                spec,
+                &call_id,
+                &caller,
+                &mut confirmed,
+                &mut report,
+            )
             .await;
         ends.finish(&spec.name, &confirmed);
         let ended = EndedCall {
@@ -304,7 +311,7 @@ impl Simulator {
             PlatformKind::Retell => {
                 let _turn = self.turn_lock.lock().await;
                 match RetellCall::connect(&self.gateway, call_id, caller, ASSISTANT_ID).await {
-                    Ok(call) => Line::Retell(call),
+                    Ok(call) => Line::Retell(Box::new(call)),
                     Err(e) => {
                         report.problems.push(format!("error: connecting: {e:#}"));
                         return true;
@@ -332,7 +339,7 @@ impl Simulator {
                     .problems
                     .push(format!("greeted {} times", call.greetings));
             }
-            call.end(!dropped).await;
+            (*call).end(!dropped).await;
         }
         dropped
     }
@@ -456,7 +463,9 @@ impl Simulator {
             && let Some(heard) = first.first_token
         {
             let overhead = heard.saturating_sub(own).as_secs_f64() * 1000.0;
-            report.ttft_overhead_ms.push((overhead * 100.0).round() / 100.0);
+            report
+                .ttft_overhead_ms
+                .push((overhead * 100.0).round() / 100.0);
         }
         let again = check::reasked(requests, confirmed);
         if !again.is_empty() {

@@ -250,7 +250,10 @@ mod tests {
         assert_eq!(t.ttft_overhead_p50_ms, Some(2.0));
         assert_eq!(t.ttft_overhead_max_ms, Some(10.0));
         let markdown = report.to_markdown();
-        assert!(markdown.contains("| s | vapi | 1 | 1 | 3 | 1 |"), "{markdown}");
+        assert!(
+            markdown.contains("| s | vapi | 1 | 1 | 3 | 1 |"),
+            "{markdown}"
+        );
         assert!(markdown.contains("turn 1 was silent"));
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["totals"]["reasked_answers"], 2);

@@ -228,7 +228,9 @@ impl Step {
             self.cut_after.is_some(),
         ];
         if kinds.iter().filter(|set| **set).count() != 1 {
-            bail!("a reply step sets exactly one of text, answer/remember/platform_tool, fail, cut_after");
+            bail!(
+                "a reply step sets exactly one of text, answer/remember/platform_tool, fail, cut_after"
+            );
         }
         if let Some(text) = &self.text {
             return Ok(Behavior::Text {
@@ -366,7 +368,9 @@ mod tests {
         .unwrap();
         assert_eq!(scenario.call_count(), 12);
         let steps = &scenario.calls[0].turns[0].reply;
-        assert!(matches!(steps[0].behavior().unwrap(), Behavior::ToolCalls { calls, .. } if calls.len() == 2));
+        assert!(
+            matches!(steps[0].behavior().unwrap(), Behavior::ToolCalls { calls, .. } if calls.len() == 2)
+        );
         assert_eq!(steps[1].own_ttft(), Some(Duration::from_millis(40)));
         assert_eq!(steps[0].own_ttft(), None);
         assert_eq!(
@@ -374,7 +378,11 @@ mod tests {
             Some(Duration::from_millis(40)),
             "after an internal tool, the text's latency"
         );
-        assert_eq!(scenario.calls[1].turns[0].own_ttft(), None, "no reply scripted");
+        assert_eq!(
+            scenario.calls[1].turns[0].own_ttft(),
+            None,
+            "no reply scripted"
+        );
         assert_eq!(words("How much?"), ["How ", "much?"]);
     }
 
@@ -383,7 +391,9 @@ mod tests {
         let base = "name = \"x\"\nplatforms = [\"vapi\"]\n[[calls]]\nname = \"A\"\n";
         let unknown = format!("{base}resumes = \"Z\"\n[[calls.turns]]\nsay = \"hi\"\n");
         assert!(parse(&unknown).is_err());
-        let two = format!("{base}[[calls.turns]]\nsay = \"hi\"\nreply = [{{ text = \"a\", fail = 500 }}]\n");
+        let two = format!(
+            "{base}[[calls.turns]]\nsay = \"hi\"\nreply = [{{ text = \"a\", fail = 500 }}]\n"
+        );
         assert!(parse(&two).is_err());
         let retell_tool = "name = \"x\"\nplatforms = [\"retell\"]\n[[calls]]\nname = \"A\"\n\
             [[calls.turns]]\nsay = \"hi\"\nreply = [{ platform_tool = \"book\" }]\n";

@@ -47,12 +47,15 @@ pub struct EndedCall<'a> {
     pub dropped: bool,
 }
 
+/// A webhook ready to send: its route, body and signature headers.
+pub type SignedWebhook = (&'static str, Vec<u8>, Vec<(&'static str, String)>);
+
 /// The route, the body and the signature headers of the call-ended webhook.
 pub fn call_ended(
     platform: PlatformKind,
     call: &EndedCall<'_>,
     secrets: &WebhookSecrets,
-) -> anyhow::Result<(&'static str, Vec<u8>, Vec<(&'static str, String)>)> {
+) -> anyhow::Result<SignedWebhook> {
     let body = serde_json::to_vec(&body(platform, call)).context("encoding the webhook")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
