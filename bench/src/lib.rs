@@ -10,5 +10,6 @@
 pub mod load;
 pub mod mock;
 pub mod report;
+pub mod sim;
 pub mod sse;
 pub mod suite;

@@ -18,6 +18,7 @@ mod outage;
 mod process;
 mod retell;
 mod sdk;
+mod sim;
 mod storage;
 mod support;
 mod tools;
