@@ -116,13 +116,25 @@ pub(super) fn validate(
             ),
         );
     }
+    if settings.memory.stale_after_secs.is_some() {
+        return fail(
+            "memory.stale_after_secs",
+            "was removed: a call is now resumable once it is not live; set \
+             `memory.live_window_secs` (default 8) instead"
+                .into(),
+        );
+    }
     const TEN_YEARS: u64 = 10 * 365 * 86_400;
     for (key, value) in [
         (
             "memory.resume_window_secs",
             settings.memory.resume_window_secs,
         ),
-        ("memory.stale_after_secs", settings.memory.stale_after_secs),
+        ("memory.live_window_secs", settings.memory.live_window_secs),
+        (
+            "memory.retell_reconnect_grace_secs",
+            settings.memory.retell_reconnect_grace_secs,
+        ),
     ] {
         if value > TEN_YEARS {
             return fail(key, format!("must be at most {TEN_YEARS} seconds"));

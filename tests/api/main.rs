@@ -14,6 +14,7 @@ mod jobs;
 mod limits;
 mod outage;
 mod process;
+mod resume;
 mod retell;
 mod sdk;
 mod storage;
