@@ -374,10 +374,6 @@ pub struct MemorySettings {
     /// How long a Retell call whose socket closed without `end_call` may reconnect before it is
     /// marked dropped, in seconds.
     pub retell_reconnect_grace_secs: u64,
-    /// Removed (replaced by `live_window_secs`); accepted only to be refused with a message that
-    /// names the new key.
-    #[serde(default, skip_serializing)]
-    pub stale_after_secs: Option<u64>,
     /// Region (ISO 3166 alpha-2) for caller numbers given without a country code.
     pub default_region: String,
 }
@@ -390,7 +386,6 @@ impl Default for MemorySettings {
             resume_window_secs: 86_400,
             live_window_secs: 8,
             retell_reconnect_grace_secs: 5,
-            stale_after_secs: None,
             default_region: "US".into(),
         }
     }

@@ -417,3 +417,24 @@ fn connection_limits_are_bounded_and_name_their_key() {
         "the defaults README and config.example.toml document"
     );
 }
+
+#[test]
+fn the_removed_stale_after_secs_is_refused_naming_its_replacement() {
+    let f = file("[memory]\nstale_after_secs = 300\n");
+    let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("`memory.stale_after_secs`") && err.contains("`memory.live_window_secs`"),
+        "{err}"
+    );
+    let e = env(&[("REDIAL_MEMORY__STALE_AFTER_SECS", "300")]);
+    assert!(load(None, e, &[]).is_err());
+    let f = file("[memory]\nlive_window_secs = 20\nretell_reconnect_grace_secs = 2\n");
+    let settings = load(Some(f.path()), env(&[]), &[]).unwrap();
+    assert_eq!(
+        (
+            settings.memory.live_window_secs,
+            settings.memory.retell_reconnect_grace_secs
+        ),
+        (20, 2)
+    );
+}

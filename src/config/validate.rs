@@ -116,14 +116,6 @@ pub(super) fn validate(
             ),
         );
     }
-    if settings.memory.stale_after_secs.is_some() {
-        return fail(
-            "memory.stale_after_secs",
-            "was removed: a call is now resumable once it is not live; set \
-             `memory.live_window_secs` (default 8) instead"
-                .into(),
-        );
-    }
     const TEN_YEARS: u64 = 10 * 365 * 86_400;
     for (key, value) in [
         (
