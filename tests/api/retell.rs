@@ -28,6 +28,7 @@ app_tests!(
     the_socket_needs_the_key_in_its_url,
     a_socket_closed_without_end_call_is_dropped_after_the_grace_and_a_redial_resumes_it,
     a_reconnect_within_the_grace_continues_the_call,
+    a_socket_closed_after_end_call_is_ended_not_dropped,
 );
 
 const MARIA: &str = "+14155550123";
@@ -829,5 +830,36 @@ async fn a_reconnect_within_the_grace_continues_the_call(backend: Backend) {
     assert_eq!(session.status, SessionStatus::Active, "the call goes on");
     assert_eq!((session.attempt, session.ended_at), (1, None));
     call.close().await;
+    app.teardown().await;
+}
+
+async fn a_socket_closed_after_end_call_is_ended_not_dropped(backend: Backend) {
+    let app = spawn(backend).await;
+    let grace = app.settings.memory.retell_reconnect_grace_secs;
+    let mut call = Retell::connect(&app, "call-bye").await;
+    call.details("call-bye", MARIA).await;
+    app.upstream.push(
+        "gpt-test",
+        Behavior::ToolCalls {
+            text_before: Some("Goodbye!".into()),
+            calls: vec![("end_call".into(), "{}".into())],
+        },
+    );
+    call.request("response_required", 1, &[("user", "That's all, bye.")])
+        .await;
+    let reply = call.reply(1).await;
+    assert_eq!(reply.frames.last().unwrap()["end_call"], true);
+    // Retell hangs up once the goodbye is spoken.
+    call.close().await;
+
+    let ended = session_when(&app, "call-bye", Duration::from_secs(grace + 3), |s| {
+        s.status != SessionStatus::Active
+    })
+    .await;
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(
+        ended.ended_reason.as_deref(),
+        Some("the agent ended the call (end_call)")
+    );
     app.teardown().await;
 }
