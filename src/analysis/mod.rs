@@ -72,13 +72,14 @@ pub fn identity_of(event: &WebhookEvent, call_key: &str, default_region: &str) -
         caller: event
             .caller_number
             .as_deref()
-            .and_then(|n| phone::normalize(n, default_region)),
+            .and_then(|n| phone::caller_key(n, default_region)),
         assistant_id: event.assistant_id.clone().unwrap_or_default(),
     }
 }
 
-/// Processes one call event: close the session, keep the platform's analysis, enqueue the
-/// analysis. Idempotent: every step may run again after a crash or a retry without a second
+/// Processes one call event: attach the caller it names to a session stored without one, close
+/// the session (a call another call already resumed is closed too: the resumption stands), keep
+/// the platform's analysis, enqueue the analysis. Idempotent: every step may run again after a crash or a retry without a second
 /// effect.
 pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow::Result<()> {
     let Some(call_key) = &event.call_key else {
@@ -86,6 +87,15 @@ pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow
     };
     let identity = identity_of(event, call_key, &engine.settings().memory.default_region);
     let mut context = engine.load_call_context(&identity).await?;
+    if let (None, Some(caller)) = (context.session.caller_id, &identity.caller) {
+        // The call carried no caller id (ElevenLabs without header mappings); the platform's
+        // report does: the caller is known from now on, and their next call is recognised.
+        context.session = engine
+            .store()
+            .attach_caller(context.session.session_id, caller, Utc::now())
+            .await?;
+        tracing::info!(session_id = %context.session.session_id, "the webhook named the call's caller");
+    }
     if let Some(ended) = &event.ended {
         let close = CloseSession {
             status: SessionStatus::Ended,

@@ -157,9 +157,7 @@ impl Layers {
             .and_then(Value::as_table)
             .and_then(|t| t.get(key))
         else {
-            return Err(ConfigError(format!(
-                "unknown configuration key `{section}.{key}` (from {source})"
-            )));
+            return Err(unknown_key(&format!("{section}.{key}"), &source));
         };
         let value = parse_scalar(default, raw).map_err(|expected| {
             ConfigError(format!(
@@ -233,6 +231,26 @@ fn parse_scalar(default: &Value, raw: &str) -> Result<Value, &'static str> {
     }
 }
 
+/// Keys that were removed, with what replaces them: a configuration still setting one is refused
+/// with a message that names the replacement.
+const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "memory.stale_after_secs",
+    "a call is now resumable as soon as it is not live; set `memory.live_window_secs` \
+     (default 8) instead",
+)];
+
+/// The error for a key the settings do not have (naming the replacement of a removed one).
+fn unknown_key(path: &str, source: &Source) -> ConfigError {
+    match REMOVED_KEYS.iter().find(|(key, _)| *key == path) {
+        Some((_, instead)) => {
+            ConfigError(format!("`{path}` (from {source}) was removed: {instead}"))
+        }
+        None => ConfigError(format!(
+            "unknown configuration key `{path}` (from {source})"
+        )),
+    }
+}
+
 /// Rejects keys of `table` that `template` does not have. Arrays of tables are checked against
 /// the template array's first element when it has one.
 fn check_known(
@@ -248,9 +266,7 @@ fn check_known(
             format!("{prefix}.{key}")
         };
         let Some(expected) = template.get(key) else {
-            return Err(ConfigError(format!(
-                "unknown configuration key `{path}` (from {source})"
-            )));
+            return Err(unknown_key(&path, source));
         };
         match (value, expected) {
             (Value::Table(inner), Value::Table(inner_template)) => {

@@ -369,8 +369,12 @@ pub struct MemorySettings {
     pub read_budget_ms: u64,
     /// How long after a call a redial from the same caller can resume it, in seconds.
     pub resume_window_secs: u64,
-    /// An active call silent for this many seconds counts as dropped (resumable).
-    pub stale_after_secs: u64,
+    /// An unfinished call with activity (a stored turn) within this many seconds is live: a new
+    /// call from the same caller is a concurrent call, not a redial, and does not resume it.
+    pub live_window_secs: u64,
+    /// How long a Retell call whose socket closed without `end_call` may reconnect before it is
+    /// marked dropped, in seconds.
+    pub retell_reconnect_grace_secs: u64,
     /// Region (ISO 3166 alpha-2) for caller numbers given without a country code.
     pub default_region: String,
 }
@@ -381,7 +385,8 @@ impl Default for MemorySettings {
             summary_max_tokens: 300,
             read_budget_ms: 50,
             resume_window_secs: 86_400,
-            stale_after_secs: 300,
+            live_window_secs: 8,
+            retell_reconnect_grace_secs: 5,
             default_region: "US".into(),
         }
     }

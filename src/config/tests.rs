@@ -429,3 +429,24 @@ fn an_empty_filler_loads_and_turns_the_filler_off() {
         "the default filler when none is given"
     );
 }
+
+#[test]
+fn the_removed_stale_after_secs_is_refused_naming_its_replacement() {
+    let f = file("[memory]\nstale_after_secs = 300\n");
+    let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("`memory.stale_after_secs`") && err.contains("`memory.live_window_secs`"),
+        "{err}"
+    );
+    let e = env(&[("REDIAL_MEMORY__STALE_AFTER_SECS", "300")]);
+    assert!(load(None, e, &[]).is_err());
+    let f = file("[memory]\nlive_window_secs = 20\nretell_reconnect_grace_secs = 2\n");
+    let settings = load(Some(f.path()), env(&[]), &[]).unwrap();
+    assert_eq!(
+        (
+            settings.memory.live_window_secs,
+            settings.memory.retell_reconnect_grace_secs
+        ),
+        (20, 2)
+    );
+}

@@ -122,7 +122,11 @@ pub(super) fn validate(
             "memory.resume_window_secs",
             settings.memory.resume_window_secs,
         ),
-        ("memory.stale_after_secs", settings.memory.stale_after_secs),
+        ("memory.live_window_secs", settings.memory.live_window_secs),
+        (
+            "memory.retell_reconnect_grace_secs",
+            settings.memory.retell_reconnect_grace_secs,
+        ),
     ] {
         if value > TEN_YEARS {
             return fail(key, format!("must be at most {TEN_YEARS} seconds"));

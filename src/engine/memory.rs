@@ -283,7 +283,13 @@ fn unstored(new: &NewSession, caller: Option<&Caller>) -> CallSession {
 }
 
 /// The caller's unfinished call with this assistant within the resume window, when the
-/// assistant's script has required fields.
+/// assistant's script has required fields and that call is not live.
+///
+/// A call is live — a concurrent call of the same caller, never merged — while a turn of it is
+/// running on this instance or its Retell socket is open (the in-process registry), or while
+/// its last activity is within `memory.live_window_secs` (the store: other instances). Anything
+/// else unfinished is a call that dropped, whether or not the platform's call-ended webhook has
+/// arrived (it may never: none configured, or the gateway was killed).
 async fn resumable(
     engine: &Engine,
     caller_id: Uuid,
@@ -296,12 +302,23 @@ async fn resumable(
     }
     let memory = &engine.settings.memory;
     let since = now - seconds(memory.resume_window_secs);
-    let stale_before = now - seconds(memory.stale_after_secs);
+    let live_since = now - seconds(memory.live_window_secs);
     let found = engine
         .store
-        .find_resumable(caller_id, assistant_id, since, stale_before, None)
+        .find_resumable(caller_id, assistant_id, since, live_since, None)
         .await?;
-    Ok(found.filter(|s| script::incomplete(script, &s.answers)))
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    if found.status == SessionStatus::Active && engine.live.is_live(found.platform, &found.call_key)
+    {
+        tracing::info!(
+            previous = %found.session_id,
+            "the caller's previous call is live here; a concurrent call, not a redial"
+        );
+        return Ok(None);
+    }
+    Ok(script::incomplete(script, &found.answers).then_some(found))
 }
 
 fn seconds(secs: u64) -> chrono::Duration {

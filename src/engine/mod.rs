@@ -8,6 +8,7 @@
 //! on in a tracked background task: a client that disconnects never cancels a write, and
 //! shutdown drains them.
 
+mod live;
 mod memory;
 mod persist;
 mod prompt;
@@ -38,6 +39,7 @@ use crate::platforms::Identity;
 use crate::storage::Store;
 use crate::upstream::LlmClient;
 
+pub use live::{Hold, LiveCalls, LiveGuard};
 pub use memory::CallContext;
 pub use tool_calls::ToolCalls;
 
@@ -192,6 +194,8 @@ pub struct Engine {
     pub(crate) journal: Journal,
     /// Failed memory reads are logged at most once a while (an outage fails every turn's).
     pub(crate) read_warnings: Arc<writer::Throttle>,
+    /// Calls with a turn running (or a Retell socket open) on this instance.
+    pub(crate) live: LiveCalls,
 }
 
 impl Engine {
@@ -222,6 +226,7 @@ impl Engine {
             writer,
             journal,
             read_warnings: Arc::new(writer::Throttle::new()),
+            live: LiveCalls::default(),
         }
     }
 
@@ -272,6 +277,27 @@ impl Engine {
         persist::opening(self, session_id, text).await
     }
 
+    /// Marks a call live on this instance until the guard is dropped: a new call from the same
+    /// caller does not resume it meanwhile (an open Retell socket holds one).
+    pub fn hold_live(
+        &self,
+        platform: crate::storage::Platform,
+        call_key: &str,
+        hold: Hold,
+    ) -> LiveGuard {
+        self.live.hold(platform, call_key, hold)
+    }
+
+    /// How many holds of this kind keep the call live on this instance.
+    pub fn live_holds(
+        &self,
+        platform: crate::storage::Platform,
+        call_key: &str,
+        hold: Hold,
+    ) -> usize {
+        self.live.holds(platform, call_key, hold)
+    }
+
     /// Turns (and tool audit entries) handed to the write-behind queue and not yet stored.
     pub fn pending_writes(&self) -> usize {
         self.writer.pending()
@@ -291,8 +317,16 @@ impl Engine {
         let started = Instant::now();
         let engine = self.clone();
         let task_timings = Arc::clone(&timings);
+        // The call is live from now until the turn is persisted: a redial meanwhile is a
+        // concurrent call, not a resumption.
+        let identity = &request.identity;
+        let live = (!identity.ephemeral).then(|| {
+            self.live
+                .hold(identity.platform, &identity.call_key, Hold::Turn)
+        });
         let turn: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             turn::run(engine, request, tx, task_timings, started).await;
+            drop(live);
         });
         TurnHandle {
             events,

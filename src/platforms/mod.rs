@@ -14,7 +14,7 @@ use crate::storage::Platform;
 
 /// Generic clients (and ElevenLabs through `request_headers`) name the call with this header.
 pub const CALL_ID_HEADER: &str = "x-call-id";
-/// The caller's phone number.
+/// The caller: a phone number, or any other stable id of the person (an app's user id).
 pub const CALLER_ID_HEADER: &str = "x-caller-id";
 /// The assistant or agent id.
 pub const ASSISTANT_ID_HEADER: &str = "x-assistant-id";
@@ -28,7 +28,8 @@ pub struct Identity {
     pub call_key: String,
     /// Whether `call_key` was minted for this request alone.
     pub ephemeral: bool,
-    /// The caller's E.164 number, when known and valid.
+    /// The caller's key ([`phone::caller_key`]): an E.164 number, or `id:<id>` for any other
+    /// caller id.
     pub caller: Option<String>,
     /// The assistant id (`""` when unknown).
     pub assistant_id: String,
@@ -80,20 +81,21 @@ pub fn identify(
     let (platform, call_key, raw_caller, assistant) = if let Some(call) = request.extra.get("call")
     {
         vapi(request, call)
-    } else {
-        let platform = if request.extra.contains_key("elevenlabs_extra_body")
-            || request.extra.contains_key("user_id")
-        {
-            Platform::ElevenLabs
-        } else {
-            Platform::Generic
-        };
-        let caller = header(CALLER_ID_HEADER, "X-Caller-Id").or_else(|| match platform {
-            Platform::Generic => request.user.clone().map(|u| ("user", u)),
-            _ => None,
-        });
+    } else if request.extra.contains_key("elevenlabs_extra_body")
+        || request.extra.contains_key("user_id")
+    {
+        let (call_key, caller, assistant) = elevenlabs(request);
         (
-            platform,
+            Platform::ElevenLabs,
+            header(CALL_ID_HEADER, "X-Call-Id").or(call_key),
+            header(CALLER_ID_HEADER, "X-Caller-Id").or(caller),
+            header(ASSISTANT_ID_HEADER, "X-Assistant-Id").or(assistant),
+        )
+    } else {
+        let caller = header(CALLER_ID_HEADER, "X-Caller-Id")
+            .or_else(|| request.user.clone().map(|u| ("user", u)));
+        (
+            Platform::Generic,
             header(CALL_ID_HEADER, "X-Call-Id"),
             caller,
             header(ASSISTANT_ID_HEADER, "X-Assistant-Id"),
@@ -113,9 +115,44 @@ pub fn identify(
         platform,
         call_key: call_key.map_or_else(|| format!("req-{}", Uuid::now_v7().simple()), |(_, k)| k),
         ephemeral,
-        caller: raw_caller.and_then(|(_, raw)| phone::normalize(&raw, default_region)),
+        caller: raw_caller.and_then(|(_, raw)| phone::caller_key(&raw, default_region)),
         assistant_id: assistant.map(|(_, a)| a).unwrap_or_default(),
     })
+}
+
+/// ElevenLabs without header mappings: the dynamic variables the client passed in
+/// `elevenlabs_extra_body` (`system__conversation_id`, `system__caller_id`, `system__agent_id`,
+/// at its top level or under `dynamic_variables`), and `user_id` — the end user's id the client
+/// started the conversation with — as the caller when no caller id is given.
+fn elevenlabs(request: &ChatRequest) -> (Sourced, Sourced, Sourced) {
+    let extra = request.extra.get("elevenlabs_extra_body");
+    let variable = |field: &'static str, names: &[&str]| {
+        names.iter().find_map(|name| {
+            let value = extra.and_then(|e| {
+                e.get(*name)
+                    .or_else(|| e.get("dynamic_variables").and_then(|d| d.get(*name)))
+            })?;
+            let text = value.as_str().map(str::trim).filter(|s| !s.is_empty())?;
+            Some((field, text.to_owned()))
+        })
+    };
+    let call_key = variable(
+        "elevenlabs_extra_body.system__conversation_id",
+        &["system__conversation_id", "conversation_id"],
+    );
+    let caller = variable(
+        "elevenlabs_extra_body.system__caller_id",
+        &["system__caller_id", "caller_id"],
+    )
+    .or_else(|| {
+        let user = request.extra.get("user_id").and_then(Value::as_str)?.trim();
+        (!user.is_empty()).then(|| ("user_id", user.to_owned()))
+    });
+    let assistant = variable(
+        "elevenlabs_extra_body.system__agent_id",
+        &["system__agent_id", "agent_id"],
+    );
+    (call_key, caller, assistant)
 }
 
 /// Vapi: `call.id`, `customer.number` or `call.customer.number`, `call.assistantId` or
@@ -191,6 +228,45 @@ mod tests {
         assert_eq!(id.caller.as_deref(), Some("+14155550123"));
         assert!(id.ephemeral && id.call_key.starts_with("req-"));
         assert!(!id.is_voice());
+    }
+
+    #[test]
+    fn elevenlabs_identity_comes_from_the_body_without_header_mappings() {
+        let r = request(
+            json!({"messages": [], "user_id": "user-7", "elevenlabs_extra_body": {
+            "dynamic_variables": {"system__caller_id": "+1 415 555 0123",
+                                  "system__conversation_id": "conv_9", "system__agent_id": "agent_2"}}}),
+        );
+        let id = identify(&HeaderMap::new(), &r, "US", 256).unwrap();
+        assert_eq!(id.platform, Platform::ElevenLabs);
+        assert_eq!(id.caller.as_deref(), Some("+14155550123"));
+        assert_eq!(
+            (id.call_key.as_str(), id.assistant_id.as_str()),
+            ("conv_9", "agent_2")
+        );
+        // Without a caller id, `user_id` names the caller; headers win over the body.
+        let r = request(json!({"messages": [], "user_id": "user-7"}));
+        let id = identify(&HeaderMap::new(), &r, "US", 256).unwrap();
+        assert_eq!(id.caller.as_deref(), Some("id:user-7"));
+        let mut headers = HeaderMap::new();
+        headers.insert(CALLER_ID_HEADER, "+14155550199".parse().unwrap());
+        let id = identify(&headers, &r, "US", 256).unwrap();
+        assert_eq!(id.caller.as_deref(), Some("+14155550199"));
+        let r = request(json!({"messages": [], "user_id": "", "elevenlabs_extra_body": {}}));
+        let id = identify(&HeaderMap::new(), &r, "US", 256).unwrap();
+        assert_eq!((id.platform, id.caller), (Platform::ElevenLabs, None));
+    }
+
+    #[test]
+    fn a_caller_id_that_is_not_a_number_is_a_caller_of_its_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CALLER_ID_HEADER, "user-42".parse().unwrap());
+        let r = request(json!({"messages": []}));
+        let id = identify(&headers, &r, "US", 256).unwrap();
+        assert_eq!(id.caller.as_deref(), Some("id:user-42"));
+        let r = request(json!({"messages": [], "user": "user-42"}));
+        let id = identify(&HeaderMap::new(), &r, "US", 256).unwrap();
+        assert_eq!(id.caller.as_deref(), Some("id:user-42"));
     }
 
     #[test]

@@ -1,9 +1,61 @@
-//! Phone numbers as caller keys: every formatting of a number normalises to one E.164 string.
+//! Caller keys: every formatting of a phone number normalises to one E.164 string (`+14155550123`);
+//! any other caller id (an app's user id, a SIP address, a WebRTC participant) is kept as given
+//! under [`ID_PREFIX`], so it never collides with a number.
 
 use std::str::FromStr;
 
 use phonenumber::Mode;
 use phonenumber::country::Id;
+
+/// Prefix of a caller key that is not a phone number: `id:user-42`.
+pub const ID_PREFIX: &str = "id:";
+
+/// Caller ids that name nobody in particular (withheld numbers): no caller, rather than one
+/// caller shared by everyone who withholds their number.
+const ANONYMOUS: &[&str] = &[
+    "anonymous",
+    "unknown",
+    "restricted",
+    "private",
+    "unavailable",
+    "null",
+    "undefined",
+];
+
+/// The caller key of a raw caller id: a phone number (E.164, `tel:` and `sip:` forms, national
+/// formats read in `default_region`) as its E.164 form; any other non-empty id as
+/// `id:<id as given>`. `None` for a blank or anonymous id, and for a malformed number (one
+/// written with a leading `+` or `tel:` that is not a valid number): a typo in a number must
+/// not become a separate caller.
+pub fn caller_key(raw: &str, default_region: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() || ANONYMOUS.iter().any(|a| raw.eq_ignore_ascii_case(a)) {
+        return None;
+    }
+    if let Some(number) = normalize(raw, default_region) {
+        return Some(number);
+    }
+    let user = sip_user(raw).unwrap_or(raw);
+    if let Some(number) = (user != raw)
+        .then(|| normalize(user, default_region))
+        .flatten()
+    {
+        return Some(number);
+    }
+    if raw.starts_with('+') || raw.starts_with("tel:") {
+        return None;
+    }
+    Some(format!("{ID_PREFIX}{raw}"))
+}
+
+/// The user part of a `sip:`/`sips:` URI (`sip:+14155550123@host;user=phone` → `+14155550123`).
+fn sip_user(raw: &str) -> Option<&str> {
+    let rest = raw
+        .strip_prefix("sip:")
+        .or_else(|| raw.strip_prefix("sips:"))?;
+    let user = rest.split(['@', ';']).next().unwrap_or(rest);
+    (!user.is_empty()).then_some(user)
+}
 
 /// Normalises `raw` to E.164 (`+14155550123`). Numbers without a country code are read in
 /// `default_region` (ISO 3166 alpha-2, e.g. `US`). `tel:` prefixes, spaces, dashes, dots and
@@ -58,6 +110,36 @@ mod tests {
             normalize("020 7946 0958", "GB").as_deref(),
             Some("+442079460958")
         );
+    }
+
+    #[test]
+    fn any_other_id_is_a_caller_in_its_own_namespace() {
+        let key = |raw| caller_key(raw, "US");
+        assert_eq!(key("user-42").as_deref(), Some("id:user-42"));
+        assert_eq!(key(" user-42 ").as_deref(), Some("id:user-42"));
+        assert_eq!(
+            key("User-42").as_deref(),
+            Some("id:User-42"),
+            "kept as given"
+        );
+        assert_eq!(key("12").as_deref(), Some("id:12"), "not a number: an id");
+        assert_eq!(
+            key("sip:alice@example.com").as_deref(),
+            Some("id:sip:alice@example.com")
+        );
+        // Numbers stay numbers, in every form.
+        for raw in [
+            "+1 415 555 0123",
+            "tel:+14155550123",
+            "sip:+14155550123@pbx.example.com;user=phone",
+            "sips:4155550123@pbx.example.com",
+        ] {
+            assert_eq!(key(raw).as_deref(), Some("+14155550123"), "{raw}");
+        }
+        // No caller: blank, withheld, or a malformed number.
+        for raw in ["", "  ", "anonymous", "Restricted", "+1 555", "tel:12"] {
+            assert_eq!(key(raw), None, "{raw}");
+        }
     }
 
     #[test]

@@ -165,9 +165,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         call_key: &str,
     ) -> StoreResult<Option<(CallSession, Option<Caller>)>>;
 
+    /// Names the caller of a session stored without one (a caller learnt after the call, e.g.
+    /// from a post-call webhook), in one transaction: upserts the caller with `phone` (as
+    /// [`Store::upsert_caller`]), sets it on the session with the caller's counts snapshotted,
+    /// and counts the call on the caller (as [`Store::create_session`] does). A session that
+    /// already has a caller is returned unchanged (idempotent). An unknown session is
+    /// [`StoreError::NotFound`].
+    async fn attach_caller(
+        &self,
+        session_id: Uuid,
+        phone: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CallSession>;
+
     /// The newest session of this caller with this assistant, started at or after
     /// `started_since`, that can be resumed: status `ended` or `dropped`, or `active` with
-    /// `last_activity_at` before `stale_before`, and not already resumed by another session (a
+    /// `last_activity_at` before `stale_before` (no longer live; see `memory.live_window_secs`),
+    /// and not already resumed by another session (a
     /// chain of attempts resumes from its newest link). `exclude` (the asking call) is never
     /// returned.
     async fn find_resumable(

@@ -27,6 +27,10 @@ const TURNS_PER_CALL: usize = 8;
 /// Pause between a caller's turns (20 callers: about 50 turns a second in all).
 const TURN_GAP: Duration = Duration::from_millis(300);
 const FIELDS: [&str; 2] = ["loan_purpose", "amount"];
+/// A webhook is answered well before a platform's own timeout: from the journal, never after a
+/// retry loop (the first one in an outage may wait `database.write_timeout_ms`; a loaded
+/// two-core machine adds its own delays).
+const WEBHOOK_MAX: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_second_database_outage_loses_nothing_and_callers_do_not_wait() {
@@ -435,7 +439,7 @@ impl Caller {
             .send()
             .await;
         match response {
-            Ok(r) if r.status() == 200 && started.elapsed() < Duration::from_secs(2) => {
+            Ok(r) if r.status() == 200 && started.elapsed() < WEBHOOK_MAX => {
                 call.webhook = true;
             }
             Ok(r) => log.failures.push(format!(

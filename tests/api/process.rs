@@ -233,7 +233,7 @@ async fn a_gateway_killed_after_an_answer_loses_no_confirmed_answer(backend: Bac
     let dir = tempfile::tempdir().unwrap();
     // A generous memory budget: this test is about durability, not the cold-start budget.
     let script = "escalation_model = \"gpt-strong\"\n\
-        [memory]\nstale_after_secs = 0\nread_budget_ms = 5000\n\
+        [memory]\nlive_window_secs = 0\nread_budget_ms = 5000\n\
         [[assistants]]\nid = \"asst-1\"\n\
         [[assistants.fields]]\nname = \"loan_purpose\"\nquestion = \"What is the loan for?\"\n\
         [[assistants.fields]]\nname = \"amount\"\nquestion = \"How much do you need?\"\n";

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
 use redial::config::{AssistantSettings, FieldSettings, Settings};
-use redial::storage::{CallerPatch, Platform};
+use redial::storage::{CallSession, CallerPatch, Platform, SessionStatus};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -26,6 +26,9 @@ app_tests!(
     a_second_call_from_the_same_number_is_recognised,
     without_call_details_the_caller_is_greeted_after_a_short_wait,
     the_socket_needs_the_key_in_its_url,
+    a_socket_closed_without_end_call_is_dropped_after_the_grace_and_a_redial_resumes_it,
+    a_reconnect_within_the_grace_continues_the_call,
+    a_socket_closed_after_end_call_is_ended_not_dropped,
 );
 
 const MARIA: &str = "+14155550123";
@@ -741,5 +744,122 @@ async fn the_socket_needs_the_key_in_its_url(backend: Backend) {
     .err()
     .expect("refused");
     assert!(matches!(refused, tungstenite::Error::Http(r) if r.status() == 503));
+    app.teardown().await;
+}
+
+/// Polls the stored session of `call_id` until `done` holds, for at most `within`.
+async fn session_when(
+    app: &TestApp,
+    call_id: &str,
+    within: Duration,
+    done: impl Fn(&CallSession) -> bool,
+) -> CallSession {
+    let deadline = Instant::now() + within;
+    loop {
+        let (session, _) = app.stored_call(Platform::Retell, call_id).await;
+        if done(&session) || Instant::now() > deadline {
+            return session;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_socket_closed_without_end_call_is_dropped_after_the_grace_and_a_redial_resumes_it(
+    backend: Backend,
+) {
+    let app = spawn(backend).await;
+    let grace = app.settings.memory.retell_reconnect_grace_secs;
+    assert_eq!(grace, 5, "the shipped default");
+    let mut call = Retell::connect(&app, "call-cut").await;
+    assert_eq!(call.details("call-cut", MARIA).await, GREETING_UNKNOWN);
+    call.request("response_required", 1, &[("user", "Hi, I need a loan.")])
+        .await;
+    call.reply(1).await.assert_well_formed(1);
+    // The line drops: the socket closes, no end_call, no reconnect, no webhook.
+    call.close().await;
+    let closed = Instant::now();
+
+    let dropped = session_when(&app, "call-cut", Duration::from_secs(grace + 3), |s| {
+        s.status != SessionStatus::Active
+    })
+    .await;
+    assert_eq!(dropped.status, SessionStatus::Dropped);
+    assert!(
+        closed.elapsed() >= Duration::from_secs(grace) - Duration::from_millis(200),
+        "not before the grace is over"
+    );
+
+    // The caller redials at once (well within the live window): the call resumes.
+    let mut call = Retell::connect(&app, "call-again").await;
+    call.details("call-again", MARIA).await;
+    call.request("response_required", 1, &[("user", "Sorry, I got cut off.")])
+        .await;
+    call.reply(1).await.assert_well_formed(1);
+    call.close().await;
+    let again = session_when(&app, "call-again", Duration::from_secs(1), |_| true).await;
+    assert_eq!(
+        (again.attempt, again.resumes_session_id),
+        (2, Some(dropped.session_id))
+    );
+    app.teardown().await;
+}
+
+async fn a_reconnect_within_the_grace_continues_the_call(backend: Backend) {
+    let app = spawn(backend).await;
+    let grace = Duration::from_secs(app.settings.memory.retell_reconnect_grace_secs);
+    let mut call = Retell::connect(&app, "call-blip").await;
+    assert_eq!(call.details("call-blip", MARIA).await, GREETING_UNKNOWN);
+    call.close().await;
+
+    // Retell reconnects the same call within the grace.
+    let mut call = Retell::connect(&app, "call-blip").await;
+    assert_eq!(
+        call.details("call-blip", MARIA).await,
+        "",
+        "no second greeting"
+    );
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    app.upstream.push("gpt-test", Behavior::text(["Go on."]));
+    call.request("response_required", 1, &[("user", "Still there?")])
+        .await;
+    let reply = call.reply(1).await;
+    reply.assert_well_formed(1);
+    assert_eq!(reply.text(), "Go on.");
+
+    let session = session_when(&app, "call-blip", Duration::ZERO, |_| true).await;
+    assert_eq!(session.status, SessionStatus::Active, "the call goes on");
+    assert_eq!((session.attempt, session.ended_at), (1, None));
+    call.close().await;
+    app.teardown().await;
+}
+
+async fn a_socket_closed_after_end_call_is_ended_not_dropped(backend: Backend) {
+    let app = spawn(backend).await;
+    let grace = app.settings.memory.retell_reconnect_grace_secs;
+    let mut call = Retell::connect(&app, "call-bye").await;
+    call.details("call-bye", MARIA).await;
+    app.upstream.push(
+        "gpt-test",
+        Behavior::ToolCalls {
+            text_before: Some("Goodbye!".into()),
+            calls: vec![("end_call".into(), "{}".into())],
+        },
+    );
+    call.request("response_required", 1, &[("user", "That's all, bye.")])
+        .await;
+    let reply = call.reply(1).await;
+    assert_eq!(reply.frames.last().unwrap()["end_call"], true);
+    // Retell hangs up once the goodbye is spoken.
+    call.close().await;
+
+    let ended = session_when(&app, "call-bye", Duration::from_secs(grace + 3), |s| {
+        s.status != SessionStatus::Active
+    })
+    .await;
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(
+        ended.ended_reason.as_deref(),
+        Some("the agent ended the call (end_call)")
+    );
     app.teardown().await;
 }

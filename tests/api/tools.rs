@@ -231,7 +231,7 @@ async fn a_dropped_call_resumes_at_the_first_unanswered_question(backend: Backen
     let app = TestApp::spawn_with(backend, |s| {
         loan_script(s);
         s.upstream.escalation_model = "gpt-strong".into();
-        s.memory.stale_after_secs = 0;
+        s.memory.live_window_secs = 0;
     })
     .await;
     // Call A: the purpose and the caller's name are recorded, then the line drops.

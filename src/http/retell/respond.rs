@@ -2,6 +2,9 @@
 //! and tool frames under the request's `response_id`, and a guard makes sure the response is
 //! always closed with `content_complete: true` unless a newer request superseded it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Map, Value, json};
 
 use super::outbox::{Closed, Outbox};
@@ -71,7 +74,12 @@ fn end_call_tool() -> Value {
 /// Runs the turn and streams it as frames of the guarded response; closes the response at the
 /// end, whatever the end. Dropping this future (supersession, hang-up) drops the turn's
 /// receiver, which stops the engine.
-pub(super) async fn run(engine: Engine, turn: TurnRequest, guard: ResponseGuard) {
+pub(super) async fn run(
+    engine: Engine,
+    turn: TurnRequest,
+    guard: ResponseGuard,
+    hung_up: Arc<AtomicBool>,
+) {
     let response_id = guard.response_id;
     let mut handle = engine.start_turn(turn);
     let mut platform_calls = ToolCalls::default();
@@ -126,6 +134,9 @@ pub(super) async fn run(engine: Engine, turn: TurnRequest, guard: ResponseGuard)
         );
     }
     let end_call = ends_call(&platform_calls);
+    if end_call {
+        hung_up.store(true, Ordering::Release);
+    }
     guard.complete(end_call).await;
     let timings = &handle.timings;
     tracing::info!(

@@ -11,6 +11,8 @@
 //! reconnects (to another instance), where the call continues from the store. A close code 1000
 //! would hang up the call instead.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -24,9 +26,10 @@ use super::greeting;
 use super::outbox::{self, Outbox};
 use super::protocol::{self, CallInfo, Incoming, ResponseRequest, ServerEvent};
 use super::respond::{self, Ask, ResponseGuard};
+use crate::engine::{Engine, Hold, LiveGuard};
 use crate::platforms::{Identity, phone};
 use crate::state::AppState;
-use crate::storage::Platform;
+use crate::storage::{CloseSession, Platform, SessionStatus};
 
 /// How long the begin message waits for `call_details` (which names the caller) before it is
 /// sent without them.
@@ -78,6 +81,11 @@ struct Session {
     begin: Option<AbortOnDropHandle<()>>,
     /// The response in progress.
     generation: Option<AbortOnDropHandle<()>>,
+    /// Keeps the call live (not resumable by a redial) while the socket is open, and through
+    /// the reconnect grace after it closes.
+    live: Option<LiveGuard>,
+    /// Set once a response ended the call (`end_call`).
+    hung_up: Arc<AtomicBool>,
 }
 
 impl Session {
@@ -89,12 +97,17 @@ impl Session {
             caller: None,
             assistant_id: String::new(),
         };
+        let live = state
+            .engine
+            .hold_live(Platform::Retell, &identity.call_key, Hold::Connection);
         Self {
             state,
             identity,
             outbox,
             begin: None,
             generation: None,
+            live: Some(live),
+            hung_up: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -171,7 +184,7 @@ impl Session {
         let region = &self.state.settings.memory.default_region;
         self.identity.caller = call
             .caller_number()
-            .and_then(|raw| phone::normalize(raw, region));
+            .and_then(|raw| phone::caller_key(raw, region));
         self.identity.assistant_id = call.agent_id.clone().unwrap_or_default();
         if self.begin.is_some() {
             tracing::info!("call_details arrived after the begin message; used from now on");
@@ -207,16 +220,40 @@ impl Session {
             .increment(1);
         let turn = respond::turn_request(&self.state.settings, &self.identity, request, ask);
         let guard = ResponseGuard::new(request.response_id, epoch, self.outbox.clone());
-        let task = respond::run(self.state.engine.clone(), turn, guard);
+        let hung_up = Arc::clone(&self.hung_up);
+        let task = respond::run(self.state.engine.clone(), turn, guard, hung_up);
         self.generation = Some(spawn(task));
     }
 
     /// On shutdown, lets the greeting and the response in progress finish; on close, aborts
-    /// them (dropping a turn's receiver stops it, and the engine stores what was said).
+    /// them (dropping a turn's receiver stops it, and the engine stores what was said) and,
+    /// off the caller's path, closes the call unless Retell reconnects within the grace.
     async fn finish(&mut self, end: End) {
         if end == End::Closed {
             // Nobody is listening: the response in progress needs no closing frame.
             self.outbox.supersede();
+            if let Some(live) = self.live.take() {
+                let closed = SocketClosed {
+                    engine: self.state.engine.clone(),
+                    call_key: self.identity.call_key.clone(),
+                    hung_up: self.hung_up.load(Ordering::Acquire),
+                    at: chrono::Utc::now(),
+                };
+                let grace =
+                    Duration::from_secs(self.state.settings.memory.retell_reconnect_grace_secs);
+                let shutdown = self.state.shutdown.clone();
+                self.state.tasks.spawn(
+                    async move {
+                        tokio::select! {
+                            // The next instance (or this one, restarted) carries on.
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(grace) => closed.settle().await,
+                        }
+                        drop(live);
+                    }
+                    .in_current_span(),
+                );
+            }
             return;
         }
         for task in [self.begin.take(), self.generation.take()]
@@ -224,6 +261,69 @@ impl Session {
             .flatten()
         {
             let _ = task.await;
+        }
+    }
+}
+
+/// A Retell socket that closed, waiting out the reconnect grace.
+struct SocketClosed {
+    engine: Engine,
+    call_key: String,
+    /// The agent ended the call (`end_call`): the caller was done, not cut off.
+    hung_up: bool,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl SocketClosed {
+    /// Once the grace is over: unless Retell reconnected meanwhile (another connection of the
+    /// call is open here), closes the still-active session, `dropped` (resumable by a redial at
+    /// once) or `ended` after `end_call`. A reconnect to another instance finds the call closed
+    /// and goes on from what is stored. Failures are logged: the live window makes the call
+    /// resumable anyway once it has been silent long enough.
+    async fn settle(self) {
+        let reconnected =
+            self.engine
+                .live_holds(Platform::Retell, &self.call_key, Hold::Connection)
+                > 1;
+        if reconnected {
+            tracing::info!("Retell reconnected within the grace; the call goes on");
+            return;
+        }
+        let store = self.engine.store();
+        let session = match store.load_call(Platform::Retell, &self.call_key).await {
+            Ok(Some((session, _))) => session,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the closed call; left to the live window");
+                return;
+            }
+        };
+        if session.status != SessionStatus::Active {
+            return;
+        }
+        let (status, reason) = if self.hung_up {
+            (SessionStatus::Ended, "the agent ended the call (end_call)")
+        } else {
+            (
+                SessionStatus::Dropped,
+                "the Retell socket closed without end_call and was not reopened",
+            )
+        };
+        let close = CloseSession {
+            status,
+            ended_reason: Some(reason.into()),
+            ended_at: self.at,
+            details: serde_json::json!({}),
+        };
+        match store.close_session(session.session_id, &close).await {
+            Ok(_) => {
+                metrics::counter!("redial_retell_calls_closed_total", "status" => status.as_str())
+                    .increment(1);
+                tracing::info!(status = %status, "the Retell call closed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not close the Retell call; left to the live window");
+            }
         }
     }
 }

@@ -181,6 +181,15 @@ impl Store for PostgresStore {
         sessions::load_call(&self.reader, platform, call_key).await
     }
 
+    async fn attach_caller(
+        &self,
+        session_id: Uuid,
+        phone: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CallSession> {
+        sessions::attach_caller(&self.pool, session_id, phone, now).await
+    }
+
     async fn find_resumable(
         &self,
         caller_id: Uuid,

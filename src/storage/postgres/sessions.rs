@@ -182,6 +182,72 @@ pub(super) async fn load_call(
 }
 
 #[tracing::instrument(
+    name = "store.attach_caller",
+    skip_all,
+    fields(backend = "postgres", %session_id, attached = tracing::field::Empty)
+)]
+pub(super) async fn attach_caller(
+    pool: &PgPool,
+    session_id: Uuid,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<CallSession> {
+    let mut tx = pool.begin().await?;
+    let caller = callers::upsert_caller_in(&mut tx, phone, now).await?;
+    // Lock the caller as a session creation does: counts are snapshotted and bumped in turn.
+    let (prior_calls, prior_call_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select call_count, last_call_at from caller where caller_id = $1 for no key update",
+    )
+    .bind(caller.caller_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let attached: Option<SessionRow> = sqlx::query_as(concat!(
+        "update call_session set caller_id = $2, prior_calls = $3, prior_call_at = $4, \
+         version = version + 1, updated_at = greatest(updated_at, $5) \
+         where session_id = $1 and caller_id is null returning ",
+        session_columns!()
+    ))
+    .bind(session_id)
+    .bind(caller.caller_id)
+    .bind(prior_calls)
+    .bind(prior_call_at)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let session = match attached {
+        Some(row) => {
+            let session = CallSession::try_from(row)?;
+            sqlx::query(
+                "update caller set call_count = call_count + 1, \
+                 last_call_at = greatest(last_call_at, $2), \
+                 updated_at = greatest(updated_at, $3) \
+                 where caller_id = $1",
+            )
+            .bind(caller.caller_id)
+            .bind(session.started_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tracing::Span::current().record("attached", true);
+            session
+        }
+        None => {
+            let row: Option<SessionRow> = sqlx::query_as(concat!(
+                "select ",
+                session_columns!(),
+                " from call_session where session_id = $1"
+            ))
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            CallSession::try_from(row.ok_or(StoreError::NotFound)?)?
+        }
+    };
+    tx.commit().await?;
+    Ok(session)
+}
+
+#[tracing::instrument(
     name = "store.find_resumable",
     skip_all,
     fields(backend = "postgres", %caller_id, assistant_id)

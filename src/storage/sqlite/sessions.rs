@@ -181,6 +181,55 @@ pub(super) async fn load_call(
 }
 
 #[tracing::instrument(
+    name = "store.attach_caller",
+    skip_all,
+    fields(backend = "sqlite", %session_id, attached = tracing::field::Empty)
+)]
+pub(super) async fn attach_caller(
+    pool: &SqlitePool,
+    session_id: Uuid,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<CallSession> {
+    let mut tx = begin_write(pool).await?;
+    let caller = callers::upsert_caller_in(&mut tx, phone, now).await?;
+    let mut session = read_session(&mut tx, session_id).await?;
+    if session.caller_id.is_none() {
+        // The write transaction holds the database lock: counts cannot move under us.
+        let (prior_calls, prior_call_at): (i64, Option<i64>) =
+            sqlx::query_as("select call_count, last_call_at from caller where caller_id = $1")
+                .bind(id(caller.caller_id))
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(
+            "update call_session set caller_id = $2, prior_calls = $3, prior_call_at = $4, \
+             version = version + 1, updated_at = max(updated_at, $5) where session_id = $1",
+        )
+        .bind(id(session_id))
+        .bind(id(caller.caller_id))
+        .bind(prior_calls)
+        .bind(prior_call_at)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "update caller set call_count = call_count + 1, \
+             last_call_at = max(coalesce(last_call_at, $2), $2), \
+             updated_at = max(updated_at, $3) where caller_id = $1",
+        )
+        .bind(id(caller.caller_id))
+        .bind(ms(session.started_at))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        tracing::Span::current().record("attached", true);
+        session = read_session(&mut tx, session_id).await?;
+    }
+    tx.commit().await?;
+    Ok(session)
+}
+
+#[tracing::instrument(
     name = "store.find_resumable",
     skip_all,
     fields(backend = "sqlite", %caller_id, assistant_id)

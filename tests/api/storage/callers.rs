@@ -8,6 +8,7 @@ on_both_backends!(
     callers_are_found_by_id_and_by_phone_and_unknown_ones_are_none,
     update_caller_sets_the_profile_and_adds_each_note_once,
     update_caller_of_an_unknown_caller_is_not_found,
+    attach_caller_names_the_caller_of_a_session_stored_without_one_once,
 );
 
 async fn upsert_caller_creates_one_caller_per_phone_and_moves_last_seen(store: Arc<dyn Store>) {
@@ -127,5 +128,51 @@ async fn update_caller_of_an_unknown_caller_is_not_found(store: Arc<dyn Store>) 
     assert!(
         matches!(result, Err(StoreError::NotFound)),
         "got {result:?}"
+    );
+}
+
+async fn attach_caller_names_the_caller_of_a_session_stored_without_one_once(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: the caller has one earlier call; this call was stored without a caller.
+    let (caller_id, _) = caller_with_session(store.as_ref(), "call-earlier", at(0)).await;
+    let session = create(store.as_ref(), &new_session("call-anon", None, at(600))).await;
+    let id_caller = "id:user-42";
+
+    // Act
+    let attached = store
+        .attach_caller(session.session_id, PHONE, at(900))
+        .await
+        .expect("attach");
+    let again = store
+        .attach_caller(session.session_id, OTHER_PHONE, at(950))
+        .await
+        .expect("attach again");
+    let unknown = store
+        .attach_caller(Uuid::now_v7(), id_caller, at(960))
+        .await;
+
+    // Assert
+    assert_eq!(attached.caller_id, Some(caller_id));
+    assert_eq!(
+        (attached.prior_calls, attached.prior_call_at),
+        (1, Some(at(0))),
+        "the caller's counts before this call"
+    );
+    assert_eq!(attached.version, session.version + 1);
+    let counted = store.get_caller(caller_id).await.unwrap().unwrap();
+    assert_eq!(
+        (counted.call_count, counted.last_call_at),
+        (2, Some(at(600)))
+    );
+    assert_eq!(again, attached, "a session with a caller keeps it");
+    assert!(matches!(unknown, Err(StoreError::NotFound)), "{unknown:?}");
+    assert!(
+        store
+            .get_caller_by_phone(id_caller)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing stored for an unknown session"
     );
 }
