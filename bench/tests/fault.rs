@@ -124,6 +124,8 @@ fn outage_run() -> OutageRun {
         readyz_during_outage: Some(503),
         recovered_ms: Some(5_250),
         peak_journal_backlog: Some(2_345),
+        journal_rejected: 0,
+        first_rejection: None,
         log: String::new(),
         exit: String::new(),
     }
@@ -172,11 +174,13 @@ fn a_clean_run_has_no_problems_and_every_loss_is_one() {
     run.tally.duplicates = 2;
     run.tally.audit_entries_lost = 1;
     run.recovered_ms = None;
+    run.journal_rejected = 4;
     assert_eq!(
         fault::problems(&run),
         [
             "13 s outage: 1 audit entries lost",
             "13 s outage: 2 duplicate rows",
+            "13 s outage: 4 journal records rejected",
             "13 s outage: the journal was not replayed within the cap",
         ]
     );

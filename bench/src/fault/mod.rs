@@ -90,6 +90,12 @@ pub struct OutageRun {
     pub recovered_ms: Option<u64>,
     /// Highest `redial_journal_backlog` seen on `/metrics`.
     pub peak_journal_backlog: Option<u64>,
+    /// Records the journal gave up on (lines of its `rejected.log`). Nothing in this workload
+    /// should be rejected (a hard failure); such a record is lost unless a later write carried
+    /// it again (a call's later turns carry its history).
+    pub journal_rejected: u64,
+    /// The first rejection's reason, if any.
+    pub first_rejection: Option<String>,
     /// redial's log file.
     pub log: String,
     /// How redial exited after SIGTERM.
@@ -164,6 +170,7 @@ pub fn problems(run: &OutageRun) -> Vec<String> {
         ("audit entries lost", t.audit_entries_lost),
         ("calls missing", t.calls_missing),
         ("duplicate rows", t.duplicates),
+        ("journal records rejected", run.journal_rejected),
     ];
     let mut problems: Vec<String> = counted
         .iter()
@@ -239,7 +246,18 @@ async fn run_on(
     let mut run = measured?;
     run.log = log.display().to_string();
     run.exit = exit;
+    (run.journal_rejected, run.first_rejection) = rejections(&journal.join("rejected.log"));
     Ok(run)
+}
+
+/// How many records the journal rejected, and the first one's reason.
+fn rejections(path: &std::path::Path) -> (u64, Option<String>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let first = text.lines().next().map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        entry["reason"].as_str().unwrap_or(line).to_owned()
+    });
+    (text.lines().count() as u64, first)
 }
 
 /// The load, the cut, the restore, the wait for recovery, and the count.
@@ -287,6 +305,8 @@ async fn measure(
         readyz_during_outage,
         recovered_ms,
         peak_journal_backlog,
+        journal_rejected: 0,
+        first_rejection: None,
         log: String::new(),
         exit: String::new(),
     })

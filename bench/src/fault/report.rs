@@ -77,16 +77,24 @@ pub fn markdown(results: &FaultResults) -> String {
     md.push_str(&table(&results.runs));
     md.push_str("\nTime to first token (ms) per phase:\n\n");
     md.push_str(&ttft_table(&results.runs));
-    md.push_str("\nOther losses (tool calls, audit entries, whole calls):\n\n");
+    md.push_str(
+        "\nOther losses (tool calls, audit entries, whole calls) and records the journal \
+         rejected (kept in its `rejected.log`, not replayed):\n\n",
+    );
     for run in &results.runs {
         let t = &run.tally;
         let _ = writeln!(
             md,
-            "- {}: {} tool calls lost, {} audit entries lost, {} calls missing",
+            "- {}: {} tool calls lost, {} audit entries lost, {} calls missing, \
+             {} journal records rejected{}",
             seconds(run.outage_secs),
             t.tool_calls_lost,
             t.audit_entries_lost,
-            t.calls_missing
+            t.calls_missing,
+            run.journal_rejected,
+            run.first_rejection
+                .as_deref()
+                .map_or_else(String::new, |reason| format!(" (first: {reason})")),
         );
     }
     md.push_str("\nHard failures: ");
