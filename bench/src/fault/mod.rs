@@ -170,6 +170,7 @@ pub fn problems(run: &OutageRun) -> Vec<String> {
         ("audit entries lost", t.audit_entries_lost),
         ("calls missing", t.calls_missing),
         ("duplicate rows", t.duplicates),
+        ("calls stored out of order", t.calls_out_of_order),
         ("journal records rejected", run.journal_rejected),
     ];
     let mut problems: Vec<String> = counted

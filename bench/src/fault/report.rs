@@ -78,7 +78,7 @@ pub fn markdown(results: &FaultResults) -> String {
     md.push_str("\nTime to first token (ms) per phase:\n\n");
     md.push_str(&ttft_table(&results.runs));
     md.push_str(
-        "\nOther losses (tool calls, audit entries, whole calls) and records the journal \
+        "\nOther losses (tool calls, audit entries, whole calls), order, and records the journal \
          rejected (kept in its `rejected.log`, not replayed):\n\n",
     );
     for run in &results.runs {
@@ -86,11 +86,12 @@ pub fn markdown(results: &FaultResults) -> String {
         let _ = writeln!(
             md,
             "- {}: {} tool calls lost, {} audit entries lost, {} calls missing, \
-             {} journal records rejected{}",
+             {} calls stored out of order, {} journal records rejected{}",
             seconds(run.outage_secs),
             t.tool_calls_lost,
             t.audit_entries_lost,
             t.calls_missing,
+            t.calls_out_of_order,
             run.journal_rejected,
             run.first_rejection
                 .as_deref()

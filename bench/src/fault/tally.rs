@@ -27,6 +27,8 @@ pub struct Tally {
     pub audit_entries_lost: u64,
     /// Calls with an answered turn that have no session at all.
     pub calls_missing: u64,
+    /// Calls whose stored caller turns (in `turn.seq` order) are not in the order spoken.
+    pub calls_out_of_order: u64,
     /// Rows stored more than once: the same turn (call, role, content), an audit entry beyond
     /// one per `record_answer`, a second session for a call. Must be 0.
     pub duplicates: u64,
@@ -40,6 +42,8 @@ struct Stored {
     turns: HashMap<(String, String), u64>,
     answers: BTreeMap<String, String>,
     audit: u64,
+    /// The call's user turns in `turn.seq` order.
+    user_order: Vec<String>,
 }
 
 /// Reads the database at `url` (directly, not through the proxy) and compares it with `calls`.
@@ -76,6 +80,17 @@ async fn read(connection: &mut PgConnection) -> anyhow::Result<HashMap<String, S
     for (call, role, content, n) in turns {
         let entry = stored.entry(call).or_default();
         entry.turns.insert((role, content), n.unsigned_abs());
+    }
+    let order: Vec<(String, String)> = sqlx::query_as(
+        "select s.call_key, t.content from turn t \
+         join call_session s on s.session_id = t.session_id \
+         where t.role = 'user' order by t.seq",
+    )
+    .fetch_all(&mut *connection)
+    .await
+    .context("reading the order of turns")?;
+    for (call, content) in order {
+        stored.entry(call).or_default().user_order.push(content);
     }
     let audits: Vec<(String, i64)> = sqlx::query_as(
         "select s.call_key, count(*) from audit_log a \
@@ -136,6 +151,7 @@ fn compare(calls: &[CallLog], stored: &HashMap<String, Stored>) -> Tally {
         tally.duplicates += tool_calls - distinct_tool_calls;
         tally.audit_entries_lost += tool_turns.saturating_sub(held.audit);
         tally.duplicates += held.audit.saturating_sub(tool_turns);
+        tally.calls_out_of_order += u64::from(!in_order(&call.said, &held.user_order));
         tally.answers_confirmed += call.answers.len() as u64;
         tally.answers_lost += call
             .answers
@@ -144,6 +160,18 @@ fn compare(calls: &[CallLog], stored: &HashMap<String, Stored>) -> Tally {
             .count() as u64;
     }
     tally
+}
+
+/// Whether the first stored occurrences of the spoken turns come in the order spoken (turns
+/// not stored are counted as lost elsewhere; other stored turns are ignored).
+fn in_order(said: &[String], stored: &[String]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let stored: Vec<&String> = stored
+        .iter()
+        .filter(|turn| said.contains(turn) && seen.insert(*turn))
+        .collect();
+    let spoken: Vec<&String> = said.iter().filter(|turn| seen.contains(turn)).collect();
+    stored == spoken
 }
 
 #[cfg(test)]
@@ -177,6 +205,7 @@ mod tests {
             turns,
             answers: call.answers.clone(),
             audit: call.tool_turns as u64,
+            user_order: call.said.clone(),
         }
     }
 
@@ -210,6 +239,7 @@ mod tests {
         held.turns
             .remove(&("tool_call".to_owned(), "amount=5".to_owned()));
         held.audit = 3;
+        held.user_order.swap(0, 2);
         let stored = HashMap::from([("a".to_owned(), held)]);
         let tally = compare(&calls, &stored);
         assert_eq!(
@@ -222,9 +252,21 @@ mod tests {
                 tool_calls_lost: 1,
                 audit_entries_lost: 0,
                 calls_missing: 1,
+                calls_out_of_order: 1,
                 duplicates: 3,
             }
         );
+    }
+
+    #[test]
+    fn order_ignores_lost_and_repeated_turns_but_not_swaps() {
+        let said: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let stored = |turns: &[&str]| turns.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        assert!(in_order(&said, &stored(&["a", "b", "c"])));
+        assert!(in_order(&said, &stored(&["a", "c"])));
+        assert!(in_order(&said, &stored(&["x", "a", "b", "a", "c"])));
+        assert!(!in_order(&said, &stored(&["b", "a", "c"])));
+        assert!(!in_order(&said, &stored(&["a", "c", "b"])));
     }
 
     #[test]
