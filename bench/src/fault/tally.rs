@@ -29,6 +29,8 @@ pub struct Tally {
     pub calls_missing: u64,
     /// Calls whose stored caller turns (in `turn.seq` order) are not in the order spoken.
     pub calls_out_of_order: u64,
+    /// Up to three of them: the call and its caller turns as stored.
+    pub out_of_order_examples: Vec<String>,
     /// Rows stored more than once: the same turn (call, role, content), an audit entry beyond
     /// one per `record_answer`, a second session for a call. Must be 0.
     pub duplicates: u64,
@@ -151,7 +153,13 @@ fn compare(calls: &[CallLog], stored: &HashMap<String, Stored>) -> Tally {
         tally.duplicates += tool_calls - distinct_tool_calls;
         tally.audit_entries_lost += tool_turns.saturating_sub(held.audit);
         tally.duplicates += held.audit.saturating_sub(tool_turns);
-        tally.calls_out_of_order += u64::from(!in_order(&call.said, &held.user_order));
+        if !in_order(&call.said, &held.user_order) {
+            tally.calls_out_of_order += 1;
+            if tally.out_of_order_examples.len() < 3 {
+                let example = format!("{}: stored {:?}", call.id, held.user_order);
+                tally.out_of_order_examples.push(example);
+            }
+        }
         tally.answers_confirmed += call.answers.len() as u64;
         tally.answers_lost += call
             .answers
@@ -253,6 +261,9 @@ mod tests {
                 audit_entries_lost: 0,
                 calls_missing: 1,
                 calls_out_of_order: 1,
+                out_of_order_examples: vec![
+                    "a: stored [\"a says 2\", \"a says 1\", \"a says 0\"]".to_owned()
+                ],
                 duplicates: 3,
             }
         );
