@@ -29,6 +29,9 @@ pub enum Command {
     Load(LoadArgs),
     /// Run the standard suite: direct vs through redial, on SQLite and Postgres.
     Suite(SuiteArgs),
+    /// Run the fault benchmark: Postgres outages of several lengths under load; counts what
+    /// is lost or duplicated and how long recovery takes.
+    Fault(FaultArgs),
 }
 
 /// `redial-bench mock`.
@@ -131,4 +134,38 @@ pub struct SuiteArgs {
     /// TOML file appended to redial's generated config (e.g. a [memory] section).
     #[arg(long)]
     pub extra_config: Option<PathBuf>,
+}
+
+/// `redial-bench fault`.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// The redial binary [default: target/release/redial, else target/debug/redial].
+    #[arg(long, env = "REDIAL_BIN")]
+    pub redial_bin: Option<PathBuf>,
+    /// Postgres server on which a fresh database is created (and dropped) per outage.
+    #[arg(
+        long,
+        env = "BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
+    /// Output directory for results.json, results.md, redial configs, journals and logs.
+    #[arg(long, default_value = "bench-results/fault")]
+    pub out: PathBuf,
+    /// Outage lengths in seconds, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "3,13,20,36,60")]
+    pub outages: Vec<f64>,
+    /// Load before each cut, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup_secs: f64,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 20)]
+    pub callers: usize,
+    /// Turns per second offered by all callers together.
+    #[arg(long, default_value_t = 50.0)]
+    pub turns_per_sec: f64,
+    /// CI smoke run: one 3 s outage after a 2 s warm-up (overrides --outages and
+    /// --warmup-secs).
+    #[arg(long)]
+    pub smoke: bool,
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use redial_bench::fault::{self, FaultOptions};
 use redial_bench::load::{self, LoadConfig, LoadMode, LoadReport, Target, WorkloadSpec};
 use redial_bench::mock::{MockConfig, MockUpstream};
 use redial_bench::report::{Row, runs_table};
 use redial_bench::suite::{self, SuiteOptions};
 
-use cli::{Cli, Command, LoadArgs, MockArgs, SuiteArgs};
+use cli::{Cli, Command, FaultArgs, LoadArgs, MockArgs, SuiteArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
                 Command::Mock(args) => serve_mock(&args).await,
                 Command::Load(args) => run_load(args).await,
                 Command::Suite(args) => run_suite(args).await,
+                Command::Fault(args) => run_fault(args).await,
             }
         })
     });
@@ -131,6 +133,41 @@ async fn run_suite(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     };
     let results = suite::run(&options).await?;
     println!("{}", suite::markdown(&results));
+    eprintln!(
+        "results written to {} and {}",
+        options.out.join("results.json").display(),
+        options.out.join("results.md").display()
+    );
+    Ok(exit_code(&results.hard_failures))
+}
+
+async fn run_fault(args: FaultArgs) -> anyhow::Result<ExitCode> {
+    let (outages, warmup) = if args.smoke {
+        (vec![3.0], 2.0)
+    } else {
+        (args.outages, args.warmup_secs)
+    };
+    anyhow::ensure!(args.callers > 0, "--callers must be at least 1");
+    anyhow::ensure!(
+        args.turns_per_sec.is_finite() && args.turns_per_sec > 0.0,
+        "--turns-per-sec must be positive"
+    );
+    let mut shape = FaultOptions::standard_shape();
+    shape.callers = args.callers;
+    shape.turn_interval = seconds(args.callers as f64 / args.turns_per_sec)?;
+    let options = FaultOptions {
+        redial_bin: suite::resolve_binary(args.redial_bin.as_deref())?,
+        postgres_url: args.postgres_url,
+        out: args.out,
+        outages: outages
+            .into_iter()
+            .map(seconds)
+            .collect::<anyhow::Result<_>>()?,
+        warmup: seconds(warmup)?,
+        shape,
+    };
+    let results = fault::run(&options).await?;
+    println!("{}", fault::markdown(&results));
     eprintln!(
         "results written to {} and {}",
         options.out.join("results.json").display(),

@@ -22,7 +22,7 @@ pub use machine::{Machine, ProcessMemory, process_memory};
 pub use redial::{API_KEY, RedialProcess, RedialSettings, resolve_binary};
 pub use report::markdown;
 pub use scenarios::{Role, Scenario, smoke, standard};
-pub use store::{PreparedStore, StoreKind};
+pub use store::{PreparedStore, StoreKind, redact};
 pub use targets::{Comparison, TargetResult};
 
 use crate::load::{self, LoadConfig, LoadReport, Target};

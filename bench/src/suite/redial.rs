@@ -112,6 +112,11 @@ impl RedialProcess {
         Ok(process)
     }
 
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// `http://127.0.0.1:PORT/v1/chat/completions`.
     pub fn chat_url(&self) -> String {
         format!("{}/v1/chat/completions", self.base_url)
