@@ -302,7 +302,12 @@ async fn resumable(
     }
     let memory = &engine.settings.memory;
     let since = now - seconds(memory.resume_window_secs);
-    let live_since = now - seconds(memory.live_window_secs);
+    let mut live_since = now - seconds(memory.live_window_secs);
+    if !engine.store.shared() {
+        // Only this process writes to this store: a call last active before it started had its
+        // turns on a process that is gone (a crash or a restart), so it is not live.
+        live_since = live_since.max(engine.started_at);
+    }
     let found = engine
         .store
         .find_resumable(caller_id, assistant_id, since, live_since, None)

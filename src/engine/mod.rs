@@ -196,6 +196,8 @@ pub struct Engine {
     pub(crate) read_warnings: Arc<writer::Throttle>,
     /// Calls with a turn running (or a Retell socket open) on this instance.
     pub(crate) live: LiveCalls,
+    /// When this engine (process) started.
+    pub(crate) started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Engine {
@@ -227,6 +229,7 @@ impl Engine {
             journal,
             read_warnings: Arc::new(writer::Throttle::new()),
             live: LiveCalls::default(),
+            started_at: chrono::Utc::now(),
         }
     }
 

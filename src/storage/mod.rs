@@ -114,6 +114,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Applies the backend's pending migrations. Idempotent.
     async fn migrate(&self) -> StoreResult<()>;
 
+    /// Whether several redial processes may share this store (Postgres), as opposed to one
+    /// process owning it (a SQLite file: one writer connection, one journal).
+    fn shared(&self) -> bool {
+        true
+    }
+
     /// Cheap round trip proving the database answers (readiness).
     async fn ping(&self) -> StoreResult<()>;
 

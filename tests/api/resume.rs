@@ -21,6 +21,7 @@ app_tests!(
     a_redial_eight_seconds_after_a_drop_resumes_without_a_webhook,
     a_redial_after_really_waiting_the_default_live_window_resumes,
     a_call_active_two_seconds_ago_is_a_concurrent_call_not_resumed,
+    a_call_cut_off_by_a_restart_of_its_only_process_is_resumed_at_once,
     a_turn_in_flight_keeps_a_call_live,
     a_late_call_ended_webhook_closes_the_resumed_call_and_keeps_the_resumption,
     elevenlabs_names_the_caller_in_the_body,
@@ -210,12 +211,46 @@ async fn a_redial_after_really_waiting_the_default_live_window_resumes(backend: 
     app.teardown().await;
 }
 
+/// The gateway crashed (or restarted) mid-call and the caller redials at once. On SQLite, which
+/// one process owns, a call last active before that process started cannot be live: it is
+/// resumed without waiting out the live window. On Postgres another instance may be serving it,
+/// so the live window still applies.
+async fn a_call_cut_off_by_a_restart_of_its_only_process_is_resumed_at_once(backend: Backend) {
+    let app = spawn(backend).await;
+    answer_purpose_and_name(&app);
+    vapi_turn(&app, "call-A", NUMBER).await;
+    app.settle().await;
+    let app = app.restart().await;
+
+    vapi_turn(&app, "call-B", NUMBER).await;
+    app.settle().await;
+
+    let a = session(&app, Platform::Vapi, "call-A").await;
+    let b = session(&app, Platform::Vapi, "call-B").await;
+    match backend {
+        Backend::Sqlite => {
+            assert_eq!((b.attempt, b.resumes_session_id), (2, Some(a.session_id)));
+            assert!(last_prompt(&app).contains(CONFIRMED));
+        }
+        Backend::Postgres => {
+            assert_eq!(
+                (b.attempt, b.resumes_session_id),
+                (1, None),
+                "within the window"
+            );
+        }
+    }
+    app.teardown().await;
+}
+
 async fn a_call_active_two_seconds_ago_is_a_concurrent_call_not_resumed(backend: Backend) {
     let app = spawn(backend).await;
     answer_purpose_and_name(&app);
     vapi_turn(&app, "call-A", NUMBER).await;
     app.settle().await;
-    backdate(&app, backend, "call-A", 2).await;
+    // Real time, not a backdated row: on SQLite a call last active before this process started
+    // is not live (see the restart test above).
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A second line of the same caller while the first is still talking.
     vapi_turn(&app, "call-B", NUMBER).await;

@@ -176,6 +176,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }
