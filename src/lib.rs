@@ -1,7 +1,7 @@
 //! redial: a custom-LLM gateway for voice agents.
 //!
-//! See `README.md` for what it does and `../shared/DESIGN.md` for the architecture: platform
-//! adapters at the edge ([`http`]), one conversation engine in the middle, durable state behind
+//! See `README.md` for what it does and how it is built ("Architecture"), and
+//! `docs/OPERATIONS.md` for how it behaves when things fail: platform adapters at the edge ([`http`]), one conversation engine in the middle, durable state behind
 //! the [`storage::Store`] trait.
 
 pub mod analysis;

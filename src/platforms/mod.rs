@@ -1,7 +1,7 @@
 //! Platform adapters: who is calling, on which call, for which assistant.
 //!
-//! Each platform carries identity differently (see `../shared/DESIGN.md`, "Identity"). The
-//! adapters only translate; they know nothing of storage.
+//! Each platform carries identity differently (the README's "Pointing your platform at redial"
+//! and "Who is a caller"). The adapters only translate; they know nothing of storage.
 
 pub mod phone;
 

@@ -6,7 +6,7 @@
 //! when the request is authentic and fresh; its [`SignatureError`] says why not, in words that
 //! are safe to answer to the client (never a secret, a digest or the expected value).
 //!
-//! Algorithms (see `shared/protocols/retell.md` §3.3 and `vapi-elevenlabs.md` §2.5, §3.6):
+//! Algorithms, as each platform documents them:
 //! - Retell: `X-Retell-Signature: v=<ms>,d=<64 lowercase hex>`,
 //!   `HMAC-SHA256(api_key, body ++ v)`, `|now − v| ≤ 5 min`.
 //! - ElevenLabs: `ElevenLabs-Signature: t=<secs>,v0=<hex>`, `HMAC-SHA256(secret, t + "." + body)`,

@@ -1,4 +1,4 @@
-//! Retell's custom-LLM WebSocket frames (`shared/protocols/retell.md` §1.3–1.4).
+//! Retell's custom-LLM WebSocket frames: the events Retell sends and the ones redial answers.
 //!
 //! Parsing is lenient where Retell varies: unknown fields are ignored, roles are open strings,
 //! and `update_only` transcripts are skipped unread (each request carries the full transcript
