@@ -126,18 +126,12 @@ pub(crate) fn offline(engine: &Engine, identity: &Identity, model: Option<&str>)
         new.session_id = session_id;
     }
     let session = unstored(&new, None);
-    if journaled.is_some() {
-        // The call's start is in the journal already: nothing more to write for it.
-        return CallContext {
-            session,
-            caller: None,
-            identified: identity.caller.is_some(),
-            created: false,
-            offline: true,
-            phone: identity.caller.clone(),
-            pending: None,
-        };
-    }
+    // When the call's start is in the journal already, there is nothing more to write for it.
+    let pending = journaled.is_none().then(|| Pending {
+        new,
+        phone: identity.caller.clone(),
+        drop_previous: None,
+    });
     CallContext {
         session,
         caller: None,
@@ -145,11 +139,7 @@ pub(crate) fn offline(engine: &Engine, identity: &Identity, model: Option<&str>)
         created: false,
         offline: true,
         phone: identity.caller.clone(),
-        pending: Some(Pending {
-            new,
-            phone: identity.caller.clone(),
-            drop_previous: None,
-        }),
+        pending,
     }
 }
 

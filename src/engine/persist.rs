@@ -12,7 +12,7 @@ use super::Engine;
 use super::memory::{self, CallContext};
 use super::turn::Outcome;
 use super::writer::{self, Slot};
-use crate::journal::{self, Op, WriteError, Written};
+use crate::journal::{Op, WriteError, Written};
 use crate::openai::{ChatMessage, Role};
 use crate::platforms::Identity;
 use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
@@ -95,7 +95,7 @@ async fn reload(
     let budget = engine.settings.database.write_timeout();
     match tokio::time::timeout(budget, memory::load(engine, identity, model)).await {
         Ok(Ok(ctx)) => Ok(ctx),
-        Ok(Err(e)) if !journal::transient(&e) => Err(WriteError::Rejected(e)),
+        Ok(Err(e)) if !e.is_transient() => Err(WriteError::Rejected(e)),
         Ok(Err(_)) | Err(_) => Ok(memory::offline(engine, identity, model)),
     }
 }

@@ -11,7 +11,7 @@ use super::script;
 use crate::config::AssistantSettings;
 use crate::journal::{AnswerWrite, Op, ProfileWrite, Written};
 use crate::platforms::Identity;
-use crate::storage::{Answer, Caller, CallerPatch, NewAudit, StoreError, StoreResult, TurnWrite};
+use crate::storage::{Answer, CallerPatch, NewAudit, TurnWrite};
 use uuid::Uuid;
 
 /// Confirms one scripted field.
@@ -176,13 +176,7 @@ async fn record_answer(
         required: script.required_fields(),
         at: Utc::now(),
     };
-    let store = engine.store.record_answer(
-        answer.session_id,
-        &answer.field,
-        &answer.value,
-        &answer.required,
-        answer.at,
-    );
+    let store = answer.apply(engine.store.as_ref());
     let written = engine
         .journal
         .write_for(context.offline, store, || vec![Op::Answer(answer.clone())])
@@ -269,9 +263,11 @@ async fn remember_caller(
     }
     let written = engine
         .journal
-        .write_for(context.offline, update_profile(engine, &profile), || {
-            vec![Op::Profile(profile.clone())]
-        })
+        .write_for(
+            context.offline,
+            profile.apply(engine.store.as_ref()),
+            || vec![Op::Profile(profile.clone())],
+        )
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "remember_caller failed");
@@ -299,19 +295,6 @@ async fn remember_caller(
     )
     .await;
     Ok(ToolResult::ok(&json!({"ok": true, "remembered": fields})))
-}
-
-/// Applies a profile change to the caller by id, or by number when the id is not known yet.
-async fn update_profile(engine: &Engine, profile: &ProfileWrite) -> StoreResult<Caller> {
-    let store = engine.store.as_ref();
-    let caller_id = match (profile.caller_id, &profile.phone) {
-        (Some(id), _) => id,
-        (None, Some(phone)) => store.upsert_caller(phone, profile.at).await?.caller_id,
-        (None, None) => return Err(StoreError::NotFound),
-    };
-    store
-        .update_caller(caller_id, &profile.patch, profile.at)
-        .await
 }
 
 /// A value longer than `limits.max_value_bytes` is not stored; the model is told the limit, so

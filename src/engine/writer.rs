@@ -282,14 +282,8 @@ fn resolved<'a>(journal: &Journal, batch: &'a [TurnWrite]) -> Cow<'a, [TurnWrite
     if !batch.iter().any(remapped) {
         return Cow::Borrowed(batch);
     }
-    let mut writes = batch.to_vec();
-    for write in &mut writes {
-        write.session_id = journal.resolve(write.session_id);
-        for entry in &mut write.audit {
-            entry.session_id = entry.session_id.map(|id| journal.resolve(id));
-        }
-    }
-    Cow::Owned(writes)
+    let writes = batch.iter().cloned();
+    Cow::Owned(writes.map(|write| journal.resolve_write(write)).collect())
 }
 
 fn lost(write: &TurnWrite, error: &StoreError) {

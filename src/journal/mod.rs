@@ -26,7 +26,7 @@ mod op;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -39,7 +39,7 @@ use uuid::Uuid;
 pub use op::{AnswerWrite, Op, ProfileWrite, WebhookWrite};
 
 use crate::config::DatabaseSettings;
-use crate::storage::{Platform, Store, StoreError};
+use crate::storage::{Platform, Store, StoreError, TurnWrite};
 use file::Log;
 
 /// The outage journal (cheap to clone). [`Journal::disabled`] keeps no file: writes the
@@ -51,7 +51,6 @@ pub struct Journal(Arc<Shared>);
 struct Shared {
     /// The files; `None` when the journal is disabled.
     log: Option<Arc<Mutex<Log>>>,
-    dir: Option<PathBuf>,
     /// Records appended and not yet applied.
     backlog: AtomicU64,
     /// The last database write failed because the database is away (cleared by a success).
@@ -156,7 +155,7 @@ impl Journal {
         }
         let dir = Path::new(&settings.journal_dir);
         let (log, pending) = Log::open(dir)?;
-        let journal = Self::new(Some((log, dir.to_owned())), settings);
+        let journal = Self::new(Some(log), settings);
         journal.0.backlog.store(pending, Ordering::SeqCst);
         for (from, to) in journal
             .lock_log()
@@ -181,14 +180,10 @@ impl Journal {
         Self::new(None, settings)
     }
 
-    fn new(log: Option<(Log, PathBuf)>, settings: &DatabaseSettings) -> Self {
-        let (log, dir) = match log {
-            Some((log, dir)) => (Some(Arc::new(Mutex::new(log))), Some(dir)),
-            None => (None, None),
-        };
+    fn new(log: Option<Log>, settings: &DatabaseSettings) -> Self {
+        let log = log.map(|log| Arc::new(Mutex::new(log)));
         Self(Arc::new(Shared {
             log,
-            dir,
             backlog: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             appended: Notify::new(),
@@ -200,11 +195,6 @@ impl Journal {
             session_callers: Mutex::new(Bounded::default()),
             replayer: TaskTracker::new(),
         }))
-    }
-
-    /// The journal directory, when enabled.
-    pub fn dir(&self) -> Option<&Path> {
-        self.0.dir.as_deref()
     }
 
     /// Journaled writes not yet applied to the database.
@@ -239,6 +229,15 @@ impl Journal {
     /// The id the database holds for a session id that may have been journaled.
     pub fn resolve(&self, session_id: Uuid) -> Uuid {
         locked(&self.0.remap).get(&session_id).unwrap_or(session_id)
+    }
+
+    /// The write with its session ids (its own and its audit entries') mapped onto stored ones.
+    pub fn resolve_write(&self, mut write: TurnWrite) -> TurnWrite {
+        write.session_id = self.resolve(write.session_id);
+        for entry in &mut write.audit {
+            entry.session_id = entry.session_id.map(|id| self.resolve(id));
+        }
+        write
     }
 
     fn remember(&self, from: Uuid, to: Uuid) {
@@ -310,7 +309,7 @@ impl Journal {
         } else {
             match self.attempt(store).await {
                 Ok(value) => return Ok(Written::Stored(value)),
-                Err(e) if transient(&e) => Some(e),
+                Err(e) if e.is_transient() => Some(e),
                 Err(e) => return Err(WriteError::Rejected(e)),
             }
         };
@@ -334,7 +333,7 @@ impl Journal {
         };
         match &result {
             Ok(_) => self.0.failing.store(false, Ordering::SeqCst),
-            Err(e) if transient(e) => {
+            Err(e) if e.is_transient() => {
                 if !self.0.failing.swap(true, Ordering::SeqCst) {
                     tracing::error!(error = %e, "database writes are failing; journaling them");
                 }
@@ -414,10 +413,4 @@ impl Journal {
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Whether a store error means the database is away or cannot take writes right now (an
-/// outage: the write is journaled and replayed), as opposed to rejecting this write.
-pub fn transient(error: &StoreError) -> bool {
-    error.is_transient()
 }

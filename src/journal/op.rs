@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::Journal;
 use super::file::{Cursor, Record};
 use crate::storage::{
-    CallStart, CallerPatch, NewAudit, NewJob, NewWebhookEvent, Store, StoreError, TurnWrite,
+    AnswerOutcome, CallStart, Caller, CallerPatch, NewAudit, NewJob, NewWebhookEvent, Store,
+    StoreError, StoreResult, TurnWrite,
 };
 
 /// One journaled write. Each is idempotent, so applying it again changes nothing.
@@ -48,6 +49,16 @@ pub struct AnswerWrite {
     pub at: DateTime<Utc>,
 }
 
+impl AnswerWrite {
+    /// Records the answer on its session ([`Store::record_answer`]).
+    pub async fn apply(&self, store: &dyn Store) -> StoreResult<AnswerOutcome> {
+        let (field, value) = (&self.field, &self.value);
+        store
+            .record_answer(self.session_id, field, value, &self.required, self.at)
+            .await
+    }
+}
+
 /// A journaled [`Op::Profile`]: the caller by id when it was known, else by number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileWrite {
@@ -59,6 +70,19 @@ pub struct ProfileWrite {
     pub patch: CallerPatch,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+impl ProfileWrite {
+    /// Applies the change to the caller by id, or by number (upserted) when the id is not
+    /// known yet.
+    pub async fn apply(&self, store: &dyn Store) -> StoreResult<Caller> {
+        let caller_id = match (self.caller_id, &self.phone) {
+            (Some(id), _) => id,
+            (None, Some(phone)) => store.upsert_caller(phone, self.at).await?.caller_id,
+            (None, None) => return Err(StoreError::NotFound),
+        };
+        store.update_caller(caller_id, &self.patch, self.at).await
+    }
 }
 
 /// A journaled [`Op::Webhook`].
@@ -244,7 +268,7 @@ async fn settle(
     result: Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     match result {
-        Err(e) if super::transient(&e) => Err(e),
+        Err(e) if e.is_transient() => Err(e),
         Err(e) => {
             reject(journal, record, &e.to_string()).await;
             Ok(())
@@ -262,7 +286,7 @@ async fn save_turns(
 ) -> Result<(), StoreError> {
     let mut writes: Vec<TurnWrite> = chunk
         .iter()
-        .map(|(_, write)| resolved(journal, write.clone()))
+        .map(|(_, write)| journal.resolve_write(write.clone()))
         .collect();
     attribute_audit(journal, store, &mut writes).await?;
     match journal.attempt(store.save_turns(&writes)).await {
@@ -274,9 +298,7 @@ async fn save_turns(
             }
             Ok(())
         }
-        Err(e) if super::transient(&e) || chunk.len() == 1 => {
-            settle(journal, chunk[0].0, Err(e)).await
-        }
+        Err(e) if e.is_transient() || chunk.len() == 1 => settle(journal, chunk[0].0, Err(e)).await,
         Err(_) => {
             for one in chunk {
                 Box::pin(save_turns(journal, store, std::slice::from_ref(one))).await?;
@@ -293,35 +315,11 @@ async fn apply(journal: &Journal, store: &dyn Store, op: Op) -> Result<(), Store
         Op::StartCall(_) | Op::Turns(_) => Err(StoreError::Conflict(
             "call starts and turns are applied in their own passes".into(),
         )),
-        Op::Answer(answer) => {
-            let session_id = journal.resolve(answer.session_id);
-            journal
-                .attempt(store.record_answer(
-                    session_id,
-                    &answer.field,
-                    &answer.value,
-                    &answer.required,
-                    answer.at,
-                ))
-                .await
-                .map(drop)
+        Op::Answer(mut answer) => {
+            answer.session_id = journal.resolve(answer.session_id);
+            journal.attempt(answer.apply(store)).await.map(drop)
         }
-        Op::Profile(profile) => {
-            let caller_id = match (profile.caller_id, &profile.phone) {
-                (Some(id), _) => id,
-                (None, Some(phone)) => {
-                    journal
-                        .attempt(store.upsert_caller(phone, profile.at))
-                        .await?
-                        .caller_id
-                }
-                (None, None) => return Err(StoreError::NotFound),
-            };
-            journal
-                .attempt(store.update_caller(caller_id, &profile.patch, profile.at))
-                .await
-                .map(drop)
-        }
+        Op::Profile(profile) => journal.attempt(profile.apply(store)).await.map(drop),
         Op::Webhook(webhook) => journal
             .attempt(store.record_webhook(&webhook.event, webhook.job.as_ref()))
             .await
@@ -407,15 +405,6 @@ async fn attribute_audit(
         };
     }
     Ok(())
-}
-
-/// The write with its session ids mapped onto stored ones.
-fn resolved(journal: &Journal, mut write: TurnWrite) -> TurnWrite {
-    write.session_id = journal.resolve(write.session_id);
-    for entry in &mut write.audit {
-        entry.session_id = entry.session_id.map(|id| journal.resolve(id));
-    }
-    write
 }
 
 /// Sets a record the database rejected for good aside (`rejected.log`), logged and counted.

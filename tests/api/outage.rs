@@ -45,20 +45,7 @@ async fn a_3_minute_database_outage_loses_nothing_and_callers_do_not_wait() {
 /// Callers talk through an in-process redial (shipped defaults, except the test's upstream
 /// timeouts) while the proxy cuts the database for `outage`.
 async fn database_outage(outage: Duration) {
-    let proxy = Proxy::start(postgres_addr(&postgres_url())).await;
-    let app = TestApp::spawn_with(Backend::Postgres, |s| {
-        let url = proxy.postgres_url(s.database.url.expose());
-        s.database.url = DatabaseUrl::new(url);
-        s.memory = MemorySettings::default();
-        s.analysis.workers = 0;
-        s.webhooks.vapi_secret = Secret::new(VAPI_SECRET);
-        s.assistants.push(loan_script());
-    })
-    .await;
-    let target = Target {
-        base: app.url(""),
-        upstream: app.upstream.clone(),
-    };
+    let (proxy, app, target) = behind_a_proxy(true).await;
     let run = Run::start(&target);
     run.warm_up().await;
     proxy.cut();
@@ -134,6 +121,29 @@ async fn a_gateway_killed_during_an_outage_replays_its_journal_after_the_restart
     drop(proxy);
     upstream.shutdown();
     db.teardown().await;
+}
+
+/// An in-process redial on a fresh Postgres database reached through a cuttable proxy, with the
+/// shipped memory defaults, no analysis workers, and the outage journal on or off.
+async fn behind_a_proxy(journal: bool) -> (Proxy, TestApp, Target) {
+    let proxy = Proxy::start(postgres_addr(&postgres_url())).await;
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        let url = proxy.postgres_url(s.database.url.expose());
+        s.database.url = DatabaseUrl::new(url);
+        if !journal {
+            s.database.journal_dir = String::new();
+        }
+        s.memory = MemorySettings::default();
+        s.analysis.workers = 0;
+        s.webhooks.vapi_secret = Secret::new(VAPI_SECRET);
+        s.assistants.push(loan_script());
+    })
+    .await;
+    let target = Target {
+        base: app.url(""),
+        upstream: app.upstream.clone(),
+    };
+    (proxy, app, target)
 }
 
 fn loan_script() -> AssistantSettings {
@@ -595,21 +605,7 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
 /// a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_journal_an_outage_is_reported_honestly_and_fast() {
-    let proxy = Proxy::start(postgres_addr(&postgres_url())).await;
-    let app = TestApp::spawn_with(Backend::Postgres, |s| {
-        let url = proxy.postgres_url(s.database.url.expose());
-        s.database.url = DatabaseUrl::new(url);
-        s.database.journal_dir = String::new();
-        s.memory = MemorySettings::default();
-        s.analysis.workers = 0;
-        s.webhooks.vapi_secret = Secret::new(VAPI_SECRET);
-        s.assistants.push(loan_script());
-    })
-    .await;
-    let target = Target {
-        base: app.url(""),
-        upstream: app.upstream.clone(),
-    };
+    let (proxy, app, target) = behind_a_proxy(false).await;
     let caller = Caller {
         n: 0,
         phone: "+14155550199".into(),
