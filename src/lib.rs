@@ -4,6 +4,7 @@
 //! `docs/OPERATIONS.md` for how it behaves when things fail: platform adapters at the edge ([`http`]), one conversation engine in the middle, durable state behind
 //! the [`storage::Store`] trait.
 
+pub mod admin;
 pub mod analysis;
 pub mod cli;
 pub mod config;

@@ -87,6 +87,10 @@ fn template_settings() -> Settings {
     });
     settings.assistants.push(assistant);
     settings
+        .server
+        .admin_keys
+        .push(super::AdminKey::new(String::new(), String::new()));
+    settings
 }
 
 #[derive(Default)]

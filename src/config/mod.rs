@@ -6,6 +6,7 @@
 //! where it came from. Every key is documented in `config.example.toml`.
 
 mod load;
+mod operator;
 mod secret;
 mod validate;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Override, load};
+pub use operator::{AdminKey, DEFAULT_ADMIN_KEY_NAME, RetentionSettings};
 pub use secret::{DatabaseUrl, Secret, redact_url_password};
 
 /// The whole configuration.
@@ -37,6 +39,8 @@ pub struct Settings {
     pub assistants: Vec<AssistantSettings>,
     /// Bounds on what one request may make redial store.
     pub limits: LimitSettings,
+    /// How long collected data is kept.
+    pub retention: RetentionSettings,
 }
 
 impl Settings {
@@ -198,8 +202,14 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Bearer tokens accepted from platforms. Empty = dev mode: loopback only.
     pub api_keys: Vec<Secret>,
-    /// Bearer token for admin endpoints (`/metrics` when set).
+    /// A single admin key (acts as the admin key named `default`); kept for older
+    /// configurations, `admin_keys` names each key.
     pub admin_key: Secret,
+    /// Named bearer keys for the admin API (`/admin/v1/…`) and `/metrics`.
+    pub admin_keys: Vec<AdminKey>,
+    /// Secret of the keyed hash (HMAC-SHA256) that erasure tombstones keep instead of the
+    /// erased number; empty = erasure is refused.
+    pub erasure_key: Secret,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
     /// How long in-flight streams and background writes may take to finish on shutdown.
@@ -221,6 +231,8 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_keys: Vec::new(),
             admin_key: Secret::default(),
+            admin_keys: Vec::new(),
+            erasure_key: Secret::default(),
             body_limit_bytes: 2 * 1024 * 1024,
             shutdown_grace_secs: 30,
             log_format: LogFormat::Pretty,
@@ -235,6 +247,18 @@ impl ServerSettings {
     /// Dev mode: no API keys configured, so only loopback clients are served.
     pub fn dev_mode(&self) -> bool {
         self.api_keys.is_empty()
+    }
+
+    /// Every admin key, `admin_key` included (as [`DEFAULT_ADMIN_KEY_NAME`]).
+    pub fn all_admin_keys(&self) -> Vec<AdminKey> {
+        let mut keys = self.admin_keys.clone();
+        if !self.admin_key.is_empty() {
+            keys.push(AdminKey {
+                name: DEFAULT_ADMIN_KEY_NAME.into(),
+                key: self.admin_key.clone(),
+            });
+        }
+        keys
     }
 
     /// The shutdown grace period.

@@ -33,6 +33,7 @@ pub(super) fn validate(
         return fail("server.body_limit_bytes", "must be at least 1024".into());
     }
     validate_connections(server, &fail)?;
+    validate_operator(settings, &fail)?;
     let url = settings.database.url.expose();
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres://")
@@ -273,6 +274,75 @@ fn validate_assistants(
                 return fail(key("question"), "must not be empty");
             }
         }
+    }
+    Ok(())
+}
+
+/// Admin keys (named, non-empty, distinct, never a platform key) and retention.
+fn validate_operator(
+    settings: &Settings,
+    fail: &impl Fn(&str, String) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    let server = &settings.server;
+    let keys = server.all_admin_keys();
+    for (i, key) in keys.iter().enumerate() {
+        if !super::AdminKey::valid_name(&key.name) {
+            return fail(
+                "server.admin_keys",
+                format!(
+                    "key name {:?} must be 1 to 64 letters, digits, `.`, `_` or `-`",
+                    key.name
+                ),
+            );
+        }
+        if key.key.is_empty() {
+            return fail(
+                "server.admin_keys",
+                format!("the key named {:?} is empty", key.name),
+            );
+        }
+        if keys[..i].iter().any(|k| k.name == key.name) {
+            return fail(
+                "server.admin_keys",
+                format!(
+                    "two keys are named {:?} (`server.admin_key` is named {:?})",
+                    key.name,
+                    super::DEFAULT_ADMIN_KEY_NAME
+                ),
+            );
+        }
+        if keys[..i].iter().any(|k| k.key.expose() == key.key.expose()) {
+            return fail("server.admin_keys", "two admin keys are the same".into());
+        }
+        if server
+            .api_keys
+            .iter()
+            .any(|k| k.expose() == key.key.expose())
+        {
+            return fail(
+                "server.admin_keys",
+                format!(
+                    "the admin key named {:?} is also a platform key (server.api_keys): a \
+                     platform key must never open the admin API",
+                    key.name
+                ),
+            );
+        }
+    }
+    let retention = &settings.retention;
+    if !(1..=10_000).contains(&retention.batch_size) {
+        return fail("retention.batch_size", "must be between 1 and 10000".into());
+    }
+    if retention.sweep_interval_secs == 0 {
+        return fail("retention.sweep_interval_secs", "must be at least 1".into());
+    }
+    if retention.inactive_callers_days > 0 && server.erasure_key.is_empty() {
+        return fail(
+            "retention.inactive_callers_days",
+            "erasing inactive callers keeps a tombstone with a keyed hash of the number: set \
+             `server.erasure_key` (a long random secret) as well"
+                .into(),
+        );
     }
     Ok(())
 }

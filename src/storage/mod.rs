@@ -7,6 +7,7 @@
 //! The one exception is text no store can hold (NUL), which both backends store as U+FFFD
 //! ([`text`]).
 
+pub mod admin;
 mod batch;
 mod postgres;
 mod rows;
@@ -107,7 +108,7 @@ pub async fn connect(
 /// processes sharing one database; writes that carry an idempotency or dedupe key may be repeated
 /// without effect.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: admin::AdminStore + Send + Sync + std::fmt::Debug {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 

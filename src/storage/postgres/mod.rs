@@ -9,6 +9,7 @@
 //! `for no key update` (which leaves foreign-key checks of concurrent inserts unblocked); the job
 //! queue uses `for update skip locked`.
 
+mod admin;
 mod analyses;
 mod callers;
 mod jobs;

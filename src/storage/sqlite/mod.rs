@@ -15,6 +15,7 @@
 //! lock cannot be upgraded. `sqlite::memory:` keeps one connection serving both roles: the
 //! database lives only as long as that connection.
 
+mod admin;
 mod analyses;
 mod callers;
 mod jobs;
