@@ -275,7 +275,7 @@ impl Admin<'_> {
     async fn detail(&self, session: CallSession) -> Result<CallDetail, AdminError> {
         let store = self.store;
         let caller = match session.caller_id {
-            Some(id) => store.get_caller(id).await?,
+            Some(id) => store.caller_by_id(id).await?,
             None => None,
         };
         let turns = store.list_turns(session.session_id).await?;

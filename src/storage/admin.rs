@@ -99,6 +99,9 @@ pub trait AdminStore: Send + Sync {
     /// Calls matching `filter`, newest first (`started_at`, then `session_id`, descending).
     async fn list_calls(&self, filter: &CallFilter) -> StoreResult<Vec<CallSession>>;
 
+    /// The caller with this id.
+    async fn caller_by_id(&self, caller_id: Uuid) -> StoreResult<Option<Caller>>;
+
     /// The sessions that resume `session_id` (normally at most one), oldest first.
     async fn resumed_by(&self, session_id: Uuid) -> StoreResult<Vec<CallSession>>;
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{AuditRow, CallerRow, PostgresStore, SessionRow, analyses};
+use super::{CallerRow, PostgresStore, SessionRow, audit};
 use crate::storage::admin::{AdminStore, CallFilter, Erasure, ErasureCounts, StoredWebhookEvent};
 use crate::storage::rows::{caller_columns, convert_all, session_columns};
 use crate::storage::text::text;
@@ -32,6 +32,36 @@ impl TryFrom<WebhookRow> for StoredWebhookEvent {
             call_key: row.call_key,
             payload: row.payload,
             received_at: row.received_at,
+        })
+    }
+}
+
+/// An `audit_log` row.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    audit_id: i64,
+    caller_id: Option<Uuid>,
+    session_id: Option<Uuid>,
+    actor: String,
+    action: String,
+    reason: String,
+    details: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = crate::storage::StoreError;
+
+    fn try_from(row: AuditRow) -> StoreResult<Self> {
+        Ok(Self {
+            audit_id: row.audit_id,
+            caller_id: row.caller_id,
+            session_id: row.session_id,
+            actor: row.actor,
+            action: row.action,
+            reason: row.reason,
+            details: row.details,
+            created_at: row.created_at,
         })
     }
 }
@@ -77,6 +107,18 @@ impl AdminStore for PostgresStore {
             .push_bind(i64::from(filter.limit));
         let rows: Vec<SessionRow> = query.build_query_as().fetch_all(&self.pool).await?;
         convert_all(rows)
+    }
+
+    async fn caller_by_id(&self, caller_id: Uuid) -> StoreResult<Option<Caller>> {
+        let row: Option<CallerRow> = sqlx::query_as(concat!(
+            "select ",
+            caller_columns!(),
+            " from caller where caller_id = $1"
+        ))
+        .bind(caller_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Caller::try_from).transpose()
     }
 
     async fn resumed_by(&self, session_id: Uuid) -> StoreResult<Vec<CallSession>> {
@@ -150,7 +192,7 @@ impl AdminStore for PostgresStore {
     async fn erase_caller(&self, erasure: &Erasure) -> StoreResult<ErasureCounts> {
         let mut tx = self.pool.begin().await?;
         let counts = erase_in(&mut tx, erasure).await?;
-        analyses::insert_audit(&mut tx, std::slice::from_ref(&erasure.tombstone)).await?;
+        audit::insert_audit(&mut tx, std::slice::from_ref(&erasure.tombstone)).await?;
         tx.commit().await?;
         Ok(counts)
     }

@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
-use super::{AuditRow, CallerRow, SessionRow, SqliteStore, analyses, begin_write, id, ms};
+use super::{CallerRow, SessionRow, SqliteStore, audit, begin_write, id, ms};
 use crate::storage::admin::{AdminStore, CallFilter, Erasure, ErasureCounts, StoredWebhookEvent};
 use crate::storage::rows::{DbTime, caller_columns, convert_all, session_columns};
 use crate::storage::{AuditEntry, CallSession, Caller, Platform, StoreResult};
@@ -44,6 +44,36 @@ impl TryFrom<WebhookRow> for StoredWebhookEvent {
 /// A JSON array of strings, for `json_each`.
 fn json_list<T: ToString>(items: &[T]) -> String {
     serde_json::Value::from(items.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string()
+}
+
+/// An `audit_log` row.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    audit_id: i64,
+    caller_id: Option<Hyphenated>,
+    session_id: Option<Hyphenated>,
+    actor: String,
+    action: String,
+    reason: String,
+    details: serde_json::Value,
+    created_at: i64,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = crate::storage::StoreError;
+
+    fn try_from(row: AuditRow) -> StoreResult<Self> {
+        Ok(Self {
+            audit_id: row.audit_id,
+            caller_id: row.caller_id.map(Hyphenated::into_uuid),
+            session_id: row.session_id.map(Hyphenated::into_uuid),
+            actor: row.actor,
+            action: row.action,
+            reason: row.reason,
+            details: row.details,
+            created_at: row.created_at.into_utc()?,
+        })
+    }
 }
 
 #[async_trait]
@@ -87,6 +117,18 @@ impl AdminStore for SqliteStore {
             .push_bind(i64::from(filter.limit));
         let rows: Vec<SessionRow> = query.build_query_as().fetch_all(&self.reader).await?;
         convert_all(rows)
+    }
+
+    async fn caller_by_id(&self, caller_id: Uuid) -> StoreResult<Option<Caller>> {
+        let row: Option<CallerRow> = sqlx::query_as(concat!(
+            "select ",
+            caller_columns!(),
+            " from caller where caller_id = ?1"
+        ))
+        .bind(id(caller_id))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(Caller::try_from).transpose()
     }
 
     async fn resumed_by(&self, session_id: Uuid) -> StoreResult<Vec<CallSession>> {
@@ -163,7 +205,7 @@ impl AdminStore for SqliteStore {
         secure_delete(&self.writer).await?;
         let mut tx = begin_write(&self.writer).await?;
         let counts = erase_in(&mut tx, erasure).await?;
-        analyses::insert_audit(&mut tx, std::slice::from_ref(&erasure.tombstone)).await?;
+        audit::insert_audit(&mut tx, std::slice::from_ref(&erasure.tombstone)).await?;
         tx.commit().await?;
         // Best effort: copies the overwritten pages into the file and empties the WAL. A
         // reader holding an old snapshot may keep part of it until the next checkpoint.
