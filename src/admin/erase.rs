@@ -57,6 +57,17 @@ impl Admin<'_> {
         force: bool,
     ) -> Result<ErasureReport, AdminError> {
         let key = self.subject(raw, "phone")?;
+        self.erase_key(actor, &key, force).await
+    }
+
+    /// Erases the caller stored under `key` (a caller key as stored: E.164 or `id:<id>`).
+    pub async fn erase_key(
+        &self,
+        actor: &Actor,
+        key: &str,
+        force: bool,
+    ) -> Result<ErasureReport, AdminError> {
+        let key = key.to_owned();
         let erasure_key = &self.settings.server.erasure_key;
         if erasure_key.is_empty() {
             return Err(AdminError::Unavailable(

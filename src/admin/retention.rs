@@ -112,7 +112,7 @@ impl Admin<'_> {
             }
             for caller in &callers {
                 // Forced: a caller unseen for the whole window has no call in progress.
-                self.erase(&actor, &caller.phone, true).await?;
+                self.erase_key(&actor, &caller.phone, true).await?;
                 erased += 1;
             }
             metrics::counter!("redial_retention_deleted_total", "kind" => "callers")

@@ -18,6 +18,7 @@ app_tests!(
     an_erasure_waits_for_a_call_in_progress_unless_forced,
     an_erasure_without_the_erasure_key_is_refused,
     bad_admin_input_gets_a_4xx_in_the_error_shape,
+    a_router_added_without_a_table_entry_is_not_public,
 );
 
 /// The admin key the test apps accept, named `ops`.
@@ -565,5 +566,39 @@ async fn bad_admin_input_gets_a_4xx_in_the_error_shape(backend: Backend) {
     }
     let (status, _) = admin_delete(&app, "/admin/v1/callers/+12125550147?force=maybe").await;
     assert_eq!(status, 400);
+    app.teardown().await;
+}
+
+async fn a_router_added_without_a_table_entry_is_not_public(backend: Backend) {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+
+    let app = TestApp::spawn_with(backend, operator_settings).await;
+    let extra = axum::Router::new().route(
+        "/internal/debug",
+        axum::routing::get(|| async { "internals" }),
+    );
+    let router = redial::http::router_with(app.state.clone(), extra);
+    let request = |key: Option<&str>| {
+        let mut request = axum::http::Request::get("/internal/debug");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 40000).into();
+        request.extensions_mut().insert(ConnectInfo(loopback));
+        request
+    };
+    for key in [None, Some(API_KEY)] {
+        let response = router.clone().oneshot(request(key)).await.unwrap();
+        assert_eq!(response.status(), 401, "{key:?}");
+    }
+    let response = router.oneshot(request(Some(ADMIN_KEY))).await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "an unlisted route is an admin route"
+    );
     app.teardown().await;
 }
