@@ -147,6 +147,57 @@ mod tests {
         assert!(!format!("{:?}", keys.keys[0]).contains("k1"));
     }
 
+    fn load(env: &[(&str, &str)]) -> Result<super::super::Settings, String> {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        super::super::load(None, env, &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn named_keys_load_from_the_environment_and_admin_key_is_named_default() {
+        let settings = load(&[
+            ("REDIAL_SERVER__ADMIN_KEYS", "ops:k1,dpo:k2"),
+            ("REDIAL_SERVER__ADMIN_KEY", "k3"),
+        ])
+        .unwrap();
+        let names: Vec<_> = settings
+            .server
+            .all_admin_keys()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, ["ops", "dpo", DEFAULT_ADMIN_KEY_NAME]);
+    }
+
+    #[test]
+    fn admin_keys_that_are_platform_keys_duplicates_or_empty_are_refused() {
+        let platform = load(&[
+            ("REDIAL_SERVER__API_KEYS", "shared"),
+            ("REDIAL_SERVER__ADMIN_KEYS", "ops:shared"),
+        ]);
+        assert!(platform.unwrap_err().contains("also a platform key"));
+        let twice = load(&[("REDIAL_SERVER__ADMIN_KEYS", "ops:a,ops:b")]);
+        assert!(twice.unwrap_err().contains("two keys are named"));
+        let same = load(&[("REDIAL_SERVER__ADMIN_KEYS", "ops:a,dpo:a")]);
+        assert!(same.unwrap_err().contains("the same"));
+        let empty = load(&[("REDIAL_SERVER__ADMIN_KEYS", "ops:")]);
+        assert!(empty.unwrap_err().contains("is empty"));
+        let name = load(&[("REDIAL_SERVER__ADMIN_KEYS", "o p:k")]);
+        assert!(name.unwrap_err().contains("server.admin_keys"));
+    }
+
+    #[test]
+    fn erasing_inactive_callers_needs_the_erasure_key() {
+        let refused = load(&[("REDIAL_RETENTION__INACTIVE_CALLERS_DAYS", "365")]);
+        assert!(refused.unwrap_err().contains("server.erasure_key"));
+        let ok = load(&[
+            ("REDIAL_RETENTION__INACTIVE_CALLERS_DAYS", "365"),
+            ("REDIAL_SERVER__ERASURE_KEY", "secret"),
+        ]);
+        assert!(ok.unwrap().retention.enabled());
+        let batch = load(&[("REDIAL_RETENTION__BATCH_SIZE", "0")]);
+        assert!(batch.unwrap_err().contains("retention.batch_size"));
+    }
+
     #[test]
     fn key_names_are_short_plain_words() {
         assert!(AdminKey::valid_name("ops-team_1.a"));

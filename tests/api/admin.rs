@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 use crate::support::app::{API_KEY, TestApp, app_tests, read_sse, vapi_body};
 use crate::support::db::Backend;
+use crate::support::inspect::Inspect;
+use crate::support::process;
 
 app_tests!(
     an_export_holds_everything_and_an_erasure_leaves_nothing_in_a_dump,
@@ -19,6 +21,7 @@ app_tests!(
     an_erasure_without_the_erasure_key_is_refused,
     bad_admin_input_gets_a_4xx_in_the_error_shape,
     a_router_added_without_a_table_entry_is_not_public,
+    the_cli_shows_exports_and_erases_and_is_audited,
 );
 
 /// The admin key the test apps accept, named `ops`.
@@ -599,6 +602,88 @@ async fn a_router_added_without_a_table_entry_is_not_public(backend: Backend) {
         response.status(),
         200,
         "an unlisted route is an admin route"
+    );
+    app.teardown().await;
+}
+
+async fn the_cli_shows_exports_and_erases_and_is_audited(backend: Backend) {
+    let mut app = TestApp::spawn_with(backend, operator_settings).await;
+    assert!(
+        read_sse(app.chat(&vapi_body("call-cli", NUMBER, SAID)).await)
+            .await
+            .done
+    );
+    app.settle().await;
+    let (session, caller) = app.stored_call(Platform::Vapi, "call-cli").await;
+    let caller_id = caller.unwrap().caller_id;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = app.db.journal.path().display().to_string();
+    let url = app.db.url.clone();
+    let cli = |args: &[&str]| {
+        let mut command = process::command(dir.path());
+        command
+            .env("REDIAL_DATABASE__URL", &url)
+            .env("REDIAL_DATABASE__JOURNAL_DIR", &journal)
+            .env("REDIAL_SERVER__ERASURE_KEY", "erasure-test-key")
+            .env("USER", "tester")
+            .args(args);
+        command
+    };
+
+    let shown = cli(&["calls", "show", &session.session_id.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["session"]["call_key"], "call-cli");
+    let export = cli(&["callers", "export", "(212) 555-0147"])
+        .output()
+        .await
+        .unwrap();
+    let export: Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(export["format"], "redial.caller-export");
+    assert!(export.to_string().contains("PURPLE-OCTOPUS"));
+    // The running gateway holds the outage journal: the erasure must go through its API.
+    let refused = cli(&["callers", "erase", NUMBER, "--force"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("DELETE /admin/v1/callers"));
+    app.stop().await;
+    let erased = cli(&["callers", "erase", NUMBER, "--force"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        erased.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erased.stderr)
+    );
+    let erased: Value = serde_json::from_slice(&erased.stdout).unwrap();
+    assert_eq!(erased["status"], "erased");
+    assert_eq!(erased["journal"]["enabled"], true);
+
+    let trail = app.db.store.list_audit(caller_id, 50).await.unwrap();
+    let cli_actions: Vec<_> = trail
+        .iter()
+        .rev()
+        .filter(|e| e.actor == "cli:tester")
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(cli_actions, ["read", "export", "erase"]);
+    assert!(
+        app.db
+            .store
+            .get_caller_by_phone(NUMBER)
+            .await
+            .unwrap()
+            .is_none()
     );
     app.teardown().await;
 }
