@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redial::storage::{Platform, Store};
+use redial::storage::{AnalysisSource, Platform, Store};
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
@@ -354,7 +354,10 @@ async fn wait_for_analysis(store: &dyn Store, call_key: &str) -> String {
     for _ in 0..2_400 {
         if let Some((session, _)) = store.load_call(Platform::Retell, call_key).await.unwrap() {
             let analyses = store.list_analyses(session.session_id).await.unwrap();
-            if let Some(a) = analyses.into_iter().find(|a| a.source == "redial") {
+            if let Some(a) = analyses
+                .into_iter()
+                .find(|a| a.source == AnalysisSource::Redial)
+            {
                 return a.summary;
             }
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use redial::storage::{Analysis, Platform, SessionStatus, Store};
+use redial::storage::{Analysis, AnalysisSource, Platform, SessionStatus, Store};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -106,7 +106,10 @@ async fn redial_analysis(store: &dyn Store, platform: Platform, call_key: &str) 
     for _ in 0..500 {
         if let Some((session, _)) = store.load_call(platform, call_key).await.unwrap() {
             let analyses = store.list_analyses(session.session_id).await.unwrap();
-            if let Some(analysis) = analyses.into_iter().find(|a| a.source == "redial") {
+            if let Some(analysis) = analyses
+                .into_iter()
+                .find(|a| a.source == AnalysisSource::Redial)
+            {
                 return analysis;
             }
         }
@@ -118,7 +121,7 @@ async fn redial_analysis(store: &dyn Store, platform: Platform, call_key: &str) 
 /// The sources of a session's stored analyses (`redial`, `retell`, `elevenlabs`…).
 async fn analysis_sources(store: &dyn Store, session_id: Uuid) -> Vec<String> {
     let analyses = store.list_analyses(session_id).await.unwrap();
-    analyses.into_iter().map(|a| a.source).collect()
+    analyses.iter().map(|a| a.source.to_string()).collect()
 }
 
 fn analyst_requests(app: &TestApp) -> usize {
@@ -190,7 +193,9 @@ async fn a_vapi_end_of_call_report_closes_the_call_and_informs_the_next_one(back
         .await
         .unwrap();
     assert!(
-        analyses.iter().any(|a| a.source == "vapi"),
+        analyses
+            .iter()
+            .any(|a| a.source == AnalysisSource::Platform(Platform::Vapi)),
         "the platform's own summary is kept"
     );
     let caller = caller.unwrap();
