@@ -17,8 +17,8 @@ use super::{
     ANALYZE_JOB, CALL_EVENT_JOB, analyse_session, needs_configuration, process_call_event,
 };
 use crate::engine::Engine;
+use crate::platforms::WebhookEvent;
 use crate::storage::{Job, JobLease, StoreError};
-use crate::webhooks::WebhookEvent;
 
 /// Starts `analysis.workers` workers on `tracker`; they stop claiming when `shutdown` is
 /// cancelled and finish the job in hand.

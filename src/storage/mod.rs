@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::platforms::Platform;
+
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::*;

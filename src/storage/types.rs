@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::platforms::{Platform, UnknownPlatform};
+
 /// Defines a string-backed enum with `as_str`, `Display` and `FromStr`.
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -43,19 +45,11 @@ macro_rules! string_enum {
     };
 }
 
-string_enum!(
-    /// The voice platform a call came from.
-    Platform {
-        /// Vapi custom LLM.
-        Vapi => "vapi",
-        /// ElevenLabs Agents custom LLM.
-        ElevenLabs => "elevenlabs",
-        /// Retell custom-LLM WebSocket.
-        Retell => "retell",
-        /// Any other OpenAI-compatible client.
-        Generic => "generic",
+impl From<UnknownPlatform> for super::StoreError {
+    fn from(e: UnknownPlatform) -> Self {
+        Self::Corrupt(e.to_string())
     }
-);
+}
 
 string_enum!(
     /// Where a call session stands.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use redial::storage::Platform;
+use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, SqliteConnection};

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redial::storage::{Platform, Store};
+use redial::platforms::Platform;
+use redial::storage::Store;
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};

@@ -2,8 +2,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::*;
+use crate::platforms::Platform;
 use crate::storage::{
-    Answers, ConnectOptions, NewSession, NewTurn, Platform, SessionStatus, SqliteStore, TurnRole,
+    Answers, ConnectOptions, NewSession, NewTurn, SessionStatus, SqliteStore, TurnRole,
 };
 
 /// A migrated SQLite store in a temporary directory, with one session.

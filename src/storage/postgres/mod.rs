@@ -28,13 +28,14 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::rows;
+use crate::platforms::Platform;
 // Every bound string and JSON value goes through these (see `storage::text`).
 use super::text::{answers, json, opt_text, strings, text};
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
     CallerPatch, CloseSession, ConnectOptions, Job, JobLease, NewAnalysis, NewAudit, NewJob,
-    NewSession, NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult,
-    Turn, TurnWrite,
+    NewSession, NewWebhookEvent, Recorded, StartedCall, Store, StoreError, StoreResult, Turn,
+    TurnWrite,
 };
 
 /// The Postgres migrations, embedded at build time.

@@ -6,9 +6,10 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{SessionRow, SessionWithCallerRow, answers, callers, json, opt_text, text};
+use crate::platforms::Platform;
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::{
-    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, StartedCall,
     StoreError, StoreResult, rules,
 };
 

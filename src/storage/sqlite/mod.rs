@@ -40,9 +40,10 @@ use super::rows;
 use super::{
     Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
     CallerPatch, CloseSession, ConnectOptions, Job, JobLease, NewAnalysis, NewAudit, NewJob,
-    NewSession, NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult,
-    Turn, TurnWrite,
+    NewSession, NewWebhookEvent, Recorded, StartedCall, Store, StoreError, StoreResult, Turn,
+    TurnWrite,
 };
+use crate::platforms::Platform;
 
 /// The SQLite migrations, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -6,10 +6,11 @@ use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{SessionRow, SessionWithCallerRow, begin_write, callers, id, ms, truncate_ms};
+use crate::platforms::Platform;
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::text::{answers, json, opt_text, text};
 use crate::storage::{
-    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, StartedCall,
     StoreError, StoreResult, rules,
 };
 
