@@ -22,7 +22,7 @@
 //! analysis take the platform as data.
 
 mod elevenlabs;
-pub mod event;
+mod event;
 mod identity;
 pub mod phone;
 mod platform;
