@@ -11,12 +11,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::engine::Engine;
-use crate::platforms::{Identity, phone};
+use crate::platforms::{EventKind, WebhookEvent};
 use crate::storage::{
     AnalysisSource, AuditAction, AuditActor, CallSession, CallerAnalysisUpdate, CloseSession,
     NewAnalysis, NewAudit, NewJob, SessionStatus, TurnRole,
 };
-use crate::webhooks::{EventKind, WebhookEvent};
 
 pub use job::{AnalyzeCall, JobPayload, UnreadableJob};
 pub use result::{CallAnalysis, SENTIMENTS, instructions, parse};
@@ -52,29 +51,14 @@ pub fn job_for(event: &WebhookEvent, max_attempts: i32) -> Option<NewJob> {
         .ok()
 }
 
-/// The identity a webhook names, for finding or creating its session.
-pub fn identity_of(event: &WebhookEvent, call_key: &str, default_region: &str) -> Identity {
-    Identity {
-        platform: event.platform,
-        call_key: call_key.to_owned(),
-        ephemeral: false,
-        caller: event
-            .caller_number
-            .as_deref()
-            .and_then(|n| phone::caller_key(n, default_region)),
-        assistant_id: event.assistant_id.clone().unwrap_or_default(),
-    }
-}
-
 /// Processes one call event: attach the caller it names to a session stored without one, close
 /// the session (a call another call already resumed is closed too: the resumption stands), keep
 /// the platform's analysis, enqueue the analysis. Idempotent: every step may run again after a crash or a retry without a second
 /// effect.
 pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow::Result<()> {
-    let Some(call_key) = &event.call_key else {
+    let Some(identity) = event.identity(&engine.settings().memory.default_region) else {
         return Ok(());
     };
-    let identity = identity_of(event, call_key, &engine.settings().memory.default_region);
     let mut context = engine.load_call_context(&identity).await?;
     if let (None, Some(caller)) = (context.session.caller_id, &identity.caller) {
         // The call carried no caller id (ElevenLabs without header mappings); the platform's

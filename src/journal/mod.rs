@@ -39,7 +39,8 @@ use uuid::Uuid;
 pub use op::{AnswerWrite, Op, ProfileWrite, WebhookWrite};
 
 use crate::config::DatabaseSettings;
-use crate::storage::{Platform, Store, StoreError, TurnWrite};
+use crate::platforms::Platform;
+use crate::storage::{Store, StoreError, TurnWrite};
 use file::Log;
 
 /// The outage journal (cheap to clone). [`Journal::disabled`] keeps no file: writes the

@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::platforms::Platform;
 pub use analyses::AnalysisStore;
 pub use audit::AuditStore;
 pub use callers::CallerStore;

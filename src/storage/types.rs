@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::platforms::{Platform, UnknownPlatform};
 mod labels;
 
 pub use labels::{AnalysisSource, AuditAction, AuditActor};
@@ -47,19 +48,11 @@ macro_rules! string_enum {
     };
 }
 
-string_enum!(
-    /// The voice platform a call came from.
-    Platform {
-        /// Vapi custom LLM.
-        Vapi => "vapi",
-        /// ElevenLabs Agents custom LLM.
-        ElevenLabs => "elevenlabs",
-        /// Retell custom-LLM WebSocket.
-        Retell => "retell",
-        /// Any other OpenAI-compatible client.
-        Generic => "generic",
+impl From<UnknownPlatform> for super::StoreError {
+    fn from(e: UnknownPlatform) -> Self {
+        Self::Corrupt(e.to_string())
     }
-);
+}
 
 string_enum!(
     /// Where a call session stands.

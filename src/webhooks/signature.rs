@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -232,6 +233,11 @@ fn vapi_timestamp_ms(timestamp: &str) -> Result<i64, SignatureError> {
     } else {
         Ok(value)
     }
+}
+
+/// A request header's value, when it is text (a header that is not is treated as absent).
+pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Rejects an empty secret: HMAC with an empty key, or an empty shared secret, proves nothing.

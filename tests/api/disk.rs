@@ -11,8 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use redial::config::{AssistantSettings, DatabaseUrl, FieldSettings, Secret, Settings};
+use redial::platforms::Platform;
 use redial::storage::{
-    CallSession, ConnectOptions, Platform, SessionStore, SqliteStore, Store, TurnStore,
+    CallSession, ConnectOptions, SessionStore, SqliteStore, Store, TurnStore,
 };
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};

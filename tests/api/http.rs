@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use redial::config::Secret;
-use redial::storage::Platform;
+use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};

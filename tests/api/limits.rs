@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use redial::config::{AssistantSettings, FieldSettings, Settings};
+use redial::platforms::Platform;
 use redial::storage::{
     AnalysisSource, Answer, Answers, AuditAction, AuditActor, CallStart, CallerAnalysisUpdate,
     CallerPatch, CloseSession, NewAnalysis, NewAudit, NewJob, NewSession, NewTurn, NewWebhookEvent,
-    Platform, SessionStatus, Store, TurnRole,
+    SessionStatus, Store, TurnRole,
 };
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use redial::storage::{AnalysisSource, Platform};
+use redial::platforms::Platform;
+use redial::storage::{AnalysisSource};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, SqliteConnection};

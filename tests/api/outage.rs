@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use redial::config::{AssistantSettings, DatabaseUrl, FieldSettings, MemorySettings, Secret};
-use redial::storage::{Platform, TurnRole};
+use redial::platforms::Platform;
+use redial::storage::TurnRole;
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};

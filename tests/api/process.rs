@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redial::storage::{AnalysisSource, Platform, Store};
+use redial::platforms::Platform;
+use redial::storage::{AnalysisSource, Store};
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};

@@ -81,7 +81,7 @@ async fn the_official_openai_python_sdk_streams_through_redial(backend: Backend)
     let (_, caller) = app
         .db
         .store
-        .load_call(redial::storage::Platform::Vapi, "sdk-v1")
+        .load_call(redial::platforms::Platform::Vapi, "sdk-v1")
         .await
         .unwrap()
         .unwrap();

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use redial::storage::{Platform, Turn};
+use redial::platforms::Platform;
+use redial::storage::Turn;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::app::{TestApp, app_tests, read_sse, vapi_body};

@@ -38,6 +38,7 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 use super::rows;
+use crate::platforms::Platform;
 use super::{ConnectOptions, Store, StoreError, StoreResult};
 
 /// The SQLite migrations, embedded at build time.

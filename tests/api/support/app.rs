@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use redial::config::{DatabaseUrl, Secret, Settings};
+use redial::platforms::Platform;
 use redial::startup::Application;
 use redial::state::AppState;
-use redial::storage::{CallSession, Caller, Platform};
+use redial::storage::{CallSession, Caller};
 use redial_bench::mock::{MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
