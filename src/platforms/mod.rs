@@ -1,7 +1,7 @@
 //! Platform adapters: who is calling, on which call, for which assistant.
 //!
 //! Each platform carries identity differently (the README's "Pointing your platform at redial"
-//! and "Who is a caller"). The adapters only translate; they know nothing of storage.
+//! and "Who is a caller"; docs/protocols/). Adapters only translate; they know nothing of storage.
 
 pub mod phone;
 
