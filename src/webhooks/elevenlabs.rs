@@ -1,5 +1,5 @@
 //! ElevenLabs post-call webhooks: `{"type":…,"event_timestamp":…,"data":{…}}`
-//! (vapi-elevenlabs.md §3.5). `data` of `post_call_transcription` has the shape of GET
+//! (docs/protocols/vapi-elevenlabs.md §3.5). `post_call_transcription`'s `data` is shaped like GET
 //! conversation; `post_call_audio` and `call_initiation_failure` are stored as `Other`.
 
 use axum::http::HeaderMap;

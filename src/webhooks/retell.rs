@@ -1,5 +1,5 @@
-//! Retell webhooks: `{"event":…,"call":{…}}` (retell.md §3). Retell's own demos read the call
-//! object under `data`, so that key is accepted too; `call` wins when both are objects.
+//! Retell webhooks, `{"event":…,"call":{…}}` (docs/protocols/retell.md §3). Retell's demos read the
+//! call object under `data`, so that key is accepted too; `call` wins when both are objects.
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};

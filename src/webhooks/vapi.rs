@@ -1,4 +1,4 @@
-//! Vapi server messages: `{"message":{"type":…,"call":{…},…}}` (vapi-elevenlabs.md §2).
+//! Vapi server messages, `{"message":{"type":…,"call":{…}}}`: docs/protocols/vapi-elevenlabs.md §2.
 //!
 //! Both the documented locations (`artifact.*`, `analysis.summary`, `startedAt`/`endedAt`) and
 //! the older top-level ones (`transcript`, `messages`, `recordingUrl`, `summary`,
