@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::platforms::WebhookEvent;
 use crate::storage::{Job, NewJob};
-use crate::webhooks::WebhookEvent;
 
 /// A job: its kind (the serde tag) and its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,8 +101,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::storage::{JobStatus, Platform};
-    use crate::webhooks::EventKind;
+    use crate::platforms::EventKind;
+    use crate::platforms::Platform;
+    use crate::storage::JobStatus;
 
     fn row(kind: &str, payload: Value) -> Job {
         let at = Utc.timestamp_opt(0, 0).unwrap();

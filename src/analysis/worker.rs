@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::{JobPayload, analyse_session, needs_configuration, process_call_event};
 use crate::engine::Engine;
-use crate::platforms::WebhookEvent;
 use crate::storage::{Job, JobLease, StoreError};
 
 /// Starts `analysis.workers` workers on `tracker`; they stop claiming when `shutdown` is

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use redial::config::{AssistantSettings, DatabaseUrl, FieldSettings, Secret, Settings};
 use redial::platforms::Platform;
-use redial::storage::{
-    CallSession, ConnectOptions, SessionStore, SqliteStore, Store, TurnStore,
-};
+use redial::storage::{CallSession, ConnectOptions, SessionStore, SqliteStore, Store, TurnStore};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sqlx::{Connection, SqliteConnection};

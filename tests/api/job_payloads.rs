@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use redial::storage::{AnalysisSource, Job, JobStatus, NewJob, Platform};
+use redial::platforms::Platform;
+use redial::storage::{AnalysisSource, Job, JobStatus, NewJob};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use uuid::Uuid;

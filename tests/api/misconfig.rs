@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use redial::platforms::Platform;
-use redial::storage::{AnalysisSource};
+use redial::storage::AnalysisSource;
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, SqliteConnection};

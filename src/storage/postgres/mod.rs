@@ -29,7 +29,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use super::rows;
-use crate::platforms::Platform;
 // Every bound string and JSON value goes through these (see `storage::text`).
 use super::text::{answers, json, opt_text, strings, text};
 use super::{ConnectOptions, Store, StoreError, StoreResult};

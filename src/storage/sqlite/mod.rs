@@ -38,7 +38,6 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 use super::rows;
-use crate::platforms::Platform;
 use super::{ConnectOptions, Store, StoreError, StoreResult};
 
 /// The SQLite migrations, embedded at build time.

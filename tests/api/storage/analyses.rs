@@ -3,7 +3,7 @@
 use super::*;
 use redial::storage::{
     Analysis, AnalysisSource, AuditAction, AuditActor, CallerAnalysisUpdate, NewAnalysis, NewAudit,
-    Platform, Recorded,
+    Recorded,
 };
 
 on_both_backends!(

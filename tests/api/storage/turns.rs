@@ -1,7 +1,8 @@
 //! The turn log: ordered, idempotent, advancing the session's activity.
 
 use super::*;
-use redial::storage::{AuditAction, AuditActor, NewAudit, Platform, Turn, TurnWrite};
+use redial::platforms::Platform;
+use redial::storage::{AuditAction, AuditActor, NewAudit, Turn, TurnWrite};
 
 on_both_backends!(
     append_turns_stores_turns_in_order_and_advances_last_activity,
