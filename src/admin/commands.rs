@@ -17,7 +17,7 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
         .await
         .context("applying database migrations failed")?;
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let actor = Actor(format!("cli:{user}"));
+    let actor = Actor::Cli(user);
     let mut admin = Admin {
         store: store.as_ref(),
         settings,

@@ -25,11 +25,11 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Actor, Admin, AdminError, action, subject};
+use super::{Actor, Admin, AdminError, subject};
 use crate::engine::Hold;
 use crate::journal::JournalErasure;
 use crate::storage::admin::{Erasure, ErasureCounts};
-use crate::storage::{CallSession, NewAudit, SessionStatus};
+use crate::storage::{AuditAction, AuditActor, CallSession, NewAudit, SessionStatus};
 
 /// What an erasure did.
 #[derive(Debug, Clone, Serialize)]
@@ -108,9 +108,9 @@ impl Admin<'_> {
             entry_key: Some(Uuid::now_v7()),
             caller_id,
             session_id: None,
-            actor: actor.0.clone(),
-            action: action::ERASE.into(),
-            reason: if actor.0 == super::retention::ACTOR {
+            actor: actor.clone(),
+            action: AuditAction::Erase,
+            reason: if *actor == AuditActor::Retention {
                 "retention: inactive caller".into()
             } else {
                 "erasure request".into()
@@ -125,7 +125,7 @@ impl Admin<'_> {
         };
         let deleted = self.store.erase_caller(&erasure).await?;
         metrics::counter!("redial_erasures_total", "status" => status).increment(1);
-        tracing::info!(actor = %actor.0, status, sessions = deleted.sessions, "caller erased");
+        tracing::info!(%actor, status, sessions = deleted.sessions, "caller erased");
         Ok(ErasureReport {
             status,
             subject_hash: hash,

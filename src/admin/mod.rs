@@ -20,19 +20,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::journal::Journal;
-use crate::storage::{NewAudit, Store, StoreError};
-
-/// Audit actions of the operator surface.
-pub mod action {
-    /// An admin read of a caller's data (a call, a caller, a listing, an access log).
-    pub const READ: &str = "read";
-    /// A caller's data exported.
-    pub const EXPORT: &str = "export";
-    /// A caller erased (the tombstone).
-    pub const ERASE: &str = "erase";
-    /// A retention sweep (one summary entry per sweep that deleted something).
-    pub const RETENTION_SWEEP: &str = "retention_sweep";
-}
+use crate::storage::{AuditAction, AuditActor, NewAudit, Store, StoreError};
 
 /// What the operations need: the store and settings, and — inside a running gateway — the
 /// outage journal and the engine (for calls live on this instance).
@@ -49,15 +37,7 @@ pub struct Admin<'a> {
 }
 
 /// Who acts: `admin:<key name>`, `cli:<user>`, `retention`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor(pub String);
-
-impl Actor {
-    /// An admin API key, by name.
-    pub fn admin_key(name: &str) -> Self {
-        Self(format!("admin:{name}"))
-    }
-}
+pub type Actor = AuditActor;
 
 /// Why an operation failed, mapped once onto the API's error shape.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +94,7 @@ impl Admin<'_> {
     pub async fn audit(
         &self,
         actor: &Actor,
-        action: &str,
+        action: AuditAction,
         reason: &str,
         (caller_id, session_id): (Option<Uuid>, Option<Uuid>),
         details: Value,
@@ -123,8 +103,8 @@ impl Admin<'_> {
             entry_key: Some(Uuid::now_v7()),
             caller_id,
             session_id,
-            actor: actor.0.clone(),
-            action: action.into(),
+            actor: actor.clone(),
+            action,
             reason: reason.into(),
             details,
             created_at: Utc::now(),

@@ -15,12 +15,10 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Actor, Admin, AdminError, action};
+use super::{Admin, AdminError};
 use crate::config::RetentionSettings;
 use crate::state::AppState;
-
-/// The actor of the sweeper's audit entries.
-pub const ACTOR: &str = "retention";
+use crate::storage::{AuditAction, AuditActor};
 
 /// What one sweep deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -86,8 +84,8 @@ impl Admin<'_> {
         if counts.total() > 0 {
             let details = serde_json::to_value(counts).unwrap_or_else(|_| json!({}));
             self.audit(
-                &Actor(ACTOR.into()),
-                action::RETENTION_SWEEP,
+                &AuditActor::Retention,
+                AuditAction::RetentionSweep,
                 "retention policy",
                 (None, None),
                 details,
@@ -103,7 +101,7 @@ impl Admin<'_> {
         stop: &CancellationToken,
     ) -> Result<u64, AdminError> {
         let r = &self.settings.retention;
-        let actor = Actor(ACTOR.into());
+        let actor = AuditActor::Retention;
         let mut erased = 0;
         while !stop.is_cancelled() {
             let callers = self.store.inactive_callers(before, r.batch_size).await?;

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Actor, Admin, AdminError, action, subject};
+use super::{Actor, Admin, AdminError, subject};
 use crate::storage::admin::{CallCursor, CallFilter, StoredWebhookEvent};
-use crate::storage::{Analysis, Answers, AuditEntry, CallSession, Caller, Turn};
+use crate::storage::{Analysis, Answers, AuditAction, AuditEntry, CallSession, Caller, Turn};
 
 /// Largest page of calls or access-log entries.
 pub const MAX_PAGE: u32 = 1000;
@@ -242,7 +242,7 @@ impl Admin<'_> {
         for caller in callers {
             self.audit(
                 actor,
-                action::READ,
+                AuditAction::Read,
                 "admin: list calls",
                 (Some(caller), None),
                 json!({}),
@@ -267,8 +267,14 @@ impl Admin<'_> {
             .ok_or_else(|| AdminError::NotFound(format!("no call {session_id}")))?;
         let detail = self.detail(session).await?;
         let ids = (detail.session.caller_id, Some(session_id));
-        self.audit(actor, action::READ, "admin: call detail", ids, json!({}))
-            .await?;
+        self.audit(
+            actor,
+            AuditAction::Read,
+            "admin: call detail",
+            ids,
+            json!({}),
+        )
+        .await?;
         Ok(detail)
     }
 
@@ -335,7 +341,7 @@ impl Admin<'_> {
         let page = self.page(&filter).await?;
         self.audit(
             actor,
-            action::READ,
+            AuditAction::Read,
             "admin: caller profile",
             (Some(caller.caller_id), None),
             json!({}),
@@ -396,7 +402,7 @@ impl Admin<'_> {
         let details = json!({"calls": calls.len()});
         self.audit(
             actor,
-            action::EXPORT,
+            AuditAction::Export,
             "admin: export",
             (Some(caller.caller_id), None),
             details,
@@ -467,7 +473,7 @@ impl Admin<'_> {
         let latest = callers.last().copied();
         self.audit(
             actor,
-            action::READ,
+            AuditAction::Read,
             "admin: access log",
             (latest, None),
             json!({}),

@@ -10,33 +10,15 @@ use tokio::sync::mpsc::Sender;
 use tokio::time::timeout;
 
 use super::memory::{self, CallContext};
+use super::persist::{self, Outcome};
 use super::summary::{self, SummaryInput};
 use super::tool_calls::ToolCalls;
-use super::tools::{self, ToolResult};
-use super::{
-    Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, persist, prompt, script,
-};
+use super::tools;
+use super::{Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, prompt, script};
 use crate::config::AssistantSettings;
 use crate::openai::{ChatMessage, Content, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
 use crate::upstream::{Delta, UpstreamError, UpstreamStream};
-
-/// What the turn produced, for persistence.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    /// Everything the caller was sent as text (filler and apology included).
-    pub text: String,
-    /// Platform tool calls, complete.
-    pub tool_calls: ToolCalls,
-    /// redial's own tool calls and their results, in order.
-    pub internal: Vec<(ToolCall, ToolResult)>,
-    /// The reply did not complete as the model meant it.
-    pub partial: bool,
-    /// The model that answered.
-    pub model: Option<String>,
-    /// How the turn ended.
-    pub finish: Option<FinishReason>,
-}
 
 /// The client went away; stop working for it.
 pub(crate) struct ClientGone;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use redial::config::{AdminKey, AssistantSettings, FieldSettings, Secret, Settings};
-use redial::storage::Platform;
+use redial::platforms::Platform;
+use redial::storage::{AnalysisSource, AuditAction, AuditActor};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 
@@ -131,7 +132,7 @@ async fn webhook(app: &TestApp, call_id: &str) {
             .list_analyses(session.session_id)
             .await
             .unwrap();
-        if analyses.iter().any(|a| a.source == "redial") {
+        if analyses.iter().any(|a| a.source == AnalysisSource::Redial) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -673,10 +674,13 @@ async fn the_cli_shows_exports_and_erases_and_is_audited(backend: Backend) {
     let cli_actions: Vec<_> = trail
         .iter()
         .rev()
-        .filter(|e| e.actor == "cli:tester")
-        .map(|e| e.action.as_str())
+        .filter(|e| e.actor == AuditActor::Cli("tester".into()))
+        .map(|e| e.action.clone())
         .collect();
-    assert_eq!(cli_actions, ["read", "export", "erase"]);
+    assert_eq!(
+        cli_actions,
+        [AuditAction::Read, AuditAction::Export, AuditAction::Erase]
+    );
     assert!(
         app.db
             .store

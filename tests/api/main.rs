@@ -12,6 +12,7 @@ mod connections;
 mod disk;
 mod fillers;
 mod http;
+mod job_payloads;
 mod jobs;
 mod limits;
 mod misconfig;

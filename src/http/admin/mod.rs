@@ -45,7 +45,7 @@ fn admin(state: &AppState) -> Admin<'_> {
 }
 
 fn actor(name: &AdminName) -> Actor {
-    Actor::admin_key(&name.0)
+    Actor::Admin(name.0.clone())
 }
 
 /// A query string, its rejection in the API's error shape.

@@ -4,7 +4,7 @@
 use super::*;
 use redial::admin::Admin;
 use redial::config::{Secret, Settings};
-use redial::storage::JobStatus;
+use redial::storage::{AuditAction, AuditActor, JobStatus};
 use tokio_util::sync::CancellationToken;
 
 on_both_backends!(
@@ -164,8 +164,8 @@ async fn a_sweep_removes_exactly_what_is_past_each_window_and_is_audited(store: 
     assert!(store.get_caller(active.caller_id).await.unwrap().is_some());
     let trail = store.list_audit(inactive.caller_id, 10).await.unwrap();
     assert_eq!(
-        (trail[0].actor.as_str(), trail[0].action.as_str()),
-        ("retention", "erase")
+        (&trail[0].actor, &trail[0].action),
+        (&AuditActor::Retention, &AuditAction::Erase)
     );
     assert!(
         trail[0].details["subject_hash"]
