@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod analysis;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod error;

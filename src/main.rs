@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
             serve(settings).await
         }
         command @ (Command::Calls(_) | Command::Callers(_)) => {
-            redial::admin::commands::run(&settings, command)
+            redial::commands::run(&settings, command)
                 .await
                 .and_then(|json| Ok(writeln!(std::io::stdout().lock(), "{json}")?))
         }

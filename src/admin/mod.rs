@@ -6,7 +6,6 @@
 //! Every read and write here appends an audit entry naming the actor (`admin:<key name>` for
 //! the API, `cli:<user>` for the commands, `retention` for the sweeper).
 
-pub mod commands;
 pub mod erase;
 pub mod retention;
 pub mod subject;

@@ -1,10 +1,11 @@
-//! `redial calls show`, `redial callers export|erase`: the admin operations straight on the
-//! configured database, audited as `cli:<user>` (`$USER`), printed as the admin API's JSON.
+//! `redial calls show`, `redial callers export|erase`: the admin operations ([`crate::admin`])
+//! straight on the configured database, audited as `cli:<user>` (`$USER`), printed as the admin
+//! API's JSON.
 
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::{Actor, Admin};
+use crate::admin::{Actor, Admin, AdminError};
 use crate::cli::{CallersCommand, CallsCommand, Command};
 use crate::config::Settings;
 use crate::journal::Journal;
@@ -46,7 +47,7 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
     result
 }
 
-fn to_json<T: serde::Serialize>(result: &Result<T, super::AdminError>) -> anyhow::Result<String> {
+fn to_json<T: serde::Serialize>(result: &Result<T, AdminError>) -> anyhow::Result<String> {
     match result {
         Ok(value) => Ok(serde_json::to_string_pretty(value)?),
         Err(e) => Err(anyhow::anyhow!("{e}")),
