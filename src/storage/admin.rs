@@ -131,7 +131,8 @@ pub trait AdminStore: Send + Sync {
     /// Erases a caller in one transaction: deletes the caller (and with them their sessions,
     /// turns, answers and analyses), the webhook events of their calls and any whose body holds
     /// one of `needles`, the jobs of those events and sessions and any whose payload holds one
-    /// of `needles`; empties the details of the audit entries of the caller and their sessions;
+    /// of `needles`; empties the details of the audit entries of the caller and their sessions
+    /// (but earlier tombstones, which hold only the keyed hash);
     /// appends the tombstone. Sessions of other callers that resumed one of theirs lose that
     /// link. Idempotent: erasing an erased caller deletes nothing more of theirs (but still any row
     /// holding a needle) and appends the tombstone again.

@@ -318,6 +318,14 @@ async fn an_export_holds_everything_and_an_erasure_leaves_nothing_in_a_dump(back
             .iter()
             .all(|e| !e.to_string().contains("2125550147"))
     );
+    let tombstones: Vec<_> = entries.iter().filter(|e| e["action"] == "erase").collect();
+    assert_eq!(tombstones.len(), 2);
+    for tombstone in tombstones {
+        let hash = tombstone["details"]["subject_hash"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(hash.starts_with("hmac-sha256:"), "{tombstone}");
+    }
 
     // The next call from the number is a first call.
     let sse = read_sse(app.chat(&vapi_body("call-a3", NUMBER, "Hello again")).await).await;

@@ -347,7 +347,8 @@ async fn erase_in(tx: &mut PgConnection, erasure: &Erasure) -> StoreResult<Erasu
     .rows_affected();
     counts.audit_scrubbed = sqlx::query(
         "update audit_log set details = '{}' \
-         where (caller_id = $1 or session_id = any($2)) and details <> '{}'::jsonb",
+         where (caller_id = $1 or session_id = any($2)) and details <> '{}'::jsonb \
+           and action <> 'erase'",
     )
     .bind(caller_id)
     .bind(&session_ids)

@@ -381,7 +381,7 @@ async fn erase_in(tx: &mut SqliteConnection, erasure: &Erasure) -> StoreResult<E
     counts.audit_scrubbed = sqlx::query(
         "update audit_log set details = '{}' \
          where (caller_id = ?1 or session_id in (select value from json_each(?2))) \
-           and details <> '{}'",
+           and details <> '{}' and action <> 'erase'",
     )
     .bind(caller_id)
     .bind(&ids)
