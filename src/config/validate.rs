@@ -153,6 +153,7 @@ pub(super) fn validate(
         return fail("upstream.max_tool_rounds", "must be at least 1".into());
     }
     validate_assistants(settings, &origin)?;
+    validate_providers(settings, &origin)?;
     if settings.memory.summary_max_tokens < 16 {
         return fail("memory.summary_max_tokens", "must be at least 16".into());
     }
@@ -272,6 +273,84 @@ fn validate_assistants(
             if field.question.trim().is_empty() {
                 return fail(key("question"), "must not be empty");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Provider names unique and usable as a model prefix; URLs, headers and bounds valid; prices
+/// finite and non-negative.
+fn validate_providers(
+    settings: &Settings,
+    origin: &impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let fail = |key: String, message: String| {
+        Err(ConfigError(format!(
+            "invalid value for `{key}`{}: {message}",
+            origin(&key)
+        )))
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for (i, provider) in settings.providers.iter().enumerate() {
+        let at = |key: &str| format!("providers[{i}].{key}");
+        let valid_name = !provider.name.is_empty()
+            && provider
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            return fail(
+                at("name"),
+                format!(
+                    "{:?} must be letters, digits, `-`, `_` and `.` (it prefixes models: \
+                     `name/model`)",
+                    provider.name
+                ),
+            );
+        }
+        if !names.insert(provider.name.as_str()) {
+            return fail(at("name"), format!("{:?} is listed twice", provider.name));
+        }
+        if !provider.base_url.is_empty() {
+            match reqwest::Url::parse(&provider.base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return fail(
+                        at("base_url"),
+                        format!("{:?} is not an http(s) URL", provider.base_url),
+                    );
+                }
+            }
+        }
+        for (name, value) in &provider.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
+            {
+                return fail(
+                    at("headers"),
+                    format!(
+                        "{name:?} is not a valid header name, or its value is not a valid header value"
+                    ),
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&provider.max_tokens) {
+            return fail(at("max_tokens"), "must be between 1 and 1000000".into());
+        }
+    }
+    for (model, price) in &settings.prices {
+        let key = format!("prices.{model:?}");
+        let values = [
+            Some(price.input_per_mtok),
+            Some(price.output_per_mtok),
+            price.cached_input_per_mtok,
+        ];
+        if values
+            .into_iter()
+            .flatten()
+            .any(|v| !v.is_finite() || v < 0.0)
+        {
+            return fail(key, "prices must be finite and not negative".into());
         }
     }
     Ok(())

@@ -237,13 +237,12 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
         });
     }
     for (i, call) in outcome.tool_calls.calls().iter().enumerate() {
-        let function = &call["function"];
         turns.push(NewTurn {
             idempotency_key: format!("r{position}:{request_digest}:tool{i}"),
             role: TurnRole::ToolCall,
-            content: function["arguments"].as_str().unwrap_or("").to_owned(),
-            tool_name: function["name"].as_str().map(str::to_owned),
-            tool_call_id: call["id"].as_str().map(str::to_owned),
+            content: call.function.arguments.clone(),
+            tool_name: Some(call.function.name.clone()),
+            tool_call_id: Some(call.id.clone()),
             partial: outcome.partial,
             created_at: now,
         });
