@@ -16,6 +16,7 @@ mod limits;
 mod misconfig;
 mod outage;
 mod process;
+mod providers;
 mod resume;
 mod retell;
 mod sdk;
