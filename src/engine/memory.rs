@@ -248,7 +248,7 @@ fn new_session(
     }
 }
 
-/// The session as `create_session` will store it (the caller's counts are snapshotted).
+/// The session as `start_call` will store it (the caller's counts are snapshotted).
 fn unstored(new: &NewSession, caller: Option<&Caller>) -> CallSession {
     CallSession {
         session_id: new.session_id,

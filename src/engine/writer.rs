@@ -4,8 +4,8 @@
 //! One transaction per turn costs a commit (a WAL flush) per turn; at hundreds of turns a
 //! second that is what limits a small Postgres, and the turns that wait for it pile up in
 //! memory. The writer takes up to `database.write_batch_max` waiting turns at a time and stores
-//! them with [`Store::save_turns`], so the commit rate follows the database's speed rather than
-//! the turn rate. Once a write arrives, the writer lingers up to `database.write_linger_ms` for
+//! them with [`TurnStore::save_turns`], so the commit rate follows the database's speed rather
+//! than the turn rate. Once a write arrives, the writer lingers up to `database.write_linger_ms` for
 //! others to join it (a few milliseconds that no caller waits for: turns are written after their
 //! reply), which keeps batches from shrinking to one turn each when the database is idle.
 //!
@@ -14,6 +14,8 @@
 //! behind, new turns wait for room instead of piling up unwritten work. Shutdown closes the queue:
 //! turns holding a place still hand their write in and the writer drains everything before it
 //! exits; a turn that finds the queue closed writes directly ([`write_direct`]).
+//!
+//! [`TurnStore::save_turns`]: crate::storage::TurnStore::save_turns
 
 use std::borrow::Cow;
 use std::sync::Arc;

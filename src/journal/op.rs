@@ -22,15 +22,20 @@ use crate::storage::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// A call's first write ([`Store::start_call`]); keyed by the platform's call.
+    /// A call's first write ([`start_call`](crate::storage::SessionStore::start_call)); keyed by
+    /// the platform's call.
     StartCall(CallStart),
-    /// A finished turn and its audit entries ([`Store::save_turns`]); keyed per turn and entry.
+    /// A finished turn and its audit entries
+    /// ([`save_turns`](crate::storage::TurnStore::save_turns)); keyed per turn and entry.
     Turns(TurnWrite),
-    /// A confirmed answer ([`Store::record_answer`]); recording the same value again is a no-op.
+    /// A confirmed answer ([`record_answer`](crate::storage::SessionStore::record_answer));
+    /// recording the same value again is a no-op.
     Answer(AnswerWrite),
-    /// A caller profile change ([`Store::update_caller`]); notes are not added twice.
+    /// A caller profile change ([`update_caller`](crate::storage::CallerStore::update_caller));
+    /// notes are not added twice.
     Profile(ProfileWrite),
-    /// An accepted webhook and its job ([`Store::record_webhook`]); keyed by its dedupe key.
+    /// An accepted webhook and its job
+    /// ([`record_webhook`](crate::storage::JobStore::record_webhook)); keyed by its dedupe key.
     Webhook(WebhookWrite),
 }
 
@@ -50,7 +55,8 @@ pub struct AnswerWrite {
 }
 
 impl AnswerWrite {
-    /// Records the answer on its session ([`Store::record_answer`]).
+    /// Records the answer on its session
+    /// ([`record_answer`](crate::storage::SessionStore::record_answer)).
     pub async fn apply(&self, store: &dyn Store) -> StoreResult<AnswerOutcome> {
         let (field, value) = (&self.field, &self.value);
         store

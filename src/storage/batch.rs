@@ -1,4 +1,4 @@
-//! The bookkeeping of [`super::Store::save_turns`], shared by both backends: which items are
+//! The bookkeeping of [`super::TurnStore::save_turns`], shared by both backends: which items are
 //! stored, which item an inserted turn belongs to, and what each session's one update is.
 //!
 //! A backend finds the batch's stored sessions, inserts [`Batch::rows`] (in statements of

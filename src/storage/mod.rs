@@ -1,4 +1,4 @@
-//! Durable state: the [`Store`] trait and the records it keeps.
+//! Durable state: the [`Store`] trait, one trait per table, and the records they keep.
 //!
 //! Two backends implement it, each with its own migrations folder: Postgres for production (several
 //! redial instances may share one database, so nothing here may rely on process-local state) and
@@ -6,23 +6,57 @@
 //! (`tests/api/storage.rs`). The store saves values as given: callers mint ids and timestamps.
 //! The one exception is text no store can hold (NUL), which both backends store as U+FFFD
 //! ([`text`]).
+//!
+//! | table | trait | backend files |
+//! |---|---|---|
+//! | `caller` | [`CallerStore`] (`callers.rs`) | `postgres/callers.rs`, `sqlite/callers.rs` |
+//! | `call_session` | [`SessionStore`] (`sessions.rs`) | `postgres/sessions.rs`, `sqlite/sessions.rs` |
+//! | `turn` | [`TurnStore`] (`turns.rs`) | `postgres/turns.rs`, `sqlite/turns.rs` |
+//! | `webhook_event`, `job` | [`JobStore`] (`jobs.rs`) | `postgres/jobs.rs`, `sqlite/jobs.rs` |
+//! | `analysis` | [`AnalysisStore`] (`analyses.rs`) | `postgres/analyses.rs`, `sqlite/analyses.rs` |
+//! | `audit_log` | [`AuditStore`] (`audit.rs`) | `postgres/audit.rs`, `sqlite/audit.rs` |
+//!
+//! [`Store`] is their supertrait plus the lifecycle (`backend`, `migrate`, `shared`, `ping`,
+//! `close`), implemented in each backend's `mod.rs`; `Arc<dyn Store>` is what the rest of redial
+//! holds.
+//!
+//! # Adding a query
+//!
+//! A query touches three files: declare the method, with its contract as its doc comment, on
+//! the trait of the table it reads or writes (`storage/<table>.rs`), and implement it in the
+//! `impl <Table>Store for …` block of `postgres/<table>.rs` and of `sqlite/<table>.rs`, choosing
+//! the pool there (a pure read on the hot path goes to the reader pool). Callers holding a
+//! `dyn Store` see it at once; nothing forwards it. Add it to the conformance suite
+//! (`tests/api/storage/<table>.rs`, run on both backends). Only what production code calls
+//! belongs on a trait: a read that only tests need lives in the tests' support
+//! (`tests/api/support/inspect.rs`).
 
+mod analyses;
+mod audit;
 mod batch;
+mod callers;
+mod jobs;
 mod postgres;
 mod rows;
 mod rules;
+mod sessions;
 mod sqlite;
 pub mod text;
+mod turns;
 mod types;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
+pub use analyses::AnalysisStore;
+pub use audit::AuditStore;
+pub use callers::CallerStore;
+pub use jobs::JobStore;
 pub use postgres::PostgresStore;
+pub use sessions::SessionStore;
 pub use sqlite::SqliteStore;
+pub use turns::TurnStore;
 pub use types::*;
 
 /// Errors of the storage layer.
@@ -103,11 +137,24 @@ pub async fn connect(
     }
 }
 
-/// Everything redial keeps durably. Every method is safe to call concurrently from several
-/// processes sharing one database; writes that carry an idempotency or dedupe key may be repeated
-/// without effect.
+/// Everything redial keeps durably: one trait per table, plus the store's lifecycle. Every method
+/// is safe to call concurrently from several processes sharing one database; writes that carry an
+/// idempotency or dedupe key may be repeated without effect.
+///
+/// The table traits' methods are callable on `dyn Store` (and any `T: Store`) without importing
+/// them.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store:
+    CallerStore
+    + SessionStore
+    + TurnStore
+    + JobStore
+    + AnalysisStore
+    + AuditStore
+    + Send
+    + Sync
+    + std::fmt::Debug
+{
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
 
@@ -125,256 +172,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Closes the store's pools, waiting for checked-out connections to return.
     async fn close(&self);
-
-    // ---- callers ------------------------------------------------------------------------------
-
-    /// Finds the caller with this E.164 number, creating it when new; `last_seen_at` becomes `now`.
-    async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller>;
-
-    /// The caller with this id.
-    async fn get_caller(&self, caller_id: Uuid) -> StoreResult<Option<Caller>>;
-
-    /// The caller with this E.164 number.
-    async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>>;
-
-    /// Applies a profile change. A note already present is not added twice (idempotent).
-    async fn update_caller(
-        &self,
-        caller_id: Uuid,
-        patch: &CallerPatch,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Caller>;
-
-    // ---- call sessions ------------------------------------------------------------------------
-
-    /// Creates the session for `(platform, call_key)` unless it exists. On creation with a caller,
-    /// in the same transaction, snapshots the caller's previous `call_count` and `last_call_at`
-    /// into the session (`prior_calls`, `prior_call_at`) and then counts this call on the caller
-    /// (`call_count + 1`, `last_call_at = started_at`). Returns the stored session and whether
-    /// this call created it.
-    async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)>;
-
-    /// A call's first write, in one transaction: upserts the caller with `phone` (when given;
-    /// as [`Store::upsert_caller`]) and sets it on the new session, closes `close_previous`
-    /// (as [`Store::close_session`]; one that no longer exists is skipped), and creates the
-    /// session (as [`Store::create_session`]: a session already stored for the platform's call
-    /// is kept and returned).
-    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall>;
-
-    /// The session with this id.
-    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>>;
-
-    /// The session of a platform's call, with its caller, in one round trip (the per-turn read).
-    async fn load_call(
-        &self,
-        platform: Platform,
-        call_key: &str,
-    ) -> StoreResult<Option<(CallSession, Option<Caller>)>>;
-
-    /// Names the caller of a session stored without one (a caller learnt after the call, e.g.
-    /// from a post-call webhook), in one transaction: upserts the caller with `phone` (as
-    /// [`Store::upsert_caller`]), sets it on the session with the caller's counts snapshotted,
-    /// and counts the call on the caller (as [`Store::create_session`] does). A session that
-    /// already has a caller is returned unchanged (idempotent). An unknown session is
-    /// [`StoreError::NotFound`].
-    async fn attach_caller(
-        &self,
-        session_id: Uuid,
-        phone: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<CallSession>;
-
-    /// The newest session of this caller with this assistant, started at or after
-    /// `started_since`, that can be resumed: status `ended` or `dropped`, or `active` with
-    /// `last_activity_at` before `stale_before` (no longer live; see `memory.live_window_secs`),
-    /// and not already resumed by another session (a
-    /// chain of attempts resumes from its newest link). `exclude` (the asking call) is never
-    /// returned.
-    async fn find_resumable(
-        &self,
-        caller_id: Uuid,
-        assistant_id: &str,
-        started_since: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-        exclude: Option<Uuid>,
-    ) -> StoreResult<Option<CallSession>>;
-
-    /// Confirms `field = value` on the session, atomically with respect to concurrent writers
-    /// (version bump). When every name in `required` is then answered, the status becomes
-    /// `completed`. Re-recording the same value changes nothing and reports `changed: false`.
-    async fn record_answer(
-        &self,
-        session_id: Uuid,
-        field: &str,
-        value: &str,
-        required: &[String],
-        now: DateTime<Utc>,
-    ) -> StoreResult<AnswerOutcome>;
-
-    /// Marks the session's last activity and the model that served it: `last_activity_at`
-    /// becomes `now` unless it is already later, `model` is replaced when given, and the
-    /// version is bumped.
-    async fn touch_session(
-        &self,
-        session_id: Uuid,
-        model: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// Closes a session from a call-ended signal: sets `ended_at`, the ended reason and merges
-    /// `details` (platform data: cost, transcript, recordings…) into the stored details. A
-    /// `completed` session keeps that status; any other becomes `status`. Closing twice keeps the
-    /// first `ended_at`.
-    async fn close_session(
-        &self,
-        session_id: Uuid,
-        close: &CloseSession,
-    ) -> StoreResult<CallSession>;
-
-    // ---- turns --------------------------------------------------------------------------------
-
-    /// Appends turns to a session's log in order. A turn whose `idempotency_key` is already
-    /// stored for the session is skipped. Returns how many were inserted; when any was, the
-    /// session's `last_activity_at` moves to the newest of them (never backwards) and its
-    /// version is bumped. An unknown session is [`StoreError::NotFound`]. ([`Store::save_turn`]
-    /// with no model and no audit.)
-    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
-        self.save_turn(session_id, turns, None, &[]).await
-    }
-
-    /// Stores a finished turn in one transaction, all or nothing:
-    /// - appends `turns` in order, skipping those whose `idempotency_key` is already stored for
-    ///   the session;
-    /// - when a turn was inserted or `model` is given, touches the session once (as
-    ///   [`Store::touch_session`]): `last_activity_at` becomes the newest inserted turn's
-    ///   `created_at` unless it is already later (never backwards; skipped turns do not move
-    ///   it), `model` is replaced when given, and the version is bumped by one;
-    /// - appends the `audit` entries (as [`Store::append_audit`]).
-    ///
-    /// Returns how many turns were inserted. An unknown session fails with
-    /// [`StoreError::NotFound`] and stores nothing, audit entries included. Saving the same turn
-    /// again inserts no turn, but audit entries have no dedupe key: they are appended again (a
-    /// retried save records the access twice, which overstates rather than loses it).
-    ///
-    /// A batch of one for [`Store::save_turns`].
-    async fn save_turn(
-        &self,
-        session_id: Uuid,
-        turns: &[NewTurn],
-        model: Option<&str>,
-        audit: &[NewAudit],
-    ) -> StoreResult<u64> {
-        let write = TurnWrite {
-            session_id,
-            turns: turns.to_vec(),
-            model: model.map(str::to_owned),
-            audit: audit.to_vec(),
-        };
-        match self.save_turns(std::slice::from_ref(&write)).await?.first() {
-            Some(Some(inserted)) => Ok(*inserted),
-            _ => Err(StoreError::NotFound),
-        }
-    }
-
-    /// Stores a batch of finished turns, of one session or many, in one transaction (group
-    /// commit): each item as [`Store::save_turn`] describes, in batch order, so two items of
-    /// one session behave as two saves one after the other (the session's version is bumped
-    /// once per item that touches it, the last given model wins, turns keep batch order).
-    ///
-    /// Returns, per item, how many of its turns were inserted, or `None` when its session does
-    /// not exist (nothing of that item is stored, audit entries included; the other items are).
-    /// Any other failure stores nothing of the batch. Postgres locks the batch's sessions in id
-    /// order, so concurrent batches of several instances cannot deadlock one another.
-    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>>;
-
-    /// The session's turns, oldest first: by `created_at` (when each was said, so a turn
-    /// written late — replayed from the outage journal, or persisted after a slower earlier
-    /// one — still takes its place), then in the order they were stored.
-    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;
-
-    // ---- webhooks and jobs --------------------------------------------------------------------
-
-    /// Stores a webhook event once per `dedupe_key` and, only when it is new, enqueues `job` in
-    /// the same transaction (a job whose dedupe key exists is not enqueued again).
-    async fn record_webhook(
-        &self,
-        event: &NewWebhookEvent,
-        job: Option<&NewJob>,
-    ) -> StoreResult<Recorded>;
-
-    /// Enqueues a job once per `dedupe_key`.
-    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<Recorded>;
-
-    /// Claims the oldest runnable job: `queued` with `run_at <= now`, or `running` whose lease
-    /// expired (`locked_until < now`, its worker presumed dead). The claim sets it `running`,
-    /// increments `attempts`, and leases it to `worker` until `now + lease`. Concurrent claimers
-    /// never get the same job (Postgres: `FOR UPDATE SKIP LOCKED`).
-    async fn claim_job(
-        &self,
-        worker: &str,
-        now: DateTime<Utc>,
-        lease: Duration,
-    ) -> StoreResult<Option<Job>>;
-
-    /// Marks a job `done`, only while `lease` still holds it: `Conflict` (nothing changed) when
-    /// the job was taken over or already finished, `NotFound` when there is no such job.
-    async fn complete_job(&self, lease: &JobLease, now: DateTime<Utc>) -> StoreResult<()>;
-
-    /// Records a failed attempt: back to `queued` at `retry_at`, or `failed` for good when
-    /// `retry_at` is `None`. Fenced like [`Store::complete_job`].
-    async fn fail_job(
-        &self,
-        lease: &JobLease,
-        error: &str,
-        retry_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// Parks a job that failed on configuration: `waiting`, with `reason` as its last error,
-    /// until [`Store::release_waiting_jobs`]. The attempt does not count against the job (its
-    /// `max_attempts` grows by one; `attempts` never goes back, so leases stay fenced). Fenced
-    /// like [`Store::complete_job`].
-    async fn wait_job(&self, lease: &JobLease, reason: &str, now: DateTime<Utc>)
-    -> StoreResult<()>;
-
-    /// Queues every `waiting` job to run now (at a start, when the configuration may have
-    /// changed); returns how many.
-    async fn release_waiting_jobs(&self, now: DateTime<Utc>) -> StoreResult<u64>;
-
-    /// The job with this id.
-    async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>>;
-
-    /// Extends a running job's lease to `now + lease_for` while `lease` still holds it (same
-    /// worker, same attempt), so a job that outlives one lease is not taken over. Returns `false`,
-    /// changing nothing, when the job was taken over by a later claim, finished, or is gone. An
-    /// expired lease that nobody has claimed yet is still held and is renewed.
-    async fn renew_job(
-        &self,
-        lease: &JobLease,
-        now: DateTime<Utc>,
-        lease_for: Duration,
-    ) -> StoreResult<bool>;
-
-    // ---- analyses -----------------------------------------------------------------------------
-
-    /// Stores an analysis once per `(session_id, source)`. When new and `caller_update` is given,
-    /// updates that caller's last summary, sentiment and open action in the same transaction.
-    async fn save_analysis(
-        &self,
-        analysis: &NewAnalysis,
-        caller_update: Option<&CallerAnalysisUpdate>,
-    ) -> StoreResult<Recorded>;
-
-    /// A session's analyses, oldest first.
-    async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>>;
-
-    // ---- audit --------------------------------------------------------------------------------
-
-    /// Appends audit entries.
-    async fn append_audit(&self, entries: &[NewAudit]) -> StoreResult<()>;
-
-    /// A caller's audit trail, newest first, at most `limit` entries.
-    async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>>;
 }
 
 impl StoreError {

@@ -10,9 +10,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
-use super::{
-    Analysis, AuditEntry, CallSession, Caller, Job, StoreError, StoreResult, Turn, TurnRole,
-};
+use super::{Analysis, CallSession, Caller, Job, StoreError, StoreResult, Turn, TurnRole};
 
 /// The caller columns, in [`CallerRow`] order.
 macro_rules! caller_columns {
@@ -349,36 +347,6 @@ impl<I: DbId, T: DbTime> TryFrom<AnalysisRow<I, T>> for Analysis {
             sentiment: row.sentiment,
             raw: row.raw,
             model: row.model,
-            created_at: row.created_at.into_utc()?,
-        })
-    }
-}
-
-/// An `audit_log` row.
-#[derive(sqlx::FromRow)]
-pub(crate) struct AuditRow<I, T> {
-    audit_id: i64,
-    caller_id: Option<I>,
-    session_id: Option<I>,
-    actor: String,
-    action: String,
-    reason: String,
-    details: serde_json::Value,
-    created_at: T,
-}
-
-impl<I: DbId, T: DbTime> TryFrom<AuditRow<I, T>> for AuditEntry {
-    type Error = StoreError;
-
-    fn try_from(row: AuditRow<I, T>) -> StoreResult<Self> {
-        Ok(Self {
-            audit_id: row.audit_id,
-            caller_id: row.caller_id.map(DbId::into_uuid),
-            session_id: row.session_id.map(DbId::into_uuid),
-            actor: row.actor,
-            action: row.action,
-            reason: row.reason,
-            details: row.details,
             created_at: row.created_at.into_utc()?,
         })
     }

@@ -97,7 +97,7 @@ string_enum!(
         /// Given up after its attempts.
         Failed => "failed",
         /// Failed on configuration; waits for a start that may allow it (see
-        /// `Store::wait_job`).
+        /// `JobStore::wait_job`).
         Waiting => "waiting",
     }
 );
@@ -239,7 +239,7 @@ pub struct NewSession {
     pub started_at: DateTime<Utc>,
 }
 
-/// The result of [`super::Store::record_answer`].
+/// The result of [`super::SessionStore::record_answer`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnswerOutcome {
     /// The session after the write.
@@ -303,7 +303,7 @@ pub struct NewTurn {
     pub created_at: DateTime<Utc>,
 }
 
-/// A call's first write, as [`Store::start_call`] takes it.
+/// A call's first write, as [`super::SessionStore::start_call`] takes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallStart {
     /// The session to create (its `caller_id` is set from `phone` when one is given).
@@ -316,7 +316,7 @@ pub struct CallStart {
     pub now: DateTime<Utc>,
 }
 
-/// What [`Store::start_call`] stored.
+/// What [`super::SessionStore::start_call`] stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartedCall {
     /// The call's session: the new one, or the one already stored for the platform's call.
@@ -327,7 +327,7 @@ pub struct StartedCall {
     pub created: bool,
 }
 
-/// One finished turn of a session to store, as [`Store::save_turns`] takes them.
+/// One finished turn of a session to store, as [`super::TurnStore::save_turns`] takes them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnWrite {
     /// The session the turn belongs to.

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use redial::config::{AssistantSettings, DatabaseUrl, FieldSettings, Secret, Settings};
-use redial::storage::{CallSession, ConnectOptions, Platform, SqliteStore, Store};
+use redial::storage::{
+    CallSession, ConnectOptions, Platform, SessionStore, SqliteStore, Store, TurnStore,
+};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sqlx::{Connection, SqliteConnection};

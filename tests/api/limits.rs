@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::support::app::{API_KEY, TestApp, app_tests, read_sse, vapi_body};
 use crate::support::db::{Backend, on_both_backends};
+use crate::support::inspect::Inspect;
 
 on_both_backends!(every_write_stores_nul_as_the_replacement_character);
 
@@ -336,10 +337,6 @@ async fn every_write_stores_nul_as_the_replacement_character(store: Arc<dyn Stor
     store.update_caller(caller_id, &patch, now).await.unwrap();
     store
         .record_answer(session_id, &nul("g"), &nul("w"), &[], now)
-        .await
-        .unwrap();
-    store
-        .touch_session(session_id, Some(&nul("m2")), now)
         .await
         .unwrap();
     let turn = NewTurn {

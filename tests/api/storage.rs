@@ -24,6 +24,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::support::db::on_both_backends;
+use crate::support::inspect::Inspect;
 
 const PHONE: &str = "+15550100001";
 const OTHER_PHONE: &str = "+15550100002";

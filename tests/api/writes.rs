@@ -9,6 +9,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::app::{TestApp, app_tests, read_sse, vapi_body};
 use crate::support::db::Backend;
+use crate::support::inspect::Inspect;
 
 app_tests!(
     turns_of_many_concurrent_calls_are_all_stored_in_batches,

@@ -3,7 +3,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::storage::{
-    Answers, ConnectOptions, NewSession, NewTurn, Platform, SessionStatus, SqliteStore, TurnRole,
+    Answers, CallStart, ConnectOptions, NewSession, NewTurn, Platform, SessionStatus, SessionStore,
+    SqliteStore, TurnRole,
 };
 
 /// A migrated SQLite store in a temporary directory, with one session.
@@ -15,7 +16,7 @@ async fn store_with_session() -> (tempfile::TempDir, Arc<dyn Store>, Uuid) {
         .unwrap();
     store.migrate().await.unwrap();
     let session_id = Uuid::now_v7();
-    let new = NewSession {
+    let session = NewSession {
         session_id,
         platform: Platform::Vapi,
         call_key: "call-1".into(),
@@ -28,7 +29,13 @@ async fn store_with_session() -> (tempfile::TempDir, Arc<dyn Store>, Uuid) {
         model: None,
         started_at: Utc::now(),
     };
-    store.create_session(&new).await.unwrap();
+    let start = CallStart {
+        now: session.started_at,
+        session,
+        phone: None,
+        close_previous: None,
+    };
+    store.start_call(&start).await.unwrap();
     (dir, Arc::new(store), session_id)
 }
 

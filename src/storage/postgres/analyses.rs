@@ -1,143 +1,88 @@
-//! Post-call analyses and the audit log on Postgres.
+//! Post-call analyses on Postgres.
 
-use std::borrow::Borrow;
-
+use async_trait::async_trait;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{AnalysisRow, AuditRow, json, opt_text, text};
-use crate::storage::batch::ROWS_PER_STATEMENT;
+use super::{AnalysisRow, PostgresStore, json, opt_text, text};
 use crate::storage::rows::{convert_all, missing_parent};
 use crate::storage::{
-    Analysis, AuditEntry, CallerAnalysisUpdate, NewAnalysis, NewAudit, Recorded, StoreError,
-    StoreResult, rules,
+    Analysis, AnalysisStore, CallerAnalysisUpdate, NewAnalysis, Recorded, StoreError, StoreResult,
+    rules,
 };
 
-#[tracing::instrument(
-    name = "store.save_analysis",
-    skip_all,
-    fields(backend = "postgres", session_id = %analysis.session_id, source = %analysis.source,
-           new = tracing::field::Empty)
-)]
-pub(super) async fn save_analysis(
-    pool: &PgPool,
-    analysis: &NewAnalysis,
-    caller_update: Option<&CallerAnalysisUpdate>,
-) -> StoreResult<Recorded> {
-    let mut tx = pool.begin().await?;
-    let stored = sqlx::query(
-        "insert into analysis (analysis_id, session_id, source, summary, urgency, action, \
-         sentiment, raw, model, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         on conflict (session_id, source) do nothing",
-    )
-    .bind(analysis.analysis_id)
-    .bind(analysis.session_id)
-    .bind(text(&analysis.source))
-    .bind(text(&analysis.summary))
-    .bind(analysis.urgency)
-    .bind(opt_text(analysis.action.as_deref()))
-    .bind(opt_text(analysis.sentiment.as_deref()))
-    .bind(Json(json(&analysis.raw)))
-    .bind(opt_text(analysis.model.as_deref()))
-    .bind(analysis.created_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(missing_parent)?;
-    let new = stored.rows_affected() == 1;
-    if let (true, Some(update)) = (new, caller_update) {
-        let done = sqlx::query(
-            "update caller set last_summary = $2, last_sentiment = $3, last_action = $4, \
-             updated_at = $5 where caller_id = $1",
+#[async_trait]
+impl AnalysisStore for PostgresStore {
+    #[tracing::instrument(
+        name = "store.save_analysis",
+        skip_all,
+        fields(backend = "postgres", session_id = %analysis.session_id, source = %analysis.source,
+               new = tracing::field::Empty)
+    )]
+    async fn save_analysis(
+        &self,
+        analysis: &NewAnalysis,
+        caller_update: Option<&CallerAnalysisUpdate>,
+    ) -> StoreResult<Recorded> {
+        let mut tx = self.pool.begin().await?;
+        let stored = sqlx::query(
+            "insert into analysis (analysis_id, session_id, source, summary, urgency, action, \
+             sentiment, raw, model, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             on conflict (session_id, source) do nothing",
         )
-        .bind(update.caller_id)
-        .bind(text(&update.summary))
-        .bind(opt_text(update.sentiment.as_deref()))
-        .bind(opt_text(rules::normalize_action(update.action.as_deref())))
-        .bind(update.now)
+        .bind(analysis.analysis_id)
+        .bind(analysis.session_id)
+        .bind(text(&analysis.source))
+        .bind(text(&analysis.summary))
+        .bind(analysis.urgency)
+        .bind(opt_text(analysis.action.as_deref()))
+        .bind(opt_text(analysis.sentiment.as_deref()))
+        .bind(Json(json(&analysis.raw)))
+        .bind(opt_text(analysis.model.as_deref()))
+        .bind(analysis.created_at)
         .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+        .await
+        .map_err(missing_parent)?;
+        let new = stored.rows_affected() == 1;
+        if let (true, Some(update)) = (new, caller_update) {
+            let done = sqlx::query(
+                "update caller set last_summary = $2, last_sentiment = $3, last_action = $4, \
+                 updated_at = $5 where caller_id = $1",
+            )
+            .bind(update.caller_id)
+            .bind(text(&update.summary))
+            .bind(opt_text(update.sentiment.as_deref()))
+            .bind(opt_text(rules::normalize_action(update.action.as_deref())))
+            .bind(update.now)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
         }
+        tx.commit().await?;
+        tracing::Span::current().record("new", new);
+        Ok(if new {
+            Recorded::New(analysis.analysis_id)
+        } else {
+            Recorded::Duplicate
+        })
     }
-    tx.commit().await?;
-    tracing::Span::current().record("new", new);
-    Ok(if new {
-        Recorded::New(analysis.analysis_id)
-    } else {
-        Recorded::Duplicate
-    })
-}
 
-#[tracing::instrument(name = "store.list_analyses", skip_all, fields(backend = "postgres", %session_id))]
-pub(super) async fn list_analyses(pool: &PgPool, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
-    let rows: Vec<AnalysisRow> = sqlx::query_as(
-        "select analysis_id, session_id, source, summary, urgency, action, sentiment, raw, \
-         model, created_at from analysis where session_id = $1 \
-         order by created_at, analysis_id",
-    )
-    .bind(session_id)
-    .fetch_all(pool)
-    .await?;
-    convert_all(rows)
-}
-
-#[tracing::instrument(
-    name = "store.append_audit",
-    skip_all,
-    fields(backend = "postgres", entries = entries.len())
-)]
-pub(super) async fn append_audit(pool: &PgPool, entries: &[NewAudit]) -> StoreResult<()> {
-    if entries.is_empty() {
-        return Ok(());
+    #[tracing::instrument(
+        name = "store.list_analyses",
+        skip_all,
+        fields(backend = "postgres", %session_id)
+    )]
+    async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
+        let rows: Vec<AnalysisRow> = sqlx::query_as(
+            "select analysis_id, session_id, source, summary, urgency, action, sentiment, raw, \
+             model, created_at from analysis where session_id = $1 \
+             order by created_at, analysis_id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        convert_all(rows)
     }
-    let mut conn = pool.acquire().await?;
-    insert_audit(&mut conn, entries).await
-}
-
-/// Inserts audit entries (none is a no-op), in statements of at most
-/// [`ROWS_PER_STATEMENT`] rows.
-pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
-    conn: &mut PgConnection,
-    entries: &[E],
-) -> StoreResult<()> {
-    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "insert into audit_log (entry_key, caller_id, session_id, actor, action, reason, \
-             details, created_at) ",
-        );
-        insert.push_values(chunk, |mut row, entry| {
-            let entry = entry.borrow();
-            row.push_bind(entry.entry_key)
-                .push_bind(entry.caller_id)
-                .push_bind(entry.session_id)
-                .push_bind(text(&entry.actor))
-                .push_bind(text(&entry.action))
-                .push_bind(text(&entry.reason))
-                .push_bind(Json(json(&entry.details)))
-                .push_bind(entry.created_at);
-        });
-        insert.push(" on conflict (entry_key) do nothing");
-        insert.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-#[tracing::instrument(name = "store.list_audit", skip_all, fields(backend = "postgres", %caller_id, limit))]
-pub(super) async fn list_audit(
-    pool: &PgPool,
-    caller_id: Uuid,
-    limit: i64,
-) -> StoreResult<Vec<AuditEntry>> {
-    let rows: Vec<AuditRow> = sqlx::query_as(
-        "select audit_id, caller_id, session_id, actor, action, reason, details, created_at \
-         from audit_log where caller_id = $1 \
-         order by created_at desc, audit_id desc limit $2",
-    )
-    .bind(caller_id)
-    .bind(limit.max(0))
-    .fetch_all(pool)
-    .await?;
-    convert_all(rows)
 }

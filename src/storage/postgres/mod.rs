@@ -10,6 +10,7 @@
 //! queue uses `for update skip locked`.
 
 mod analyses;
+mod audit;
 mod callers;
 mod jobs;
 mod sessions;
@@ -30,12 +31,7 @@ use uuid::Uuid;
 use super::rows;
 // Every bound string and JSON value goes through these (see `storage::text`).
 use super::text::{answers, json, opt_text, strings, text};
-use super::{
-    Analysis, AnswerOutcome, AuditEntry, CallSession, CallStart, Caller, CallerAnalysisUpdate,
-    CallerPatch, CloseSession, ConnectOptions, Job, JobLease, NewAnalysis, NewAudit, NewJob,
-    NewSession, NewWebhookEvent, Platform, Recorded, StartedCall, Store, StoreError, StoreResult,
-    Turn, TurnWrite,
-};
+use super::{ConnectOptions, Store, StoreError, StoreResult};
 
 /// The Postgres migrations, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -46,7 +42,6 @@ type SessionWithCallerRow = rows::SessionWithCallerRow<Uuid, DateTime<Utc>>;
 type TurnRow = rows::TurnRow<Uuid, DateTime<Utc>>;
 type JobRow = rows::JobRow<Uuid, DateTime<Utc>>;
 type AnalysisRow = rows::AnalysisRow<Uuid, DateTime<Utc>>;
-type AuditRow = rows::AuditRow<Uuid, DateTime<Utc>>;
 
 /// Postgres implementation of [`Store`].
 #[derive(Debug, Clone)]
@@ -138,191 +133,5 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.reader.close().await;
         self.pool.close().await;
-    }
-
-    async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller> {
-        callers::upsert_caller(&self.pool, phone, now).await
-    }
-
-    async fn get_caller(&self, caller_id: Uuid) -> StoreResult<Option<Caller>> {
-        callers::get_caller(&self.pool, caller_id).await
-    }
-
-    async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>> {
-        callers::get_caller_by_phone(&self.reader, phone).await
-    }
-
-    async fn update_caller(
-        &self,
-        caller_id: Uuid,
-        patch: &CallerPatch,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Caller> {
-        callers::update_caller(&self.pool, caller_id, patch, now).await
-    }
-
-    async fn create_session(&self, new: &NewSession) -> StoreResult<(CallSession, bool)> {
-        sessions::create_session(&self.pool, new).await
-    }
-
-    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
-        sessions::start_call(&self.pool, start).await
-    }
-
-    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
-        sessions::get_session(&self.reader, session_id).await
-    }
-
-    async fn load_call(
-        &self,
-        platform: Platform,
-        call_key: &str,
-    ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
-        sessions::load_call(&self.reader, platform, call_key).await
-    }
-
-    async fn attach_caller(
-        &self,
-        session_id: Uuid,
-        phone: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<CallSession> {
-        sessions::attach_caller(&self.pool, session_id, phone, now).await
-    }
-
-    async fn find_resumable(
-        &self,
-        caller_id: Uuid,
-        assistant_id: &str,
-        started_since: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-        exclude: Option<Uuid>,
-    ) -> StoreResult<Option<CallSession>> {
-        sessions::find_resumable(
-            &self.reader,
-            caller_id,
-            assistant_id,
-            started_since,
-            stale_before,
-            exclude,
-        )
-        .await
-    }
-
-    async fn record_answer(
-        &self,
-        session_id: Uuid,
-        field: &str,
-        value: &str,
-        required: &[String],
-        now: DateTime<Utc>,
-    ) -> StoreResult<AnswerOutcome> {
-        sessions::record_answer(&self.pool, session_id, field, value, required, now).await
-    }
-
-    async fn touch_session(
-        &self,
-        session_id: Uuid,
-        model: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sessions::touch_session(&self.pool, session_id, model, now).await
-    }
-
-    async fn close_session(
-        &self,
-        session_id: Uuid,
-        close: &CloseSession,
-    ) -> StoreResult<CallSession> {
-        sessions::close_session(&self.pool, session_id, close).await
-    }
-
-    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
-        turns::save_turns(&self.pool, batch).await
-    }
-
-    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {
-        turns::list_turns(&self.pool, session_id).await
-    }
-
-    async fn record_webhook(
-        &self,
-        event: &NewWebhookEvent,
-        job: Option<&NewJob>,
-    ) -> StoreResult<Recorded> {
-        jobs::record_webhook(&self.pool, event, job).await
-    }
-
-    async fn enqueue_job(&self, job: &NewJob) -> StoreResult<Recorded> {
-        jobs::enqueue_job(&self.pool, job).await
-    }
-
-    async fn claim_job(
-        &self,
-        worker: &str,
-        now: DateTime<Utc>,
-        lease: Duration,
-    ) -> StoreResult<Option<Job>> {
-        jobs::claim_job(&self.pool, worker, now, lease).await
-    }
-
-    async fn complete_job(&self, lease: &JobLease, now: DateTime<Utc>) -> StoreResult<()> {
-        jobs::complete_job(&self.pool, lease, now).await
-    }
-
-    async fn fail_job(
-        &self,
-        lease: &JobLease,
-        error: &str,
-        retry_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        jobs::fail_job(&self.pool, lease, error, retry_at, now).await
-    }
-
-    async fn wait_job(
-        &self,
-        lease: &JobLease,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        jobs::wait_job(&self.pool, lease, reason, now).await
-    }
-
-    async fn release_waiting_jobs(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        jobs::release_waiting_jobs(&self.pool, now).await
-    }
-
-    async fn get_job(&self, job_id: Uuid) -> StoreResult<Option<Job>> {
-        jobs::get_job(&self.pool, job_id).await
-    }
-
-    async fn renew_job(
-        &self,
-        lease: &JobLease,
-        now: DateTime<Utc>,
-        lease_for: Duration,
-    ) -> StoreResult<bool> {
-        jobs::renew_job(&self.pool, lease, now, lease_for).await
-    }
-
-    async fn save_analysis(
-        &self,
-        analysis: &NewAnalysis,
-        caller_update: Option<&CallerAnalysisUpdate>,
-    ) -> StoreResult<Recorded> {
-        analyses::save_analysis(&self.pool, analysis, caller_update).await
-    }
-
-    async fn list_analyses(&self, session_id: Uuid) -> StoreResult<Vec<Analysis>> {
-        analyses::list_analyses(&self.pool, session_id).await
-    }
-
-    async fn append_audit(&self, entries: &[NewAudit]) -> StoreResult<()> {
-        analyses::append_audit(&self.pool, entries).await
-    }
-
-    async fn list_audit(&self, caller_id: Uuid, limit: i64) -> StoreResult<Vec<AuditEntry>> {
-        analyses::list_audit(&self.pool, caller_id, limit).await
     }
 }

@@ -1,35 +1,22 @@
 //! Call sessions on Postgres.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{SessionRow, SessionWithCallerRow, answers, callers, json, opt_text, text};
+use super::{
+    PostgresStore, SessionRow, SessionWithCallerRow, answers, callers, json, opt_text, text,
+};
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::{
-    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
-    StoreError, StoreResult, rules,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform,
+    SessionStore, StartedCall, StoreError, StoreResult, rules,
 };
 
-#[tracing::instrument(
-    name = "store.create_session",
-    skip_all,
-    fields(backend = "postgres", platform = %new.platform, session_id = %new.session_id,
-           caller_id = ?new.caller_id, created = tracing::field::Empty)
-)]
-pub(super) async fn create_session(
-    pool: &PgPool,
-    new: &NewSession,
-) -> StoreResult<(CallSession, bool)> {
-    let mut tx = pool.begin().await?;
-    let created = create_session_in(&mut tx, new).await?;
-    tx.commit().await?;
-    tracing::Span::current().record("created", created.1);
-    Ok(created)
-}
-
-/// [`create_session`] inside the caller's write transaction.
+/// Creates the session of `new` unless one is stored for its call (as [`SessionStore::start_call`]
+/// describes), inside the caller's write transaction; returns it and whether it is new.
 pub(super) async fn create_session_in(
     tx: &mut PgConnection,
     new: &NewSession,
@@ -99,37 +86,218 @@ pub(super) async fn create_session_in(
     Ok((CallSession::try_from(row)?, created))
 }
 
-#[tracing::instrument(
-    name = "store.start_call",
-    skip_all,
-    fields(backend = "postgres", platform = %start.session.platform,
-           session_id = %start.session.session_id, created = tracing::field::Empty)
-)]
-pub(super) async fn start_call(pool: &PgPool, start: &CallStart) -> StoreResult<StartedCall> {
-    let mut tx = pool.begin().await?;
-    let mut new = start.session.clone();
-    let caller = match &start.phone {
-        Some(phone) => {
-            let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
-            new.caller_id = Some(caller.caller_id);
-            Some(caller)
+#[async_trait]
+impl SessionStore for PostgresStore {
+    #[tracing::instrument(
+        name = "store.start_call",
+        skip_all,
+        fields(backend = "postgres", platform = %start.session.platform,
+               session_id = %start.session.session_id, created = tracing::field::Empty)
+    )]
+    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = start.session.clone();
+        let caller = match &start.phone {
+            Some(phone) => {
+                let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
+                new.caller_id = Some(caller.caller_id);
+                Some(caller)
+            }
+            None => None,
+        };
+        if let Some((previous, close)) = &start.close_previous {
+            match close_session_in(&mut tx, *previous, close).await {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
-        None => None,
-    };
-    if let Some((previous, close)) = &start.close_previous {
-        match close_session_in(&mut tx, *previous, close).await {
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
+        let (session, created) = create_session_in(&mut tx, &new).await?;
+        tx.commit().await?;
+        tracing::Span::current().record("created", created);
+        Ok(StartedCall {
+            session,
+            caller,
+            created,
+        })
     }
-    let (session, created) = create_session_in(&mut tx, &new).await?;
-    tx.commit().await?;
-    tracing::Span::current().record("created", created);
-    Ok(StartedCall {
-        session,
-        caller,
-        created,
-    })
+
+    #[tracing::instrument(
+        name = "store.get_session",
+        skip_all,
+        fields(backend = "postgres", %session_id)
+    )]
+    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
+        let row: Option<SessionRow> = sqlx::query_as(concat!(
+            "select ",
+            session_columns!(),
+            " from call_session where session_id = $1"
+        ))
+        .bind(session_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(CallSession::try_from).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.load_call",
+        skip_all,
+        fields(backend = "postgres", %platform)
+    )]
+    async fn load_call(
+        &self,
+        platform: Platform,
+        call_key: &str,
+    ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
+        let row: Option<SessionWithCallerRow> = sqlx::query_as(concat!(
+            select_session_with_caller!(),
+            " where s.platform = $1 and s.call_key = $2"
+        ))
+        .bind(platform.as_str())
+        .bind(text(call_key))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(SessionWithCallerRow::into_records).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.attach_caller",
+        skip_all,
+        fields(backend = "postgres", %session_id, attached = tracing::field::Empty)
+    )]
+    async fn attach_caller(
+        &self,
+        session_id: Uuid,
+        phone: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CallSession> {
+        let mut tx = self.pool.begin().await?;
+        let caller = callers::upsert_caller_in(&mut tx, phone, now).await?;
+        // Lock the caller as a session creation does: counts are snapshotted and bumped in turn.
+        let (prior_calls, prior_call_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "select call_count, last_call_at from caller where caller_id = $1 for no key update",
+        )
+        .bind(caller.caller_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let attached: Option<SessionRow> = sqlx::query_as(concat!(
+            "update call_session set caller_id = $2, prior_calls = $3, prior_call_at = $4, \
+             version = version + 1, updated_at = greatest(updated_at, $5) \
+             where session_id = $1 and caller_id is null returning ",
+            session_columns!()
+        ))
+        .bind(session_id)
+        .bind(caller.caller_id)
+        .bind(prior_calls)
+        .bind(prior_call_at)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let session = match attached {
+            Some(row) => {
+                let session = CallSession::try_from(row)?;
+                sqlx::query(
+                    "update caller set call_count = call_count + 1, \
+                     last_call_at = greatest(last_call_at, $2), \
+                     updated_at = greatest(updated_at, $3) \
+                     where caller_id = $1",
+                )
+                .bind(caller.caller_id)
+                .bind(session.started_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tracing::Span::current().record("attached", true);
+                session
+            }
+            None => {
+                let row: Option<SessionRow> = sqlx::query_as(concat!(
+                    "select ",
+                    session_columns!(),
+                    " from call_session where session_id = $1"
+                ))
+                .bind(session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                CallSession::try_from(row.ok_or(StoreError::NotFound)?)?
+            }
+        };
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    #[tracing::instrument(
+        name = "store.find_resumable",
+        skip_all,
+        fields(backend = "postgres", %caller_id, assistant_id)
+    )]
+    async fn find_resumable(
+        &self,
+        caller_id: Uuid,
+        assistant_id: &str,
+        started_since: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        exclude: Option<Uuid>,
+    ) -> StoreResult<Option<CallSession>> {
+        let row: Option<SessionRow> = sqlx::query_as(concat!(
+            "select ",
+            session_columns!(),
+            " from call_session \
+             where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
+             and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
+             and ($5::uuid is null or session_id <> $5) \
+             and not exists (select 1 from call_session r \
+                             where r.resumes_session_id = call_session.session_id) \
+             order by started_at desc, session_id desc limit 1"
+        ))
+        .bind(caller_id)
+        .bind(text(assistant_id))
+        .bind(started_since)
+        .bind(stale_before)
+        .bind(exclude)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(CallSession::try_from).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.record_answer",
+        skip_all,
+        fields(backend = "postgres", %session_id, field, changed = tracing::field::Empty)
+    )]
+    async fn record_answer(
+        &self,
+        session_id: Uuid,
+        field: &str,
+        value: &str,
+        required: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<AnswerOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let mut session = lock_session(&mut tx, session_id).await?;
+        let changed = rules::apply_answer(&mut session, field, value, required, now);
+        if changed {
+            save_state(&mut tx, &session, now).await?;
+        }
+        tx.commit().await?;
+        tracing::Span::current().record("changed", changed);
+        Ok(AnswerOutcome { session, changed })
+    }
+
+    #[tracing::instrument(
+        name = "store.close_session",
+        skip_all,
+        fields(backend = "postgres", %session_id, status = %close.status)
+    )]
+    async fn close_session(
+        &self,
+        session_id: Uuid,
+        close: &CloseSession,
+    ) -> StoreResult<CallSession> {
+        let mut tx = self.pool.begin().await?;
+        let session = close_session_in(&mut tx, session_id, close).await?;
+        tx.commit().await?;
+        Ok(session)
+    }
 }
 
 async fn select_by_key(
@@ -148,217 +316,7 @@ async fn select_by_key(
     .await?)
 }
 
-#[tracing::instrument(name = "store.get_session", skip_all, fields(backend = "postgres", %session_id))]
-pub(super) async fn get_session(
-    pool: &PgPool,
-    session_id: Uuid,
-) -> StoreResult<Option<CallSession>> {
-    let row: Option<SessionRow> = sqlx::query_as(concat!(
-        "select ",
-        session_columns!(),
-        " from call_session where session_id = $1"
-    ))
-    .bind(session_id)
-    .fetch_optional(pool)
-    .await?;
-    row.map(CallSession::try_from).transpose()
-}
-
-#[tracing::instrument(name = "store.load_call", skip_all, fields(backend = "postgres", %platform))]
-pub(super) async fn load_call(
-    pool: &PgPool,
-    platform: Platform,
-    call_key: &str,
-) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
-    let row: Option<SessionWithCallerRow> = sqlx::query_as(concat!(
-        select_session_with_caller!(),
-        " where s.platform = $1 and s.call_key = $2"
-    ))
-    .bind(platform.as_str())
-    .bind(text(call_key))
-    .fetch_optional(pool)
-    .await?;
-    row.map(SessionWithCallerRow::into_records).transpose()
-}
-
-#[tracing::instrument(
-    name = "store.attach_caller",
-    skip_all,
-    fields(backend = "postgres", %session_id, attached = tracing::field::Empty)
-)]
-pub(super) async fn attach_caller(
-    pool: &PgPool,
-    session_id: Uuid,
-    phone: &str,
-    now: DateTime<Utc>,
-) -> StoreResult<CallSession> {
-    let mut tx = pool.begin().await?;
-    let caller = callers::upsert_caller_in(&mut tx, phone, now).await?;
-    // Lock the caller as a session creation does: counts are snapshotted and bumped in turn.
-    let (prior_calls, prior_call_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "select call_count, last_call_at from caller where caller_id = $1 for no key update",
-    )
-    .bind(caller.caller_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let attached: Option<SessionRow> = sqlx::query_as(concat!(
-        "update call_session set caller_id = $2, prior_calls = $3, prior_call_at = $4, \
-         version = version + 1, updated_at = greatest(updated_at, $5) \
-         where session_id = $1 and caller_id is null returning ",
-        session_columns!()
-    ))
-    .bind(session_id)
-    .bind(caller.caller_id)
-    .bind(prior_calls)
-    .bind(prior_call_at)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let session = match attached {
-        Some(row) => {
-            let session = CallSession::try_from(row)?;
-            sqlx::query(
-                "update caller set call_count = call_count + 1, \
-                 last_call_at = greatest(last_call_at, $2), \
-                 updated_at = greatest(updated_at, $3) \
-                 where caller_id = $1",
-            )
-            .bind(caller.caller_id)
-            .bind(session.started_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tracing::Span::current().record("attached", true);
-            session
-        }
-        None => {
-            let row: Option<SessionRow> = sqlx::query_as(concat!(
-                "select ",
-                session_columns!(),
-                " from call_session where session_id = $1"
-            ))
-            .bind(session_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            CallSession::try_from(row.ok_or(StoreError::NotFound)?)?
-        }
-    };
-    tx.commit().await?;
-    Ok(session)
-}
-
-#[tracing::instrument(
-    name = "store.find_resumable",
-    skip_all,
-    fields(backend = "postgres", %caller_id, assistant_id)
-)]
-pub(super) async fn find_resumable(
-    pool: &PgPool,
-    caller_id: Uuid,
-    assistant_id: &str,
-    started_since: DateTime<Utc>,
-    stale_before: DateTime<Utc>,
-    exclude: Option<Uuid>,
-) -> StoreResult<Option<CallSession>> {
-    let row: Option<SessionRow> = sqlx::query_as(concat!(
-        "select ",
-        session_columns!(),
-        " from call_session \
-         where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
-         and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
-         and ($5::uuid is null or session_id <> $5) \
-         and not exists (select 1 from call_session r \
-                         where r.resumes_session_id = call_session.session_id) \
-         order by started_at desc, session_id desc limit 1"
-    ))
-    .bind(caller_id)
-    .bind(text(assistant_id))
-    .bind(started_since)
-    .bind(stale_before)
-    .bind(exclude)
-    .fetch_optional(pool)
-    .await?;
-    row.map(CallSession::try_from).transpose()
-}
-
-#[tracing::instrument(
-    name = "store.record_answer",
-    skip_all,
-    fields(backend = "postgres", %session_id, field, changed = tracing::field::Empty)
-)]
-pub(super) async fn record_answer(
-    pool: &PgPool,
-    session_id: Uuid,
-    field: &str,
-    value: &str,
-    required: &[String],
-    now: DateTime<Utc>,
-) -> StoreResult<AnswerOutcome> {
-    let mut tx = pool.begin().await?;
-    let mut session = lock_session(&mut tx, session_id).await?;
-    let changed = rules::apply_answer(&mut session, field, value, required, now);
-    if changed {
-        save_state(&mut tx, &session, now).await?;
-    }
-    tx.commit().await?;
-    tracing::Span::current().record("changed", changed);
-    Ok(AnswerOutcome { session, changed })
-}
-
-#[tracing::instrument(name = "store.touch_session", skip_all, fields(backend = "postgres", %session_id))]
-pub(super) async fn touch_session(
-    pool: &PgPool,
-    session_id: Uuid,
-    model: Option<&str>,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    let mut conn = pool.acquire().await?;
-    touch(&mut conn, session_id, model, Some(now)).await
-}
-
-/// Moves the session's `last_activity_at` forward to `at` (never backwards; kept when `None`),
-/// replaces its model when given and bumps its version. An unknown session is
-/// [`StoreError::NotFound`].
-pub(super) async fn touch(
-    conn: &mut PgConnection,
-    session_id: Uuid,
-    model: Option<&str>,
-    at: Option<DateTime<Utc>>,
-) -> StoreResult<()> {
-    // greatest() ignores a null argument.
-    let done = sqlx::query(
-        "update call_session set last_activity_at = greatest(last_activity_at, $2), \
-         model = coalesce($3, model), version = version + 1, updated_at = coalesce($2, updated_at) \
-         where session_id = $1",
-    )
-    .bind(session_id)
-    .bind(at)
-    .bind(model.map(text))
-    .execute(conn)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
-}
-
-#[tracing::instrument(
-    name = "store.close_session",
-    skip_all,
-    fields(backend = "postgres", %session_id, status = %close.status)
-)]
-pub(super) async fn close_session(
-    pool: &PgPool,
-    session_id: Uuid,
-    close: &CloseSession,
-) -> StoreResult<CallSession> {
-    let mut tx = pool.begin().await?;
-    let session = close_session_in(&mut tx, session_id, close).await?;
-    tx.commit().await?;
-    Ok(session)
-}
-
-/// [`close_session`] inside the caller's write transaction.
+/// [`SessionStore::close_session`] inside the caller's write transaction.
 pub(super) async fn close_session_in(
     tx: &mut PgConnection,
     session_id: Uuid,

@@ -1,32 +1,87 @@
 //! Callers on SQLite.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::SqliteConnection;
 use sqlx::types::Json;
-use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{CallerRow, begin_write, id, ms};
+use super::{CallerRow, SqliteStore, begin_write, id, ms};
 use crate::storage::rows::caller_columns;
 use crate::storage::text::{opt_text, strings, text};
-use crate::storage::{Caller, CallerPatch, StoreError, StoreResult, rules};
+use crate::storage::{Caller, CallerPatch, CallerStore, StoreError, StoreResult, rules};
 
-#[tracing::instrument(
-    name = "store.upsert_caller",
-    skip_all,
-    fields(backend = "sqlite", caller_id = tracing::field::Empty)
-)]
-pub(super) async fn upsert_caller(
-    pool: &SqlitePool,
-    phone: &str,
-    now: DateTime<Utc>,
-) -> StoreResult<Caller> {
-    let mut conn = pool.acquire().await?;
-    let caller = upsert_caller_in(&mut conn, phone, now).await?;
-    tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
-    Ok(caller)
+#[async_trait]
+impl CallerStore for SqliteStore {
+    #[tracing::instrument(
+        name = "store.upsert_caller",
+        skip_all,
+        fields(backend = "sqlite", caller_id = tracing::field::Empty)
+    )]
+    async fn upsert_caller(&self, phone: &str, now: DateTime<Utc>) -> StoreResult<Caller> {
+        let mut conn = self.writer.acquire().await?;
+        let caller = upsert_caller_in(&mut conn, phone, now).await?;
+        tracing::Span::current().record("caller_id", tracing::field::display(caller.caller_id));
+        Ok(caller)
+    }
+
+    #[tracing::instrument(
+        name = "store.get_caller_by_phone",
+        skip_all,
+        fields(backend = "sqlite")
+    )]
+    async fn get_caller_by_phone(&self, phone: &str) -> StoreResult<Option<Caller>> {
+        let row: Option<CallerRow> = sqlx::query_as(concat!(
+            "select ",
+            caller_columns!(),
+            " from caller where phone = $1"
+        ))
+        .bind(text(phone))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(Caller::try_from).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.update_caller",
+        skip_all,
+        fields(backend = "sqlite", %caller_id)
+    )]
+    async fn update_caller(
+        &self,
+        caller_id: Uuid,
+        patch: &CallerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Caller> {
+        let mut tx = begin_write(&self.writer).await?;
+        let row: Option<CallerRow> = sqlx::query_as(concat!(
+            "select ",
+            caller_columns!(),
+            " from caller where caller_id = $1"
+        ))
+        .bind(id(caller_id))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut caller = Caller::try_from(row.ok_or(StoreError::NotFound)?)?;
+        if rules::apply_caller_patch(&mut caller, patch, now) {
+            sqlx::query(
+                "update caller set name = $2, language = $3, notes = $4, updated_at = $5 \
+                 where caller_id = $1",
+            )
+            .bind(id(caller_id))
+            .bind(opt_text(caller.name.as_deref()))
+            .bind(opt_text(caller.language.as_deref()))
+            .bind(Json(strings(&caller.notes)))
+            .bind(ms(caller.updated_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(caller)
+    }
 }
 
-/// [`upsert_caller`] on a connection (inside the caller's transaction, if any).
+/// [`CallerStore::upsert_caller`] on a connection (inside the caller's transaction, if any).
 pub(super) async fn upsert_caller_in(
     conn: &mut SqliteConnection,
     phone: &str,
@@ -46,71 +101,4 @@ pub(super) async fn upsert_caller_in(
     .fetch_one(conn)
     .await?;
     Caller::try_from(row)
-}
-
-#[tracing::instrument(name = "store.get_caller", skip_all, fields(backend = "sqlite", %caller_id))]
-pub(super) async fn get_caller(pool: &SqlitePool, caller_id: Uuid) -> StoreResult<Option<Caller>> {
-    let row: Option<CallerRow> = sqlx::query_as(concat!(
-        "select ",
-        caller_columns!(),
-        " from caller where caller_id = $1"
-    ))
-    .bind(id(caller_id))
-    .fetch_optional(pool)
-    .await?;
-    row.map(Caller::try_from).transpose()
-}
-
-#[tracing::instrument(
-    name = "store.get_caller_by_phone",
-    skip_all,
-    fields(backend = "sqlite")
-)]
-pub(super) async fn get_caller_by_phone(
-    pool: &SqlitePool,
-    phone: &str,
-) -> StoreResult<Option<Caller>> {
-    let row: Option<CallerRow> = sqlx::query_as(concat!(
-        "select ",
-        caller_columns!(),
-        " from caller where phone = $1"
-    ))
-    .bind(text(phone))
-    .fetch_optional(pool)
-    .await?;
-    row.map(Caller::try_from).transpose()
-}
-
-#[tracing::instrument(name = "store.update_caller", skip_all, fields(backend = "sqlite", %caller_id))]
-pub(super) async fn update_caller(
-    pool: &SqlitePool,
-    caller_id: Uuid,
-    patch: &CallerPatch,
-    now: DateTime<Utc>,
-) -> StoreResult<Caller> {
-    let mut tx = begin_write(pool).await?;
-    let row: Option<CallerRow> = sqlx::query_as(concat!(
-        "select ",
-        caller_columns!(),
-        " from caller where caller_id = $1"
-    ))
-    .bind(id(caller_id))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let mut caller = Caller::try_from(row.ok_or(StoreError::NotFound)?)?;
-    if rules::apply_caller_patch(&mut caller, patch, now) {
-        sqlx::query(
-            "update caller set name = $2, language = $3, notes = $4, updated_at = $5 \
-             where caller_id = $1",
-        )
-        .bind(id(caller_id))
-        .bind(opt_text(caller.name.as_deref()))
-        .bind(opt_text(caller.language.as_deref()))
-        .bind(Json(strings(&caller.notes)))
-        .bind(ms(caller.updated_at))
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(caller)
 }

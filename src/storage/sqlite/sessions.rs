@@ -1,36 +1,23 @@
 //! Call sessions on SQLite.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::SqliteConnection;
 use sqlx::types::Json;
-use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{SessionRow, SessionWithCallerRow, begin_write, callers, id, ms, truncate_ms};
+use super::{
+    SessionRow, SessionWithCallerRow, SqliteStore, begin_write, callers, id, ms, truncate_ms,
+};
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::text::{answers, json, opt_text, text};
 use crate::storage::{
-    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform, StartedCall,
-    StoreError, StoreResult, rules,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform,
+    SessionStore, StartedCall, StoreError, StoreResult, rules,
 };
 
-#[tracing::instrument(
-    name = "store.create_session",
-    skip_all,
-    fields(backend = "sqlite", platform = %new.platform, session_id = %new.session_id,
-           caller_id = ?new.caller_id, created = tracing::field::Empty)
-)]
-pub(super) async fn create_session(
-    pool: &SqlitePool,
-    new: &NewSession,
-) -> StoreResult<(CallSession, bool)> {
-    let mut tx = begin_write(pool).await?;
-    let created = create_session_in(&mut tx, new).await?;
-    tx.commit().await?;
-    tracing::Span::current().record("created", created.1);
-    Ok(created)
-}
-
-/// [`create_session`] inside the caller's write transaction.
+/// Creates the session of `new` unless one is stored for its call (as [`SessionStore::start_call`]
+/// describes), inside the caller's write transaction; returns it and whether it is new.
 pub(super) async fn create_session_in(
     tx: &mut SqliteConnection,
     new: &NewSession,
@@ -98,37 +85,202 @@ pub(super) async fn create_session_in(
     Ok((CallSession::try_from(row)?, created))
 }
 
-#[tracing::instrument(
-    name = "store.start_call",
-    skip_all,
-    fields(backend = "sqlite", platform = %start.session.platform,
-           session_id = %start.session.session_id, created = tracing::field::Empty)
-)]
-pub(super) async fn start_call(pool: &SqlitePool, start: &CallStart) -> StoreResult<StartedCall> {
-    let mut tx = begin_write(pool).await?;
-    let mut new = start.session.clone();
-    let caller = match &start.phone {
-        Some(phone) => {
-            let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
-            new.caller_id = Some(caller.caller_id);
-            Some(caller)
+#[async_trait]
+impl SessionStore for SqliteStore {
+    #[tracing::instrument(
+        name = "store.start_call",
+        skip_all,
+        fields(backend = "sqlite", platform = %start.session.platform,
+               session_id = %start.session.session_id, created = tracing::field::Empty)
+    )]
+    async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
+        let mut tx = begin_write(&self.writer).await?;
+        let mut new = start.session.clone();
+        let caller = match &start.phone {
+            Some(phone) => {
+                let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
+                new.caller_id = Some(caller.caller_id);
+                Some(caller)
+            }
+            None => None,
+        };
+        if let Some((previous, close)) = &start.close_previous {
+            match close_session_in(&mut tx, *previous, close).await {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
-        None => None,
-    };
-    if let Some((previous, close)) = &start.close_previous {
-        match close_session_in(&mut tx, *previous, close).await {
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
+        let (session, created) = create_session_in(&mut tx, &new).await?;
+        tx.commit().await?;
+        tracing::Span::current().record("created", created);
+        Ok(StartedCall {
+            session,
+            caller,
+            created,
+        })
     }
-    let (session, created) = create_session_in(&mut tx, &new).await?;
-    tx.commit().await?;
-    tracing::Span::current().record("created", created);
-    Ok(StartedCall {
-        session,
-        caller,
-        created,
-    })
+
+    #[tracing::instrument(
+        name = "store.get_session",
+        skip_all,
+        fields(backend = "sqlite", %session_id)
+    )]
+    async fn get_session(&self, session_id: Uuid) -> StoreResult<Option<CallSession>> {
+        let row: Option<SessionRow> = sqlx::query_as(concat!(
+            "select ",
+            session_columns!(),
+            " from call_session where session_id = $1"
+        ))
+        .bind(id(session_id))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(CallSession::try_from).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.load_call",
+        skip_all,
+        fields(backend = "sqlite", %platform)
+    )]
+    async fn load_call(
+        &self,
+        platform: Platform,
+        call_key: &str,
+    ) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
+        let row: Option<SessionWithCallerRow> = sqlx::query_as(concat!(
+            select_session_with_caller!(),
+            " where s.platform = $1 and s.call_key = $2"
+        ))
+        .bind(platform.as_str())
+        .bind(text(call_key))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(SessionWithCallerRow::into_records).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.attach_caller",
+        skip_all,
+        fields(backend = "sqlite", %session_id, attached = tracing::field::Empty)
+    )]
+    async fn attach_caller(
+        &self,
+        session_id: Uuid,
+        phone: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CallSession> {
+        let mut tx = begin_write(&self.writer).await?;
+        let caller = callers::upsert_caller_in(&mut tx, phone, now).await?;
+        let mut session = read_session(&mut tx, session_id).await?;
+        if session.caller_id.is_none() {
+            // The write transaction holds the database lock: counts cannot move under us.
+            let (prior_calls, prior_call_at): (i64, Option<i64>) =
+                sqlx::query_as("select call_count, last_call_at from caller where caller_id = $1")
+                    .bind(id(caller.caller_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query(
+                "update call_session set caller_id = $2, prior_calls = $3, prior_call_at = $4, \
+                 version = version + 1, updated_at = max(updated_at, $5) where session_id = $1",
+            )
+            .bind(id(session_id))
+            .bind(id(caller.caller_id))
+            .bind(prior_calls)
+            .bind(prior_call_at)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "update caller set call_count = call_count + 1, \
+                 last_call_at = max(coalesce(last_call_at, $2), $2), \
+                 updated_at = max(updated_at, $3) where caller_id = $1",
+            )
+            .bind(id(caller.caller_id))
+            .bind(ms(session.started_at))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            tracing::Span::current().record("attached", true);
+            session = read_session(&mut tx, session_id).await?;
+        }
+        tx.commit().await?;
+        Ok(session)
+    }
+
+    #[tracing::instrument(
+        name = "store.find_resumable",
+        skip_all,
+        fields(backend = "sqlite", %caller_id, assistant_id)
+    )]
+    async fn find_resumable(
+        &self,
+        caller_id: Uuid,
+        assistant_id: &str,
+        started_since: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        exclude: Option<Uuid>,
+    ) -> StoreResult<Option<CallSession>> {
+        let row: Option<SessionRow> = sqlx::query_as(concat!(
+            "select ",
+            session_columns!(),
+            " from call_session \
+             where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
+             and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
+             and ($5 is null or session_id <> $5) \
+             and not exists (select 1 from call_session r \
+                             where r.resumes_session_id = call_session.session_id) \
+             order by started_at desc, session_id desc limit 1"
+        ))
+        .bind(id(caller_id))
+        .bind(text(assistant_id))
+        .bind(ms(started_since))
+        .bind(ms(stale_before))
+        .bind(exclude.map(id))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(CallSession::try_from).transpose()
+    }
+
+    #[tracing::instrument(
+        name = "store.record_answer",
+        skip_all,
+        fields(backend = "sqlite", %session_id, field, changed = tracing::field::Empty)
+    )]
+    async fn record_answer(
+        &self,
+        session_id: Uuid,
+        field: &str,
+        value: &str,
+        required: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<AnswerOutcome> {
+        let mut tx = begin_write(&self.writer).await?;
+        let mut session = read_session(&mut tx, session_id).await?;
+        let now = truncate_ms(now);
+        let changed = rules::apply_answer(&mut session, field, value, required, now);
+        if changed {
+            save_state(&mut tx, &session, now).await?;
+        }
+        tx.commit().await?;
+        tracing::Span::current().record("changed", changed);
+        Ok(AnswerOutcome { session, changed })
+    }
+
+    #[tracing::instrument(
+        name = "store.close_session",
+        skip_all,
+        fields(backend = "sqlite", %session_id, status = %close.status)
+    )]
+    async fn close_session(
+        &self,
+        session_id: Uuid,
+        close: &CloseSession,
+    ) -> StoreResult<CallSession> {
+        let mut tx = begin_write(&self.writer).await?;
+        let session = close_session_in(&mut tx, session_id, close).await?;
+        tx.commit().await?;
+        Ok(session)
+    }
 }
 
 async fn select_by_key(
@@ -147,200 +299,7 @@ async fn select_by_key(
     .await?)
 }
 
-#[tracing::instrument(name = "store.get_session", skip_all, fields(backend = "sqlite", %session_id))]
-pub(super) async fn get_session(
-    pool: &SqlitePool,
-    session_id: Uuid,
-) -> StoreResult<Option<CallSession>> {
-    let row: Option<SessionRow> = sqlx::query_as(concat!(
-        "select ",
-        session_columns!(),
-        " from call_session where session_id = $1"
-    ))
-    .bind(id(session_id))
-    .fetch_optional(pool)
-    .await?;
-    row.map(CallSession::try_from).transpose()
-}
-
-#[tracing::instrument(name = "store.load_call", skip_all, fields(backend = "sqlite", %platform))]
-pub(super) async fn load_call(
-    pool: &SqlitePool,
-    platform: Platform,
-    call_key: &str,
-) -> StoreResult<Option<(CallSession, Option<Caller>)>> {
-    let row: Option<SessionWithCallerRow> = sqlx::query_as(concat!(
-        select_session_with_caller!(),
-        " where s.platform = $1 and s.call_key = $2"
-    ))
-    .bind(platform.as_str())
-    .bind(text(call_key))
-    .fetch_optional(pool)
-    .await?;
-    row.map(SessionWithCallerRow::into_records).transpose()
-}
-
-#[tracing::instrument(
-    name = "store.attach_caller",
-    skip_all,
-    fields(backend = "sqlite", %session_id, attached = tracing::field::Empty)
-)]
-pub(super) async fn attach_caller(
-    pool: &SqlitePool,
-    session_id: Uuid,
-    phone: &str,
-    now: DateTime<Utc>,
-) -> StoreResult<CallSession> {
-    let mut tx = begin_write(pool).await?;
-    let caller = callers::upsert_caller_in(&mut tx, phone, now).await?;
-    let mut session = read_session(&mut tx, session_id).await?;
-    if session.caller_id.is_none() {
-        // The write transaction holds the database lock: counts cannot move under us.
-        let (prior_calls, prior_call_at): (i64, Option<i64>) =
-            sqlx::query_as("select call_count, last_call_at from caller where caller_id = $1")
-                .bind(id(caller.caller_id))
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query(
-            "update call_session set caller_id = $2, prior_calls = $3, prior_call_at = $4, \
-             version = version + 1, updated_at = max(updated_at, $5) where session_id = $1",
-        )
-        .bind(id(session_id))
-        .bind(id(caller.caller_id))
-        .bind(prior_calls)
-        .bind(prior_call_at)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "update caller set call_count = call_count + 1, \
-             last_call_at = max(coalesce(last_call_at, $2), $2), \
-             updated_at = max(updated_at, $3) where caller_id = $1",
-        )
-        .bind(id(caller.caller_id))
-        .bind(ms(session.started_at))
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
-        tracing::Span::current().record("attached", true);
-        session = read_session(&mut tx, session_id).await?;
-    }
-    tx.commit().await?;
-    Ok(session)
-}
-
-#[tracing::instrument(
-    name = "store.find_resumable",
-    skip_all,
-    fields(backend = "sqlite", %caller_id, assistant_id)
-)]
-pub(super) async fn find_resumable(
-    pool: &SqlitePool,
-    caller_id: Uuid,
-    assistant_id: &str,
-    started_since: DateTime<Utc>,
-    stale_before: DateTime<Utc>,
-    exclude: Option<Uuid>,
-) -> StoreResult<Option<CallSession>> {
-    let row: Option<SessionRow> = sqlx::query_as(concat!(
-        "select ",
-        session_columns!(),
-        " from call_session \
-         where caller_id = $1 and assistant_id = $2 and started_at >= $3 \
-         and (status in ('ended', 'dropped') or (status = 'active' and last_activity_at < $4)) \
-         and ($5 is null or session_id <> $5) \
-         and not exists (select 1 from call_session r \
-                         where r.resumes_session_id = call_session.session_id) \
-         order by started_at desc, session_id desc limit 1"
-    ))
-    .bind(id(caller_id))
-    .bind(text(assistant_id))
-    .bind(ms(started_since))
-    .bind(ms(stale_before))
-    .bind(exclude.map(id))
-    .fetch_optional(pool)
-    .await?;
-    row.map(CallSession::try_from).transpose()
-}
-
-#[tracing::instrument(
-    name = "store.record_answer",
-    skip_all,
-    fields(backend = "sqlite", %session_id, field, changed = tracing::field::Empty)
-)]
-pub(super) async fn record_answer(
-    pool: &SqlitePool,
-    session_id: Uuid,
-    field: &str,
-    value: &str,
-    required: &[String],
-    now: DateTime<Utc>,
-) -> StoreResult<AnswerOutcome> {
-    let mut tx = begin_write(pool).await?;
-    let mut session = read_session(&mut tx, session_id).await?;
-    let now = truncate_ms(now);
-    let changed = rules::apply_answer(&mut session, field, value, required, now);
-    if changed {
-        save_state(&mut tx, &session, now).await?;
-    }
-    tx.commit().await?;
-    tracing::Span::current().record("changed", changed);
-    Ok(AnswerOutcome { session, changed })
-}
-
-#[tracing::instrument(name = "store.touch_session", skip_all, fields(backend = "sqlite", %session_id))]
-pub(super) async fn touch_session(
-    pool: &SqlitePool,
-    session_id: Uuid,
-    model: Option<&str>,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    let mut conn = pool.acquire().await?;
-    touch(&mut conn, session_id, model, Some(ms(now))).await
-}
-
-/// Moves the session's `last_activity_at` forward to `at` (never backwards; kept when `None`),
-/// replaces its model when given and bumps its version. An unknown session is
-/// [`StoreError::NotFound`].
-pub(super) async fn touch(
-    conn: &mut SqliteConnection,
-    session_id: Uuid,
-    model: Option<&str>,
-    at: Option<i64>,
-) -> StoreResult<()> {
-    let done = sqlx::query(
-        "update call_session set last_activity_at = max(last_activity_at, coalesce($2, last_activity_at)), \
-         model = coalesce($3, model), version = version + 1, updated_at = coalesce($2, updated_at) \
-         where session_id = $1",
-    )
-    .bind(id(session_id))
-    .bind(at)
-    .bind(model.map(text))
-    .execute(conn)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
-}
-
-#[tracing::instrument(
-    name = "store.close_session",
-    skip_all,
-    fields(backend = "sqlite", %session_id, status = %close.status)
-)]
-pub(super) async fn close_session(
-    pool: &SqlitePool,
-    session_id: Uuid,
-    close: &CloseSession,
-) -> StoreResult<CallSession> {
-    let mut tx = begin_write(pool).await?;
-    let session = close_session_in(&mut tx, session_id, close).await?;
-    tx.commit().await?;
-    Ok(session)
-}
-
-/// [`close_session`] inside the caller's write transaction.
+/// [`SessionStore::close_session`] inside the caller's write transaction.
 pub(super) async fn close_session_in(
     tx: &mut SqliteConnection,
     session_id: Uuid,

@@ -2,112 +2,118 @@
 
 use std::collections::HashSet;
 
+use async_trait::async_trait;
 use chrono::DateTime;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use super::{TurnRow, analyses, begin_write, id, ms};
+use super::{SqliteStore, TurnRow, audit, begin_write, id, ms};
 use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
 use crate::storage::rows::convert_all;
 use crate::storage::text::{opt_text, text};
-use crate::storage::{StoreResult, Turn, TurnWrite};
+use crate::storage::{StoreResult, Turn, TurnStore, TurnWrite};
 
-#[tracing::instrument(
-    name = "store.save_turns",
-    skip_all,
-    fields(backend = "sqlite", items = writes.len(), inserted = tracing::field::Empty)
-)]
-pub(super) async fn save_turns(
-    pool: &SqlitePool,
-    writes: &[TurnWrite],
-) -> StoreResult<Vec<Option<u64>>> {
-    if writes.is_empty() {
-        return Ok(Vec::new());
-    }
-    // A handful of statements for the whole batch, whatever its size: each statement is a round
-    // trip to the connection's thread.
-    let mut tx = begin_write(pool).await?;
-    let mut found = HashSet::new();
-    for chunk in Batch::session_ids(writes).chunks(ROWS_PER_STATEMENT) {
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "select session_id from call_session where session_id in (",
-        );
-        let mut ids = select.separated(", ");
-        for session_id in chunk {
-            ids.push_bind(id(*session_id));
+#[async_trait]
+impl TurnStore for SqliteStore {
+    #[tracing::instrument(
+        name = "store.save_turns",
+        skip_all,
+        fields(backend = "sqlite", items = writes.len(), inserted = tracing::field::Empty)
+    )]
+    async fn save_turns(&self, writes: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        select.push(")");
-        let rows: Vec<String> = select.build_query_scalar().fetch_all(&mut *tx).await?;
-        found.extend(rows.iter().filter_map(|s| Uuid::parse_str(s).ok()));
-    }
-    let mut batch = Batch::new(writes, found);
+        // A handful of statements for the whole batch, whatever its size: each statement is a round
+        // trip to the connection's thread.
+        let mut tx = begin_write(&self.writer).await?;
+        let mut found = HashSet::new();
+        for chunk in Batch::session_ids(writes).chunks(ROWS_PER_STATEMENT) {
+            let mut select = QueryBuilder::<Sqlite>::new(
+                "select session_id from call_session where session_id in (",
+            );
+            let mut ids = select.separated(", ");
+            for session_id in chunk {
+                ids.push_bind(id(*session_id));
+            }
+            select.push(")");
+            let rows: Vec<String> = select.build_query_scalar().fetch_all(&mut *tx).await?;
+            found.extend(rows.iter().filter_map(|s| Uuid::parse_str(s).ok()));
+        }
+        let mut batch = Batch::new(writes, found);
 
-    for chunk in batch.rows().chunks(ROWS_PER_STATEMENT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "insert into turn (session_id, idempotency_key, role, content, tool_name, \
-             tool_call_id, partial, created_at) ",
-        );
-        insert.push_values(chunk, |mut row, (session_id, turn)| {
-            row.push_bind(id(*session_id))
-                .push_bind(text(&turn.idempotency_key))
-                .push_bind(turn.role.as_str())
-                .push_bind(text(&turn.content))
-                .push_bind(opt_text(turn.tool_name.as_deref()))
-                .push_bind(opt_text(turn.tool_call_id.as_deref()))
-                .push_bind(turn.partial)
-                .push_bind(ms(turn.created_at));
-        });
-        insert.push(
-            " on conflict (session_id, idempotency_key) do nothing \
-             returning session_id, idempotency_key, created_at",
-        );
-        let created: Vec<(String, String, i64)> =
-            insert.build_query_as().fetch_all(&mut *tx).await?;
-        for (session_id, key, at) in created {
-            if let (Ok(session_id), Some(at)) = (
-                Uuid::parse_str(&session_id),
-                DateTime::from_timestamp_millis(at),
-            ) {
-                batch.inserted(session_id, &key, at);
+        for chunk in batch.rows().chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "insert into turn (session_id, idempotency_key, role, content, tool_name, \
+                 tool_call_id, partial, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (session_id, turn)| {
+                row.push_bind(id(*session_id))
+                    .push_bind(text(&turn.idempotency_key))
+                    .push_bind(turn.role.as_str())
+                    .push_bind(text(&turn.content))
+                    .push_bind(opt_text(turn.tool_name.as_deref()))
+                    .push_bind(opt_text(turn.tool_call_id.as_deref()))
+                    .push_bind(turn.partial)
+                    .push_bind(ms(turn.created_at));
+            });
+            insert.push(
+                " on conflict (session_id, idempotency_key) do nothing \
+                 returning session_id, idempotency_key, created_at",
+            );
+            let created: Vec<(String, String, i64)> =
+                insert.build_query_as().fetch_all(&mut *tx).await?;
+            for (session_id, key, at) in created {
+                if let (Ok(session_id), Some(at)) = (
+                    Uuid::parse_str(&session_id),
+                    DateTime::from_timestamp_millis(at),
+                ) {
+                    batch.inserted(session_id, &key, at);
+                }
             }
         }
+
+        for chunk in batch.touches().chunks(ROWS_PER_STATEMENT) {
+            // max() of a null is null, hence the coalesce (no turn inserted, only a model).
+            let mut update =
+                QueryBuilder::<Sqlite>::new("with t (session_id, at, model, bumps) as (");
+            update.push_values(chunk, |mut row, touch| {
+                row.push_bind(id(touch.session_id))
+                    .push_bind(touch.at.map(ms))
+                    .push_bind(touch.model.map(text))
+                    .push_bind(touch.bumps);
+            });
+            update.push(
+                ") update call_session set \
+                 last_activity_at = max(call_session.last_activity_at, \
+                                        coalesce(t.at, call_session.last_activity_at)), \
+                 model = coalesce(t.model, call_session.model), \
+                 version = call_session.version + t.bumps, \
+                 updated_at = coalesce(t.at, call_session.updated_at) \
+                 from t where call_session.session_id = t.session_id",
+            );
+            update.build().execute(&mut *tx).await?;
+        }
+        audit::insert_audit(&mut tx, &batch.audit()).await?;
+        tx.commit().await?;
+        let results = batch.results();
+        tracing::Span::current().record("inserted", results.iter().flatten().sum::<u64>());
+        Ok(results)
     }
 
-    for chunk in batch.touches().chunks(ROWS_PER_STATEMENT) {
-        // max() of a null is null, hence the coalesce (no turn inserted, only a model).
-        let mut update = QueryBuilder::<Sqlite>::new("with t (session_id, at, model, bumps) as (");
-        update.push_values(chunk, |mut row, touch| {
-            row.push_bind(id(touch.session_id))
-                .push_bind(touch.at.map(ms))
-                .push_bind(touch.model.map(text))
-                .push_bind(touch.bumps);
-        });
-        update.push(
-            ") update call_session set \
-             last_activity_at = max(call_session.last_activity_at, \
-                                    coalesce(t.at, call_session.last_activity_at)), \
-             model = coalesce(t.model, call_session.model), \
-             version = call_session.version + t.bumps, \
-             updated_at = coalesce(t.at, call_session.updated_at) \
-             from t where call_session.session_id = t.session_id",
-        );
-        update.build().execute(&mut *tx).await?;
+    #[tracing::instrument(
+        name = "store.list_turns",
+        skip_all,
+        fields(backend = "sqlite", %session_id)
+    )]
+    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>> {
+        let rows: Vec<TurnRow> = sqlx::query_as(
+            "select seq, session_id, idempotency_key, role, content, tool_name, tool_call_id, \
+             partial, created_at from turn where session_id = $1 order by created_at, seq",
+        )
+        .bind(id(session_id))
+        .fetch_all(&self.reader)
+        .await?;
+        convert_all(rows)
     }
-    analyses::insert_audit(&mut tx, &batch.audit()).await?;
-    tx.commit().await?;
-    let results = batch.results();
-    tracing::Span::current().record("inserted", results.iter().flatten().sum::<u64>());
-    Ok(results)
-}
-
-#[tracing::instrument(name = "store.list_turns", skip_all, fields(backend = "sqlite", %session_id))]
-pub(super) async fn list_turns(pool: &SqlitePool, session_id: Uuid) -> StoreResult<Vec<Turn>> {
-    let rows: Vec<TurnRow> = sqlx::query_as(
-        "select seq, session_id, idempotency_key, role, content, tool_name, tool_call_id, \
-         partial, created_at from turn where session_id = $1 order by created_at, seq",
-    )
-    .bind(id(session_id))
-    .fetch_all(pool)
-    .await?;
-    convert_all(rows)
 }

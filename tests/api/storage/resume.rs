@@ -90,9 +90,9 @@ async fn find_resumable_takes_an_active_session_only_once_it_went_stale(store: A
     // Arrange
     let (caller_id, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
     store
-        .touch_session(session.session_id, None, at(30))
+        .append_turns(session.session_id, &[user_turn("t", "still here", at(30))])
         .await
-        .expect("touch");
+        .expect("a turn at 30 s");
 
     // Act
     let live = store

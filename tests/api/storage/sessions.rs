@@ -11,10 +11,9 @@ on_both_backends!(
     load_call_returns_the_session_with_its_caller,
     load_call_of_a_session_without_caller_or_of_an_unknown_call,
     get_session_of_an_unknown_id_is_none,
-    touch_session_moves_last_activity_and_keeps_the_model_when_none_is_given,
     close_session_sets_status_and_reason_keeps_the_first_end_and_merges_details,
     close_session_keeps_a_completed_status,
-    touching_or_closing_an_unknown_session_is_not_found,
+    closing_an_unknown_session_is_not_found,
     start_call_stores_the_caller_and_session_and_closes_the_abandoned_call_at_once,
     start_call_of_a_stored_call_keeps_its_session_and_counts_it_once,
     start_call_without_a_number_or_with_a_vanished_previous_call_still_starts,
@@ -199,30 +198,6 @@ async fn get_session_of_an_unknown_id_is_none(store: Arc<dyn Store>) {
     assert_eq!(session, None);
 }
 
-async fn touch_session_moves_last_activity_and_keeps_the_model_when_none_is_given(
-    store: Arc<dyn Store>,
-) {
-    // Arrange
-    let (_, session) = caller_with_session(store.as_ref(), "call-1", at(0)).await;
-    let id = session.session_id;
-
-    // Act
-    store
-        .touch_session(id, Some("gpt-fallback"), at(10))
-        .await
-        .expect("touch");
-    let after_model = store.get_session(id).await.expect("get").expect("session");
-    store.touch_session(id, None, at(20)).await.expect("touch");
-    let after_plain = store.get_session(id).await.expect("get").expect("session");
-
-    // Assert
-    assert_eq!(after_model.model.as_deref(), Some("gpt-fallback"));
-    assert_eq!(after_model.last_activity_at, at(10));
-    assert!(after_model.version > session.version);
-    assert_eq!(after_plain.model.as_deref(), Some("gpt-fallback"));
-    assert_eq!(after_plain.last_activity_at, at(20));
-}
-
 async fn close_session_sets_status_and_reason_keeps_the_first_end_and_merges_details(
     store: Arc<dyn Store>,
 ) {
@@ -295,18 +270,13 @@ async fn close_session_keeps_a_completed_status(store: Arc<dyn Store>) {
     assert_eq!(closed.ended_at, Some(at(60)));
 }
 
-async fn touching_or_closing_an_unknown_session_is_not_found(store: Arc<dyn Store>) {
+async fn closing_an_unknown_session_is_not_found(store: Arc<dyn Store>) {
     // Act
-    let touched = store.touch_session(Uuid::now_v7(), None, at(0)).await;
     let closed = store
         .close_session(Uuid::now_v7(), &close_as(SessionStatus::Ended, at(0)))
         .await;
 
     // Assert
-    assert!(
-        matches!(touched, Err(StoreError::NotFound)),
-        "got {touched:?}"
-    );
     assert!(
         matches!(closed, Err(StoreError::NotFound)),
         "got {closed:?}"

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, resume_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
 use redial::storage::{ConnectOptions, Store, connect};
@@ -17,6 +17,25 @@ use uuid::Uuid;
 
 /// Where the Postgres tests create their databases unless `TEST_DATABASE_URL` says otherwise.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The database URL of each open test store, by the store's address (see [`url_of`]).
+static URLS: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+
+/// The address identifying a store in [`URLS`].
+fn address(store: &dyn Store) -> usize {
+    std::ptr::from_ref(store).cast::<()>().addr()
+}
+
+/// The database URL of a store opened by [`TestDb::new`] and not yet torn down, for test
+/// support that reads the database behind an `Arc<dyn Store>` directly (`support::inspect`).
+pub fn url_of(store: &dyn Store) -> String {
+    let urls = URLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let address = address(store);
+    urls.iter()
+        .find(|(a, _)| *a == address)
+        .map(|(_, url)| url.clone())
+        .expect("the store was opened by TestDb::new and is not torn down")
+}
 
 /// A store backend under test.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +93,12 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
         store.migrate().await.expect("migrate the test database");
+        // A store left behind by a test that never tore down may have had this address.
+        let mut urls = URLS.lock().unwrap_or_else(PoisonError::into_inner);
+        let address = address(store.as_ref());
+        urls.retain(|(a, _)| *a != address);
+        urls.push((address, url.clone()));
+        drop(urls);
         Self {
             store,
             url,
@@ -84,6 +109,10 @@ impl TestDb {
 
     /// Closes the store and removes its database (best effort).
     pub async fn teardown(self) {
+        let address = address(self.store.as_ref());
+        URLS.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(a, _)| *a != address);
         self.store.close().await;
         match self.cleanup {
             Cleanup::Sqlite(dir) => drop(dir),

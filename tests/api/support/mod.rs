@@ -2,5 +2,6 @@
 
 pub mod app;
 pub mod db;
+pub mod inspect;
 pub mod process;
 pub mod proxy;

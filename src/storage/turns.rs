@@ -1,0 +1,57 @@
+//! The turns table: [`TurnStore`].
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{NewTurn, StoreError, StoreResult, Turn, TurnWrite};
+
+/// A session's log of what was said, append-only.
+#[async_trait]
+pub trait TurnStore: Send + Sync {
+    /// Appends turns to a session's log in order. A turn whose `idempotency_key` is already
+    /// stored for the session is skipped. Returns how many were inserted; when any was, the
+    /// session's `last_activity_at` moves to the newest of them (never backwards) and its
+    /// version is bumped. An unknown session is [`StoreError::NotFound`]. (A batch of one for
+    /// [`TurnStore::save_turns`], with no model and no audit.)
+    async fn append_turns(&self, session_id: Uuid, turns: &[NewTurn]) -> StoreResult<u64> {
+        let write = TurnWrite {
+            session_id,
+            turns: turns.to_vec(),
+            model: None,
+            audit: Vec::new(),
+        };
+        match self.save_turns(std::slice::from_ref(&write)).await?.first() {
+            Some(Some(inserted)) => Ok(*inserted),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Stores a batch of finished turns, of one session or many, in one transaction (group
+    /// commit). Each item, all or nothing:
+    /// - appends its `turns` in order, skipping those whose `idempotency_key` is already stored
+    ///   for the session;
+    /// - when a turn was inserted or `model` is given, touches the session once:
+    ///   `last_activity_at` becomes the newest inserted turn's `created_at` unless it is
+    ///   already later (never backwards; skipped turns do not move it), `model` is replaced
+    ///   when given, and the version is bumped by one;
+    /// - appends its `audit` entries (as [`AuditStore::append_audit`]). Audit entries have no
+    ///   dedupe key: saving the same item again inserts no turn but appends its entries again
+    ///   (a retried save records the access twice, which overstates rather than loses it).
+    ///
+    /// Items are applied in batch order, so two items of one session behave as two saves one
+    /// after the other (the session's version is bumped once per item that touches it, the
+    /// last given model wins, turns keep batch order).
+    ///
+    /// Returns, per item, how many of its turns were inserted, or `None` when its session does
+    /// not exist (nothing of that item is stored, audit entries included; the other items are).
+    /// Any other failure stores nothing of the batch. Postgres locks the batch's sessions in id
+    /// order, so concurrent batches of several instances cannot deadlock one another.
+    ///
+    /// [`AuditStore::append_audit`]: super::AuditStore::append_audit
+    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>>;
+
+    /// The session's turns, oldest first: by `created_at` (when each was said, so a turn
+    /// written late — replayed from the outage journal, or persisted after a slower earlier
+    /// one — still takes its place), then in the order they were stored.
+    async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;
+}
