@@ -15,7 +15,7 @@ use super::writer::{self, Slot};
 use crate::journal::{Op, WriteError, Written};
 use crate::openai::{ChatMessage, Role};
 use crate::platforms::Identity;
-use crate::storage::{NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
+use crate::storage::{NewAudit, NewTurn, NewUsage, StoreError, TurnRole, TurnWrite};
 
 /// What a finished turn leaves to store.
 #[derive(Debug)]
@@ -24,14 +24,31 @@ pub(crate) struct Finished {
     turns: Vec<NewTurn>,
     /// The model that answered.
     model: Option<String>,
+    /// Tokens used, per model.
+    usage: Vec<NewUsage>,
 }
 
 impl Finished {
     /// The turns to store for a request's `messages` and its `outcome`.
     pub(crate) fn of(messages: &[ChatMessage], outcome: Outcome) -> Self {
+        let now = Utc::now();
+        let key = request_key(messages);
+        let usage = outcome
+            .usage
+            .iter()
+            .map(|(model, usage)| NewUsage {
+                usage_key: format!("{key}:usage:{model}"),
+                model: model.clone(),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cached_tokens: usage.cached_tokens,
+                created_at: now,
+            })
+            .collect();
         Self {
             turns: new_turns(messages, &outcome),
             model: outcome.model,
+            usage,
         }
     }
 }
@@ -126,6 +143,7 @@ fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> Tur
         turns: finished.turns,
         model: finished.model,
         audit,
+        usage: finished.usage,
     }
 }
 
@@ -154,6 +172,7 @@ pub(crate) async fn opening(
         turns: vec![turn],
         model: None,
         audit: Vec::new(),
+        usage: Vec::new(),
     };
     let written = engine
         .journal
@@ -201,11 +220,9 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
             })
         })
         .collect();
-    let position = messages.len();
-    let texts: Vec<String> = messages.iter().map(ChatMessage::text_content).collect();
-    let request_digest = digest(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    let reply_key = request_key(messages);
     for (i, (call, result)) in outcome.internal.iter().enumerate() {
-        let key = format!("r{position}:{request_digest}:internal{i}");
+        let key = format!("{reply_key}:internal{i}");
         turns.push(NewTurn {
             idempotency_key: key.clone(),
             role: TurnRole::ToolCall,
@@ -227,7 +244,7 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
     }
     if !outcome.text.is_empty() {
         turns.push(NewTurn {
-            idempotency_key: format!("r{position}:{request_digest}"),
+            idempotency_key: reply_key.clone(),
             role: TurnRole::Assistant,
             content: outcome.text.clone(),
             tool_name: None,
@@ -238,7 +255,7 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
     }
     for (i, call) in outcome.tool_calls.calls().iter().enumerate() {
         turns.push(NewTurn {
-            idempotency_key: format!("r{position}:{request_digest}:tool{i}"),
+            idempotency_key: format!("{reply_key}:tool{i}"),
             role: TurnRole::ToolCall,
             content: call.function.arguments.clone(),
             tool_name: Some(call.function.name.clone()),
@@ -248,6 +265,14 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
         });
     }
     turns
+}
+
+/// The key of a request's reply: its position in the call and a digest of everything said so
+/// far, so a re-sent request replies under the same key.
+fn request_key(messages: &[ChatMessage]) -> String {
+    let texts: Vec<String> = messages.iter().map(ChatMessage::text_content).collect();
+    let request_digest = digest(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    format!("r{}:{request_digest}", messages.len())
 }
 
 /// A short, stable digest of some strings.

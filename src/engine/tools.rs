@@ -331,6 +331,7 @@ async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &st
         turns: Vec::new(),
         model: None,
         audit: vec![entry],
+        usage: Vec::new(),
     };
     engine.writer.submit(engine.store.as_ref(), write).await;
 }

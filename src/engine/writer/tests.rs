@@ -53,6 +53,7 @@ fn write(session_id: Uuid, key: &str) -> TurnWrite {
         }],
         model: None,
         audit: Vec::new(),
+        usage: Vec::new(),
     }
 }
 
