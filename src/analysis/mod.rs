@@ -182,6 +182,9 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
             )
         })?;
     let analysis = ask(engine, &model, &transcript).await?;
+    // What the call's turns used and cost (with `[prices]`), kept with the analysis.
+    let usage = engine.store().call_usage(session.session_id).await?;
+    let cost = crate::engine::usage::call_cost(settings, &usage);
     let caller_update = session.caller_id.map(|caller_id| CallerAnalysisUpdate {
         caller_id,
         summary: analysis.summary.clone(),
@@ -197,7 +200,7 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
         urgency: Some(analysis.urgency),
         action: Some(analysis.action.clone()),
         sentiment: Some(analysis.sentiment.clone()),
-        raw: json!({"summary": analysis.summary, "urgency": analysis.urgency, "action": analysis.action, "sentiment": analysis.sentiment}),
+        raw: json!({"summary": analysis.summary, "urgency": analysis.urgency, "action": analysis.action, "sentiment": analysis.sentiment, "usage": usage, "cost_usd": cost}),
         model: Some(model),
         created_at: Utc::now(),
     };

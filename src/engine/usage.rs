@@ -1,6 +1,7 @@
 //! Token usage and what it costs: counted in metrics by model as each upstream pass reports it.
 
 use crate::config::{PriceSettings, Settings};
+use crate::storage::ModelUsage;
 use crate::upstream::Usage;
 
 /// The configured price of `model`: its own entry (`provider/model` as written), else the entry
@@ -21,6 +22,18 @@ pub fn cost(settings: &Settings, model: &str, usage: Usage) -> Option<f64> {
             usage.completion_tokens,
             usage.cached_tokens,
         )
+    })
+}
+
+/// The cost in US dollars of a call's usage; `None` unless every model it used has a price.
+pub fn call_cost(settings: &Settings, usage: &[ModelUsage]) -> Option<f64> {
+    usage.iter().try_fold(0.0, |total, u| {
+        let usage = Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+        };
+        cost(settings, &u.model, usage).map(|c| total + c)
     })
 }
 
@@ -64,5 +77,18 @@ mod tests {
         let cost = cost(&settings, "claude/claude-haiku", usage).unwrap();
         assert!((cost - (0.5 + 0.05 + 1.0)).abs() < 1e-9, "{cost}");
         assert!(super::cost(&settings, "gpt-4o", usage).is_none());
+        let call = |model: &str| ModelUsage {
+            model: model.into(),
+            turns: 2,
+            prompt_tokens: 1_000_000,
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
+        let total = call_cost(
+            &settings,
+            &[call("claude-haiku"), call("claude/claude-haiku")],
+        );
+        assert!((total.unwrap() - 2.0).abs() < 1e-9);
+        assert!(call_cost(&settings, &[call("claude-haiku"), call("gpt-4o")]).is_none());
     }
 }

@@ -384,6 +384,7 @@ app_tests!(
     usage_comes_back_to_clients_that_ask_and_shows_in_metrics,
     client_parameters_reach_an_openai_compatible_upstream,
     models_are_listed_and_the_legacy_function_role_is_read_as_tool,
+    usage_is_stored_per_turn_once_and_summed_per_call,
 );
 
 /// A Vapi tool as Vapi sends it: its own keys beside the function, plus a transfer tool.
@@ -470,6 +471,20 @@ async fn a_second_turn_to_anthropic_reads_the_static_prefix_from_the_cache(backe
     );
     // The mock reads the same prefix from its cache: the client sees the cached tokens.
     let usage = &second.chunks.last().unwrap()["usage"];
+    // Stored per turn, summed per call.
+    app.settle().await;
+    let (session, _) = app.stored_call(Platform::Vapi, "call-c1").await;
+    let stored = app.db.store.call_usage(session.session_id).await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].model, "claude/claude-test");
+    assert_eq!(stored[0].turns, 2);
+    assert_eq!(
+        stored[0].cached_tokens,
+        usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+        "the first turn wrote the cache, the second read it"
+    );
     assert!(
         usage["prompt_tokens_details"]["cached_tokens"]
             .as_u64()
@@ -613,5 +628,43 @@ async fn models_are_listed_and_the_legacy_function_role_is_read_as_tool(backend:
         sent[1]["content"][0]["id"], sent[2]["content"][0]["tool_use_id"],
         "{sent}"
     );
+    app.teardown().await;
+}
+
+async fn usage_is_stored_per_turn_once_and_summed_per_call(backend: Backend) {
+    let app = spawn(backend, Kind::OpenAi).await;
+    let (_, fallback_queue) = Kind::Anthropic.model();
+    // Turn 1: OpenAI answers (5 tokens by default). Turn 2: OpenAI is down, Anthropic answers.
+    let first = vapi_body("call-u1", "+14155550123", "Hi");
+    assert!(read_sse(app.chat(&first).await).await.done);
+    app.upstream.push("gpt-test", Behavior::error(500, "down"));
+    app.upstream
+        .push(fallback_queue, Behavior::text(["a", "b", "c"]));
+    let mut second = first.clone();
+    second["messages"] = json!([
+        {"role": "system", "content": "You are Ava, a loan assistant."},
+        {"role": "assistant", "content": "Hi, how can I help?"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello Hello Hello Hello Hello "},
+        {"role": "user", "content": "More"}
+    ]);
+    assert!(read_sse(app.chat(&second).await).await.done);
+    // The platform re-sends the second request: nothing is counted twice.
+    app.upstream
+        .push(fallback_queue, Behavior::text(["a", "b", "c"]));
+    app.upstream.push("gpt-test", Behavior::error(500, "down"));
+    assert!(read_sse(app.chat(&second).await).await.done);
+    app.settle().await;
+
+    let (session, _) = app.stored_call(Platform::Vapi, "call-u1").await;
+    let usage = app.db.store.call_usage(session.session_id).await.unwrap();
+    let models: Vec<_> = usage
+        .iter()
+        .map(|u| (u.model.as_str(), u.turns, u.completion_tokens))
+        .collect();
+    assert_eq!(models, [("claude/claude-test", 1, 3), ("gpt-test", 1, 5)]);
+    assert!(usage.iter().all(|u| u.prompt_tokens > 0));
+    let unknown = app.db.store.call_usage(uuid::Uuid::now_v7()).await.unwrap();
+    assert!(unknown.is_empty());
     app.teardown().await;
 }
