@@ -2,6 +2,7 @@
 //! reported, storing the platform's own analysis, and redial's analysis (summary, urgency,
 //! action, sentiment), which updates the caller for their next call.
 
+mod job;
 mod result;
 pub mod worker;
 
@@ -11,23 +12,15 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::openai::{ChatMessage, Role};
-use crate::platforms::{Identity, phone};
+use crate::platforms::{EventKind, WebhookEvent};
 use crate::storage::{
-    CallSession, CallerAnalysisUpdate, CloseSession, NewAnalysis, NewAudit, NewJob, SessionStatus,
-    TurnRole,
+    AnalysisSource, AuditAction, AuditActor, CallSession, CallerAnalysisUpdate, CloseSession,
+    NewAnalysis, NewAudit, NewJob, SessionStatus, TurnRole,
 };
 use crate::upstream::{Params, Request};
-use crate::webhooks::{EventKind, WebhookEvent};
 
+pub use job::{AnalyzeCall, JobPayload, UnreadableJob};
 pub use result::{CallAnalysis, SENTIMENTS, instructions, parse};
-
-/// The job kind of a call lifecycle event: close the session, keep the platform's analysis,
-/// enqueue redial's analysis.
-pub const CALL_EVENT_JOB: &str = "call_event";
-
-/// The job kind of redial's analysis of one session (enqueued once per session, however many
-/// events report the call's end).
-pub const ANALYZE_JOB: &str = "analyze_call";
 
 /// Attempts at a valid analysis within one job attempt before the job is retried later.
 const VALID_REPLY_ATTEMPTS: usize = 3;
@@ -55,28 +48,9 @@ pub fn job_for(event: &WebhookEvent, max_attempts: i32) -> Option<NewJob> {
         return None;
     }
     event.call_key.as_ref()?;
-    Some(NewJob {
-        job_id: Uuid::now_v7(),
-        kind: CALL_EVENT_JOB.into(),
-        dedupe_key: format!("job:{}", event.dedupe_key),
-        payload: serde_json::to_value(event).ok()?,
-        run_at: Utc::now(),
-        max_attempts,
-    })
-}
-
-/// The identity a webhook names, for finding or creating its session.
-pub fn identity_of(event: &WebhookEvent, call_key: &str, default_region: &str) -> Identity {
-    Identity {
-        platform: event.platform,
-        call_key: call_key.to_owned(),
-        ephemeral: false,
-        caller: event
-            .caller_number
-            .as_deref()
-            .and_then(|n| phone::caller_key(n, default_region)),
-        assistant_id: event.assistant_id.clone().unwrap_or_default(),
-    }
+    JobPayload::CallEvent(Box::new(event.clone()))
+        .job(max_attempts)
+        .ok()
 }
 
 /// Processes one call event: attach the caller it names to a session stored without one, close
@@ -84,10 +58,9 @@ pub fn identity_of(event: &WebhookEvent, call_key: &str, default_region: &str) -
 /// the platform's analysis, enqueue the analysis. Idempotent: every step may run again after a crash or a retry without a second
 /// effect.
 pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow::Result<()> {
-    let Some(call_key) = &event.call_key else {
+    let Some(identity) = event.identity(&engine.settings().memory.default_region) else {
         return Ok(());
     };
-    let identity = identity_of(event, call_key, &engine.settings().memory.default_region);
     let mut context = engine.load_call_context(&identity).await?;
     if let (None, Some(caller)) = (context.session.caller_id, &identity.caller) {
         // The call carried no caller id (ElevenLabs without header mappings); the platform's
@@ -122,7 +95,7 @@ pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow
         let analysis = NewAnalysis {
             analysis_id: Uuid::now_v7(),
             session_id: context.session.session_id,
-            source: event.platform.as_str().into(),
+            source: AnalysisSource::Platform(event.platform),
             summary: platform.summary.clone().unwrap_or_default(),
             urgency: None,
             action: None,
@@ -133,25 +106,17 @@ pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow
         };
         engine.store().save_analysis(&analysis, None).await?;
     }
-    let job = NewJob {
-        job_id: Uuid::now_v7(),
-        kind: ANALYZE_JOB.into(),
-        dedupe_key: format!("analyze:{}", context.session.session_id),
-        payload: json!({"session_id": context.session.session_id}),
-        run_at: Utc::now(),
-        max_attempts: engine.settings().analysis.max_attempts,
-    };
+    let analyse = JobPayload::AnalyzeCall(AnalyzeCall {
+        session_id: context.session.session_id,
+    });
+    let job = analyse.job(engine.settings().analysis.max_attempts)?;
     engine.store().enqueue_job(&job).await?;
     Ok(())
 }
 
-/// redial's own analysis of the session named in an [`ANALYZE_JOB`] payload, once per session.
-pub async fn analyse_session(engine: &Engine, payload: &Value) -> anyhow::Result<()> {
-    let session_id: Uuid = payload
-        .get("session_id")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("job payload has no session_id"))?;
+/// redial's own analysis of the session a [`JobPayload::AnalyzeCall`] names, once per session.
+pub async fn analyse_session(engine: &Engine, job: &AnalyzeCall) -> anyhow::Result<()> {
+    let session_id = job.session_id;
     let Some(session) = engine.store().get_session(session_id).await? else {
         tracing::warn!(%session_id, "the session to analyse no longer exists");
         return Ok(());
@@ -161,7 +126,7 @@ pub async fn analyse_session(engine: &Engine, payload: &Value) -> anyhow::Result
 
 async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
     let existing = engine.store().list_analyses(session.session_id).await?;
-    if existing.iter().any(|a| a.source == "redial") {
+    if existing.iter().any(|a| a.source == AnalysisSource::Redial) {
         return Ok(());
     }
     let Some(transcript) = transcript(engine, session).await? else {
@@ -195,7 +160,7 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
     let record = NewAnalysis {
         analysis_id: Uuid::now_v7(),
         session_id: session.session_id,
-        source: "redial".into(),
+        source: AnalysisSource::Redial,
         summary: analysis.summary.clone(),
         urgency: Some(analysis.urgency),
         action: Some(analysis.action.clone()),
@@ -213,8 +178,8 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
             entry_key: Some(Uuid::now_v7()),
             caller_id: Some(caller_id),
             session_id: Some(session.session_id),
-            actor: "worker:analysis".into(),
-            action: "update".into(),
+            actor: AuditActor::AnalysisWorker,
+            action: AuditAction::Update,
             reason: "post-call analysis".into(),
             details: json!({"fields": ["last_summary", "last_sentiment", "last_action"]}),
             created_at: Utc::now(),

@@ -13,12 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::{
-    ANALYZE_JOB, CALL_EVENT_JOB, analyse_session, needs_configuration, process_call_event,
-};
+use super::{JobPayload, analyse_session, needs_configuration, process_call_event};
 use crate::engine::Engine;
 use crate::storage::{Job, JobLease, StoreError};
-use crate::webhooks::WebhookEvent;
 
 /// Starts `analysis.workers` workers on `tracker`; they stop claiming when `shutdown` is
 /// cancelled and finish the job in hand.
@@ -169,13 +166,9 @@ fn lease_lost(lease: &JobLease, lost: LeaseLost) {
 }
 
 async fn run_kind(engine: &Engine, job: &Job) -> anyhow::Result<()> {
-    match job.kind.as_str() {
-        CALL_EVENT_JOB => match serde_json::from_value::<WebhookEvent>(job.payload.clone()) {
-            Ok(event) => process_call_event(engine, &event).await,
-            Err(e) => Err(anyhow::anyhow!("unreadable job payload: {e}")),
-        },
-        ANALYZE_JOB => analyse_session(engine, &job.payload).await,
-        other => Err(anyhow::anyhow!("unknown job kind {other:?}")),
+    match JobPayload::of(job)? {
+        JobPayload::CallEvent(event) => process_call_event(engine, &event).await,
+        JobPayload::AnalyzeCall(call) => analyse_session(engine, &call).await,
     }
 }
 

@@ -569,3 +569,45 @@ fn bad_providers_and_prices_are_refused_naming_the_key() {
         assert!(error.contains(key), "{text}: {error}");
     }
 }
+
+#[test]
+fn a_config_with_several_problems_reports_them_section_by_section() {
+    // One problem per section, in the order `validate` checks the sections.
+    let problems = [
+        (
+            "REDIAL_SERVER__BODY_LIMIT_BYTES",
+            "10",
+            "server.body_limit_bytes",
+        ),
+        (
+            "REDIAL_DATABASE__MAX_CONNECTIONS",
+            "0",
+            "database.max_connections",
+        ),
+        (
+            "REDIAL_UPSTREAM__MAX_TOOL_ROUNDS",
+            "0",
+            "upstream.max_tool_rounds",
+        ),
+        (
+            "REDIAL_MEMORY__SUMMARY_MAX_TOKENS",
+            "1",
+            "memory.summary_max_tokens",
+        ),
+        (
+            "REDIAL_ANALYSIS__MAX_ATTEMPTS",
+            "0",
+            "analysis.max_attempts",
+        ),
+        ("REDIAL_LIMITS__MAX_MESSAGES", "0", "limits.max_messages"),
+    ];
+    for first in 0..problems.len() {
+        let vars: Vec<(&str, &str)> = problems[first..].iter().map(|(v, x, _)| (*v, *x)).collect();
+        let err = load(None, env(&vars), &[]).unwrap_err().to_string();
+        let (var, _, key) = problems[first];
+        assert!(
+            err.contains(&format!("`{key}`")) && err.contains(var),
+            "{err}"
+        );
+    }
+}

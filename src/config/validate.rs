@@ -1,22 +1,131 @@
 //! Checks of the loaded settings that types alone cannot express. Errors name the key and, via
 //! `origin`, where its value came from.
+//!
+//! One function per settings section, run in the order the sections are listed in
+//! [`validate`]; each stops at its first problem, so a config with several reports the first
+//! of them in that order.
 
-use super::{ConfigError, NAME_PLACEHOLDER, Secret, Settings};
+use super::{
+    AnalysisSettings, AssistantSettings, ConfigError, DatabaseSettings, LimitSettings,
+    MemorySettings, NAME_PLACEHOLDER, Secret, ServerSettings, Settings, UpstreamSettings,
+};
+
+/// The outcome of one check.
+type Checked = Result<(), ConfigError>;
+
+/// Builds the error that names a key and where its value came from.
+struct Check<'a> {
+    origin: &'a dyn Fn(&str) -> String,
+}
+
+impl Check<'_> {
+    /// The error for `key`.
+    fn fail(&self, key: &str, message: impl std::fmt::Display) -> Checked {
+        Err(ConfigError(format!(
+            "invalid value for `{key}`{}: {message}",
+            (self.origin)(key)
+        )))
+    }
+
+    /// Fails on the first of `values` that is zero.
+    fn positive(&self, values: &[(&str, u64)]) -> Checked {
+        match values.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => self.fail(key, "must be greater than 0"),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Checks what types alone cannot.
 pub(super) fn validate(
     settings: &Settings,
     origin: impl Fn(&str) -> String,
 ) -> Result<(), ConfigError> {
-    let fail = |key: &str, message: String| {
-        Err(ConfigError(format!(
-            "invalid value for `{key}`{}: {message}",
-            origin(key)
-        )))
-    };
-    let server = &settings.server;
+    let check = Check { origin: &origin };
+    server(&settings.server, &check)?;
+    database(&settings.database, &check)?;
+    upstream(&settings.upstream, &check)?;
+    memory(&settings.memory, &check)?;
+    analysis(&settings.analysis, &settings.database, &check)?;
+    assistants(&settings.assistants, &check)?;
+    providers(settings, &check)?;
+    limits(&settings.limits, &check)
+}
+
+/// Provider names unique and usable as a model prefix; URLs, headers and bounds valid; prices
+/// finite and not negative.
+fn providers(settings: &Settings, check: &Check<'_>) -> Checked {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, provider) in settings.providers.iter().enumerate() {
+        let at = |key: &str| format!("providers[{i}].{key}");
+        let valid_name = !provider.name.is_empty()
+            && provider
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            return check.fail(
+                &at("name"),
+                format!(
+                    "{:?} must be letters, digits, `-`, `_` and `.` (it prefixes models: \
+                     `name/model`)",
+                    provider.name
+                ),
+            );
+        }
+        if !names.insert(provider.name.as_str()) {
+            return check.fail(&at("name"), format!("{:?} is listed twice", provider.name));
+        }
+        if !provider.base_url.is_empty() {
+            let url = reqwest::Url::parse(&provider.base_url);
+            if !url.is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return check.fail(
+                    &at("base_url"),
+                    format!("{:?} is not an http(s) URL", provider.base_url),
+                );
+            }
+        }
+        for (name, value) in &provider.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
+            {
+                return check.fail(
+                    &at("headers"),
+                    format!(
+                        "{name:?} is not a valid header name, or its value is not a valid \
+                             header value"
+                    ),
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&provider.max_tokens) {
+            return check.fail(&at("max_tokens"), "must be between 1 and 1000000");
+        }
+    }
+    for (model, price) in &settings.prices {
+        let values = [
+            Some(price.input_per_mtok),
+            Some(price.output_per_mtok),
+            price.cached_input_per_mtok,
+        ];
+        if values
+            .into_iter()
+            .flatten()
+            .any(|v| !v.is_finite() || v < 0.0)
+        {
+            return check.fail(
+                &format!("prices.{model:?}"),
+                "prices must be finite and not negative",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Dev mode stays on loopback; keys are real; the body limit fits a request.
+fn server(server: &ServerSettings, check: &Check<'_>) -> Checked {
     if server.dev_mode() && !server.listen.ip().is_loopback() {
-        return fail(
+        return check.fail(
             "server.listen",
             format!(
                 "{} is not a loopback address and no `server.api_keys` are configured. Without keys \
@@ -27,64 +136,93 @@ pub(super) fn validate(
         );
     }
     if server.api_keys.iter().any(Secret::is_empty) {
-        return fail("server.api_keys", "keys must not be empty strings".into());
+        return check.fail("server.api_keys", "keys must not be empty strings");
     }
     if server.body_limit_bytes < 1024 {
-        return fail("server.body_limit_bytes", "must be at least 1024".into());
+        return check.fail("server.body_limit_bytes", "must be at least 1024");
     }
-    validate_connections(server, &fail)?;
-    let url = settings.database.url.expose();
+    connections(server, check)
+}
+
+/// The connection timeouts and cap: a zero timeout would close every connection at once, and
+/// a timeout of hours would let idle sockets pile up again.
+fn connections(server: &ServerSettings, check: &Check<'_>) -> Checked {
+    if !(100..=600_000).contains(&server.header_read_timeout_ms) {
+        return check.fail(
+            "server.header_read_timeout_ms",
+            "must be between 100 and 600000 (milliseconds)",
+        );
+    }
+    if !(1..=3_600).contains(&server.idle_timeout_secs) {
+        return check.fail(
+            "server.idle_timeout_secs",
+            "must be between 1 and 3600 (seconds)",
+        );
+    }
+    if server.max_connections > 1_000_000 {
+        return check.fail(
+            "server.max_connections",
+            "must be at most 1000000 (0 = derived from the open-file limit)",
+        );
+    }
+    Ok(())
+}
+
+/// A URL one of the backends serves; a pool and a write queue that can work.
+fn database(db: &DatabaseSettings, check: &Check<'_>) -> Checked {
+    let url = db.url.expose();
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://"))
     {
-        return fail(
+        return check.fail(
             "database.url",
             format!(
                 "{:?} must start with sqlite:, postgres:// or postgresql://",
-                settings.database.url.redacted()
+                db.url.redacted()
             ),
         );
     }
-    if settings.database.max_connections == 0 {
-        return fail("database.max_connections", "must be at least 1".into());
+    if db.max_connections == 0 {
+        return check.fail("database.max_connections", "must be at least 1");
     }
-    let db = &settings.database;
     if !(1..=10_000).contains(&db.write_batch_max) {
-        return fail(
-            "database.write_batch_max",
-            "must be between 1 and 10000".into(),
-        );
+        return check.fail("database.write_batch_max", "must be between 1 and 10000");
     }
     if db.write_linger_ms > 1_000 {
-        return fail(
+        return check.fail(
             "database.write_linger_ms",
-            "must be at most 1000 (milliseconds)".into(),
+            "must be at most 1000 (milliseconds)",
         );
     }
     if !(1..=1_000_000).contains(&db.write_queue_capacity) {
-        return fail(
+        return check.fail(
             "database.write_queue_capacity",
-            "must be between 1 and 1000000".into(),
+            "must be between 1 and 1000000",
         );
     }
     if !(10..=60_000).contains(&db.write_timeout_ms) {
-        return fail(
+        return check.fail(
             "database.write_timeout_ms",
-            "must be between 10 and 60000 (milliseconds)".into(),
+            "must be between 10 and 60000 (milliseconds)",
         );
     }
-    let upstream = &settings.upstream;
+    Ok(())
+}
+
+/// An http(s) base URL, timeouts that are not zero, something to say when it fails, room for
+/// at least one tool round.
+fn upstream(upstream: &UpstreamSettings, check: &Check<'_>) -> Checked {
     match reqwest::Url::parse(&upstream.base_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => {}
         _ => {
-            return fail(
+            return check.fail(
                 "upstream.base_url",
                 format!("{:?} is not an http(s) URL", upstream.base_url),
             );
         }
     }
-    for (key, value) in [
+    check.positive(&[
         ("upstream.connect_timeout_ms", upstream.connect_timeout_ms),
         (
             "upstream.first_token_timeout_ms",
@@ -95,79 +233,65 @@ pub(super) fn validate(
             upstream.stream_idle_timeout_ms,
         ),
         ("upstream.heartbeat_ms", upstream.heartbeat_ms),
-        ("memory.read_budget_ms", settings.memory.read_budget_ms),
-    ] {
-        if value == 0 {
-            return fail(key, "must be greater than 0".into());
-        }
-    }
+    ])?;
     if upstream.apology.trim().is_empty() {
-        return fail(
+        return check.fail(
             "upstream.apology",
-            "must not be empty: it is what the caller hears when the upstream fails".into(),
+            "must not be empty: it is what the caller hears when the upstream fails",
         );
     }
-    if !crate::platforms::phone::is_region(&settings.memory.default_region) {
-        return fail(
+    if upstream.max_tool_rounds == 0 {
+        return check.fail("upstream.max_tool_rounds", "must be at least 1");
+    }
+    Ok(())
+}
+
+/// A read budget, a known region, windows of at most ten years, a summary that says something.
+fn memory(memory: &MemorySettings, check: &Check<'_>) -> Checked {
+    check.positive(&[("memory.read_budget_ms", memory.read_budget_ms)])?;
+    if !crate::platforms::phone::is_region(&memory.default_region) {
+        return check.fail(
             "memory.default_region",
             format!(
                 "{:?} is not an ISO 3166 alpha-2 region code such as \"US\"",
-                settings.memory.default_region
+                memory.default_region
             ),
         );
     }
     const TEN_YEARS: u64 = 10 * 365 * 86_400;
     for (key, value) in [
-        (
-            "memory.resume_window_secs",
-            settings.memory.resume_window_secs,
-        ),
-        ("memory.live_window_secs", settings.memory.live_window_secs),
+        ("memory.resume_window_secs", memory.resume_window_secs),
+        ("memory.live_window_secs", memory.live_window_secs),
         (
             "memory.retell_reconnect_grace_secs",
-            settings.memory.retell_reconnect_grace_secs,
+            memory.retell_reconnect_grace_secs,
         ),
     ] {
         if value > TEN_YEARS {
-            return fail(key, format!("must be at most {TEN_YEARS} seconds"));
+            return check.fail(key, format!("must be at most {TEN_YEARS} seconds"));
         }
     }
-    let analysis = &settings.analysis;
+    if memory.summary_max_tokens < 16 {
+        return check.fail("memory.summary_max_tokens", "must be at least 16");
+    }
+    Ok(())
+}
+
+/// An action list that includes `none`, at least one attempt, non-zero timings, and a lease
+/// that outlasts renewals waiting for a connection (which is why it takes `database`).
+fn analysis(analysis: &AnalysisSettings, db: &DatabaseSettings, check: &Check<'_>) -> Checked {
     if !analysis.actions.iter().any(|a| a == "none") {
-        return fail("analysis.actions", "must include \"none\"".into());
+        return check.fail("analysis.actions", "must include \"none\"");
     }
     if analysis.max_attempts < 1 {
-        return fail("analysis.max_attempts", "must be at least 1".into());
+        return check.fail("analysis.max_attempts", "must be at least 1");
     }
-    for (key, value) in [
+    check.positive(&[
         ("analysis.lease_secs", analysis.lease_secs),
         ("analysis.poll_interval_ms", analysis.poll_interval_ms),
         ("analysis.timeout_secs", analysis.timeout_secs),
-    ] {
-        if value == 0 {
-            return fail(key, "must be greater than 0".into());
-        }
-    }
-    validate_lease(settings, &origin)?;
-    if settings.upstream.max_tool_rounds == 0 {
-        return fail("upstream.max_tool_rounds", "must be at least 1".into());
-    }
-    validate_assistants(settings, &origin)?;
-    validate_providers(settings, &origin)?;
-    if settings.memory.summary_max_tokens < 16 {
-        return fail("memory.summary_max_tokens", "must be at least 16".into());
-    }
-    let limits = &settings.limits;
-    for (key, value, most) in [
-        ("limits.max_messages", limits.max_messages, 100_000),
-        ("limits.max_value_bytes", limits.max_value_bytes, 1 << 20),
-        ("limits.max_id_bytes", limits.max_id_bytes, 4_096),
-    ] {
-        if !(1..=most).contains(&value) {
-            return fail(key, format!("must be between 1 and {most}"));
-        }
-    }
-    Ok(())
+    ])?;
+    lease(analysis.lease_secs, db.connect_timeout_secs, check)
 }
 
 /// Longest `analysis.lease_secs`: a day (a crashed worker's job waits this long).
@@ -178,12 +302,7 @@ const MAX_LEASE_SECS: u64 = 86_400;
 /// lease's end there are two thirds of the lease: two renewals that each wait the full timeout
 /// and fail must still leave the job held, so the lease is at least 3 × the connection
 /// timeout (and at least 3 s, for a renewal interval of a second or more).
-fn validate_lease(
-    settings: &Settings,
-    origin: &impl Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    let lease = settings.analysis.lease_secs;
-    let connect = settings.database.connect_timeout_secs;
+fn lease(lease: u64, connect: u64, check: &Check<'_>) -> Checked {
     let least = connect.saturating_mul(3).max(3);
     let problem = if lease < least {
         format!(
@@ -196,54 +315,16 @@ fn validate_lease(
     } else {
         return Ok(());
     };
-    Err(ConfigError(format!(
-        "invalid value for `analysis.lease_secs`{}: {problem}",
-        origin("analysis.lease_secs")
-    )))
-}
-
-/// The connection timeouts and cap: a zero timeout would close every connection at once, and
-/// a timeout of hours would let idle sockets pile up again.
-fn validate_connections(
-    server: &super::ServerSettings,
-    fail: &impl Fn(&str, String) -> Result<(), ConfigError>,
-) -> Result<(), ConfigError> {
-    if !(100..=600_000).contains(&server.header_read_timeout_ms) {
-        return fail(
-            "server.header_read_timeout_ms",
-            "must be between 100 and 600000 (milliseconds)".into(),
-        );
-    }
-    if !(1..=3_600).contains(&server.idle_timeout_secs) {
-        return fail(
-            "server.idle_timeout_secs",
-            "must be between 1 and 3600 (seconds)".into(),
-        );
-    }
-    if server.max_connections > 1_000_000 {
-        return fail(
-            "server.max_connections",
-            "must be at most 1000000 (0 = derived from the open-file limit)".into(),
-        );
-    }
-    Ok(())
+    check.fail("analysis.lease_secs", problem)
 }
 
 /// Assistant ids unique and non-empty; field names unique identifiers; questions set (an empty
 /// filler is allowed: it turns the filler off).
-fn validate_assistants(
-    settings: &Settings,
-    origin: &impl Fn(&str) -> String,
-) -> Result<(), ConfigError> {
+fn assistants(assistants: &[AssistantSettings], check: &Check<'_>) -> Checked {
     let mut ids = std::collections::BTreeSet::new();
-    for (i, assistant) in settings.assistants.iter().enumerate() {
+    for (i, assistant) in assistants.iter().enumerate() {
         let at = |key: &str| format!("assistants[{i}].{key}");
-        let fail = |key: String, message: &str| {
-            Err(ConfigError(format!(
-                "invalid value for `{key}`{}: {message}",
-                origin(&key)
-            )))
-        };
+        let fail = |key: String, message: &str| check.fail(&key, message);
         if assistant.id.trim().is_empty() {
             return fail(at("id"), "must not be empty");
         }
@@ -278,79 +359,15 @@ fn validate_assistants(
     Ok(())
 }
 
-/// Provider names unique and usable as a model prefix; URLs, headers and bounds valid; prices
-/// finite and non-negative.
-fn validate_providers(
-    settings: &Settings,
-    origin: &impl Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    let fail = |key: String, message: String| {
-        Err(ConfigError(format!(
-            "invalid value for `{key}`{}: {message}",
-            origin(&key)
-        )))
-    };
-    let mut names = std::collections::BTreeSet::new();
-    for (i, provider) in settings.providers.iter().enumerate() {
-        let at = |key: &str| format!("providers[{i}].{key}");
-        let valid_name = !provider.name.is_empty()
-            && provider
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid_name {
-            return fail(
-                at("name"),
-                format!(
-                    "{:?} must be letters, digits, `-`, `_` and `.` (it prefixes models: \
-                     `name/model`)",
-                    provider.name
-                ),
-            );
-        }
-        if !names.insert(provider.name.as_str()) {
-            return fail(at("name"), format!("{:?} is listed twice", provider.name));
-        }
-        if !provider.base_url.is_empty() {
-            match reqwest::Url::parse(&provider.base_url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => {
-                    return fail(
-                        at("base_url"),
-                        format!("{:?} is not an http(s) URL", provider.base_url),
-                    );
-                }
-            }
-        }
-        for (name, value) in &provider.headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
-            {
-                return fail(
-                    at("headers"),
-                    format!(
-                        "{name:?} is not a valid header name, or its value is not a valid header value"
-                    ),
-                );
-            }
-        }
-        if !(1..=1_000_000).contains(&provider.max_tokens) {
-            return fail(at("max_tokens"), "must be between 1 and 1000000".into());
-        }
-    }
-    for (model, price) in &settings.prices {
-        let key = format!("prices.{model:?}");
-        let values = [
-            Some(price.input_per_mtok),
-            Some(price.output_per_mtok),
-            price.cached_input_per_mtok,
-        ];
-        if values
-            .into_iter()
-            .flatten()
-            .any(|v| !v.is_finite() || v < 0.0)
-        {
-            return fail(key, "prices must be finite and not negative".into());
+/// Request limits within their bounds.
+fn limits(limits: &LimitSettings, check: &Check<'_>) -> Checked {
+    for (key, value, most) in [
+        ("limits.max_messages", limits.max_messages, 100_000),
+        ("limits.max_value_bytes", limits.max_value_bytes, 1 << 20),
+        ("limits.max_id_bytes", limits.max_id_bytes, 4_096),
+    ] {
+        if !(1..=most).contains(&value) {
+            return check.fail(key, format!("must be between 1 and {most}"));
         }
     }
     Ok(())

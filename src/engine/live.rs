@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::storage::Platform;
+use crate::platforms::Platform;
 
 /// What keeps a call live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -287,7 +287,7 @@ impl Engine {
     /// caller does not resume it meanwhile (an open Retell socket holds one).
     pub fn hold_live(
         &self,
-        platform: crate::storage::Platform,
+        platform: crate::platforms::Platform,
         call_key: &str,
         hold: Hold,
     ) -> LiveGuard {
@@ -297,7 +297,7 @@ impl Engine {
     /// How many holds of this kind keep the call live on this instance.
     pub fn live_holds(
         &self,
-        platform: crate::storage::Platform,
+        platform: crate::platforms::Platform,
         call_key: &str,
         hold: Hold,
     ) -> usize {

@@ -10,12 +10,56 @@ use uuid::Uuid;
 
 use super::Engine;
 use super::memory::{self, CallContext};
-use super::turn::Outcome;
+use super::tool_calls::ToolCalls;
+use super::tools::ToolResult;
 use super::writer::{self, Slot};
 use crate::journal::{Op, WriteError, Written};
-use crate::openai::{ChatMessage, Role};
+use crate::openai::{ChatMessage, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
-use crate::storage::{NewAudit, NewTurn, NewUsage, StoreError, TurnRole, TurnWrite};
+use crate::storage::{
+    AuditAction, AuditActor, NewAudit, NewTurn, NewUsage, StoreError, TurnRole, TurnWrite,
+};
+use crate::upstream::Usage;
+
+/// What the turn produced, for persistence.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Everything the caller was sent as text (filler and apology included).
+    pub text: String,
+    /// Platform tool calls, complete.
+    pub tool_calls: ToolCalls,
+    /// redial's own tool calls and their results, in order.
+    pub internal: Vec<(ToolCall, ToolResult)>,
+    /// The reply did not complete as the model meant it.
+    pub partial: bool,
+    /// The model that answered.
+    pub model: Option<String>,
+    /// How the turn ended.
+    pub finish: Option<FinishReason>,
+    /// Tokens used, per model that answered (in order, one entry per model).
+    pub usage: Vec<(String, Usage)>,
+}
+
+impl Outcome {
+    /// Adds one pass's usage to its model's.
+    pub(crate) fn add_usage(&mut self, model: &str, usage: Usage) {
+        match self.usage.iter_mut().find(|(m, _)| m == model) {
+            Some((_, total)) => total.add(usage),
+            None => self.usage.push((model.to_owned(), usage)),
+        }
+    }
+
+    /// The usage of every model together.
+    pub(crate) fn total_usage(&self) -> Option<Usage> {
+        (!self.usage.is_empty()).then(|| {
+            let mut total = Usage::default();
+            for (_, usage) in &self.usage {
+                total.add(*usage);
+            }
+            total
+        })
+    }
+}
 
 /// What a finished turn leaves to store.
 #[derive(Debug)]
@@ -127,11 +171,11 @@ fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> Tur
             entry_key: Some(Uuid::now_v7()),
             caller_id: Some(caller.caller_id),
             session_id: Some(session_id),
-            actor: format!("engine:{}", identity.platform),
+            actor: AuditActor::Engine(identity.platform),
             action: if ctx.created {
-                "create".into()
+                AuditAction::Create
             } else {
-                "read".into()
+                AuditAction::Read
             },
             reason: "turn".into(),
             details: json!({"memory_used": true}),

@@ -11,7 +11,7 @@ use super::script;
 use crate::config::AssistantSettings;
 use crate::journal::{AnswerWrite, Op, ProfileWrite, Written};
 use crate::platforms::Identity;
-use crate::storage::{Answer, CallerPatch, NewAudit, TurnWrite};
+use crate::storage::{Answer, AuditAction, AuditActor, CallerPatch, NewAudit, TurnWrite};
 use crate::upstream::Tool;
 use uuid::Uuid;
 
@@ -205,7 +205,14 @@ async fn record_answer(
         }
     };
     let details = json!({"field": answer.field, "changed": changed});
-    audit(engine, context, "update", "record_answer", details).await;
+    audit(
+        engine,
+        context,
+        AuditAction::Update,
+        "record_answer",
+        details,
+    )
+    .await;
     if context.offline {
         // What the call confirmed before the database went away is not known here: naming a
         // next question could make the model ask for an answer it already has.
@@ -291,7 +298,7 @@ async fn remember_caller(
     audit(
         engine,
         context,
-        "update",
+        AuditAction::Update,
         "remember_caller",
         json!({"fields": fields}),
     )
@@ -313,13 +320,19 @@ fn within_limit(engine: &Engine, field: &str, value: &str) -> Result<(), String>
     Ok(())
 }
 
-async fn audit(engine: &Engine, context: &CallContext, action: &str, reason: &str, details: Value) {
+async fn audit(
+    engine: &Engine,
+    context: &CallContext,
+    action: AuditAction,
+    reason: &str,
+    details: Value,
+) {
     let entry = NewAudit {
         entry_key: Some(Uuid::now_v7()),
         caller_id: context.caller.as_ref().map(|c| c.caller_id),
         session_id: Some(context.session.session_id),
-        actor: "engine:tool".into(),
-        action: action.into(),
+        actor: AuditActor::Tool,
+        action,
         reason: reason.into(),
         details,
         created_at: Utc::now(),

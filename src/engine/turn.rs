@@ -9,56 +9,15 @@ use tokio::sync::mpsc::Sender;
 use tokio::time::timeout;
 
 use super::memory::{self, CallContext};
+use super::persist::{self, Outcome};
 use super::summary::{self, SummaryInput};
 use super::tool_calls::ToolCalls;
-use super::tools::{self, ToolResult};
-use super::{
-    Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, persist, prompt, script,
-};
+use super::tools;
+use super::{Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, prompt, script};
 use crate::config::AssistantSettings;
 use crate::openai::{ChatMessage, Content, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
 use crate::upstream::{Event, Request, Tool, ToolCallDelta, UpstreamError, UpstreamStream, Usage};
-
-/// What the turn produced, for persistence.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    /// Everything the caller was sent as text (filler and apology included).
-    pub text: String,
-    /// Platform tool calls, complete.
-    pub tool_calls: ToolCalls,
-    /// redial's own tool calls and their results, in order.
-    pub internal: Vec<(ToolCall, ToolResult)>,
-    /// The reply did not complete as the model meant it.
-    pub partial: bool,
-    /// The model that answered.
-    pub model: Option<String>,
-    /// How the turn ended.
-    pub finish: Option<FinishReason>,
-    /// Tokens used, per model that answered (in order, one entry per model).
-    pub usage: Vec<(String, Usage)>,
-}
-
-impl Outcome {
-    /// Adds one pass's usage to its model's.
-    fn add_usage(&mut self, model: &str, usage: Usage) {
-        match self.usage.iter_mut().find(|(m, _)| m == model) {
-            Some((_, total)) => total.add(usage),
-            None => self.usage.push((model.to_owned(), usage)),
-        }
-    }
-
-    /// The usage of every model together.
-    pub(crate) fn total_usage(&self) -> Option<Usage> {
-        (!self.usage.is_empty()).then(|| {
-            let mut total = Usage::default();
-            for (_, usage) in &self.usage {
-                total.add(*usage);
-            }
-            total
-        })
-    }
-}
 
 /// The client went away; stop working for it.
 pub(crate) struct ClientGone;

@@ -14,9 +14,9 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::extract::RawBody;
 use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure};
 use crate::error::ApiError;
-use crate::http::RawBody;
 use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
 use crate::platforms;
 use crate::state::AppState;

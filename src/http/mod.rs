@@ -1,12 +1,14 @@
-//! The HTTP surface: routes, middleware, and the JSON body extractor.
+//! The HTTP surface: routes and middleware. Handlers live one file per route group; they
+//! extract, call one function, and map the result.
 
 pub mod auth;
 mod chat;
+mod extract;
 mod health;
 pub mod retell;
 mod webhooks;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::{Router, middleware};
 use tower::ServiceBuilder;
@@ -87,17 +89,5 @@ impl MakeRequestId for MakeRequestV7 {
         HeaderValue::from_str(&Uuid::now_v7().to_string())
             .ok()
             .map(RequestId::new)
-    }
-}
-
-/// The raw request body, whose rejections (over the size limit, unreadable) are [`ApiError`]s.
-#[derive(Debug, Clone, Default)]
-pub struct RawBody(pub axum::body::Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(axum::body::Bytes::from_request(request, state).await?))
     }
 }

@@ -5,7 +5,8 @@
 //! changes, audit entries) and every accepted webhook goes through [`Journal::write`]:
 //! - while nothing is journaled, the write goes to the database, bounded by
 //!   `database.write_timeout_ms`; when it fails because the database is away (a transient error,
-//!   see [`transient`]) or does not answer in time, it is journaled instead;
+//!   see [`StoreError::is_transient`](crate::storage::StoreError::is_transient)) or does not
+//!   answer in time, it is journaled instead;
 //! - while anything is journaled, every write is journaled too, behind it, so the database
 //!   receives all writes in the order they were accepted (a newer answer is never overwritten by
 //!   a replayed older one).
@@ -39,7 +40,8 @@ use uuid::Uuid;
 pub use op::{AnswerWrite, Op, ProfileWrite, WebhookWrite};
 
 use crate::config::DatabaseSettings;
-use crate::storage::{Platform, Store, StoreError, TurnWrite};
+use crate::platforms::Platform;
+use crate::storage::{Store, StoreError, TurnWrite};
 use file::Log;
 
 /// The outage journal (cheap to clone). [`Journal::disabled`] keeps no file: writes the

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::Journal;
 use super::file::{Cursor, Record};
 use crate::storage::{
-    AnswerOutcome, CallStart, Caller, CallerPatch, NewAudit, NewJob, NewWebhookEvent, Store,
-    StoreError, StoreResult, TurnWrite,
+    AnswerOutcome, AuditAction, AuditActor, CallStart, Caller, CallerPatch, NewAudit, NewJob,
+    NewWebhookEvent, Store, StoreError, StoreResult, TurnWrite,
 };
 
 /// One journaled write. Each is idempotent, so applying it again changes nothing.
@@ -375,8 +375,8 @@ async fn start_call(
             entry_key: Some(journaled),
             caller_id,
             session_id: Some(stored),
-            actor: format!("engine:{}", start.session.platform),
-            action: "create".into(),
+            actor: AuditActor::Engine(start.session.platform),
+            action: AuditAction::Create,
             reason: "turn (written from the outage journal)".into(),
             details: serde_json::json!({"memory_used": false}),
             created_at: start.now,

@@ -1,187 +1,76 @@
-//! Platform adapters: who is calling, on which call, for which assistant.
+//! What redial knows about each voice platform: which platforms there are ([`Platform`]), how
+//! each names the call, the caller and the assistant on the chat path ([`identify`]), and what
+//! its webhooks report, normalised ([`WebhookEvent`]). One builder, [`Identity::of_call`], turns
+//! the ids a platform sent into an [`Identity`], whether they came in a chat request, on a Retell
+//! connection or in a webhook; [`phone`] turns a caller id into a caller key.
 //!
-//! Each platform carries identity differently (the README's "Pointing your platform at redial"
-//! and "Who is a caller"). The adapters only translate; they know nothing of storage.
+//! The README's "Pointing your platform at redial" and "Who is a caller" describe what each
+//! platform sends, docs/protocols/ the wire details. This module only translates: it imports
+//! neither storage nor the HTTP layer (storage imports [`Platform`] from here).
+//!
+//! # Adding a platform
+//!
+//! 1. A variant of [`Platform`] (`platform.rs`), with its stored spelling.
+//! 2. `platforms/<name>.rs`: a `claim` that recognises the platform's chat requests and reads
+//!    their ids, and its line in [`identify`] below (a platform with its own transport, like
+//!    Retell's WebSocket, builds its identity with [`Identity::of_call`] there instead).
+//! 3. `webhooks/<name>.rs` (signature check on the raw body, and `parse` into a
+//!    [`WebhookEvent`]) and its entry in the table of `webhooks/mod.rs`, which also names the
+//!    config key of its secret (`[webhooks]` in `config/mod.rs`, README, `config.example.toml`).
+//!
+//! Nothing else changes: the route `/webhooks/{platform}`, storage, the job queue and the
+//! analysis take the platform as data.
 
+mod elevenlabs;
+mod event;
+mod identity;
 pub mod phone;
+mod platform;
+mod vapi;
 
 use axum::http::HeaderMap;
-use serde_json::Value;
-use uuid::Uuid;
+
+pub use event::{CallEnd, EventKind, PlatformAnalysisData, WebhookEvent};
+pub use identity::{ASSISTANT_ID_HEADER, CALL_ID_HEADER, CALLER_ID_HEADER, IdTooLong, Identity};
+pub use platform::{Platform, UnknownPlatform};
 
 use crate::openai::ChatRequest;
-use crate::storage::Platform;
+use identity::Claim;
 
-/// Generic clients (and ElevenLabs through `request_headers`) name the call with this header.
-pub const CALL_ID_HEADER: &str = "x-call-id";
-/// The caller: a phone number, or any other stable id of the person (an app's user id).
-pub const CALLER_ID_HEADER: &str = "x-caller-id";
-/// The assistant or agent id.
-pub const ASSISTANT_ID_HEADER: &str = "x-assistant-id";
-
-/// Who is calling, on which call, for which assistant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The platform.
-    pub platform: Platform,
-    /// The call key; a request without one gets a fresh `req-…` key (a per-request session).
-    pub call_key: String,
-    /// Whether `call_key` was minted for this request alone.
-    pub ephemeral: bool,
-    /// The caller's key ([`phone::caller_key`]): an E.164 number, or `id:<id>` for any other
-    /// caller id.
-    pub caller: Option<String>,
-    /// The assistant id (`""` when unknown).
-    pub assistant_id: String,
-}
-
-impl Identity {
-    /// Whether the platform is a voice platform (always answered with SSE).
-    pub fn is_voice(&self) -> bool {
-        matches!(
-            self.platform,
-            Platform::Vapi | Platform::ElevenLabs | Platform::Retell
-        )
-    }
-}
-
-/// An id longer than `limits.max_id_bytes`: the request is refused (400) before anything is
-/// stored or sent upstream.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}` is {len} bytes long; ids are at most {limit} bytes (limits.max_id_bytes)")]
-pub struct IdTooLong {
-    /// Where the id came from: a header (`X-Call-Id`…) or a body field (`call.id`…).
-    pub field: &'static str,
-    /// Its length, in bytes.
-    pub len: usize,
-    /// The limit, in bytes.
-    pub limit: usize,
-}
-
-/// An id and where it came from.
-type Sourced = Option<(&'static str, String)>;
-
-/// Extracts identity from an OpenAI-compatible request. Every id it reads (call, caller,
-/// assistant) must be at most `max_id_bytes` long, so that a client cannot make redial store or
-/// index arbitrary amounts of text under a key.
+/// Extracts identity from an OpenAI-compatible request: Vapi's when the body carries a `call`
+/// object, ElevenLabs' when it carries `elevenlabs_extra_body` or `user_id`, else a generic
+/// client's (the `X-…-Id` headers, `user` as the caller). Every id it reads must be at most
+/// `max_id_bytes` long ([`IdTooLong`] otherwise).
 pub fn identify(
     headers: &HeaderMap,
     request: &ChatRequest,
     default_region: &str,
     max_id_bytes: usize,
 ) -> Result<Identity, IdTooLong> {
-    let header = |name: &'static str, field: &'static str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(|v| (field, v.to_owned()))
-    };
-    let (platform, call_key, raw_caller, assistant) = if let Some(call) = request.extra.get("call")
-    {
-        vapi(request, call)
-    } else if request.extra.contains_key("elevenlabs_extra_body")
-        || request.extra.contains_key("user_id")
-    {
-        let (call_key, caller, assistant) = elevenlabs(request);
-        (
-            Platform::ElevenLabs,
-            header(CALL_ID_HEADER, "X-Call-Id").or(call_key),
-            header(CALLER_ID_HEADER, "X-Caller-Id").or(caller),
-            header(ASSISTANT_ID_HEADER, "X-Assistant-Id").or(assistant),
-        )
+    let (platform, claim) = if let Some(claim) = vapi::claim(request) {
+        (Platform::Vapi, claim)
+    } else if let Some(claim) = elevenlabs::claim(headers, request) {
+        (Platform::ElevenLabs, claim)
     } else {
-        let caller = header(CALLER_ID_HEADER, "X-Caller-Id")
-            .or_else(|| request.user.clone().map(|u| ("user", u)));
-        (
-            Platform::Generic,
-            header(CALL_ID_HEADER, "X-Call-Id"),
-            caller,
-            header(ASSISTANT_ID_HEADER, "X-Assistant-Id"),
-        )
+        (Platform::Generic, generic(headers, request))
     };
-    for (field, value) in [&call_key, &raw_caller, &assistant].into_iter().flatten() {
-        if value.len() > max_id_bytes {
-            return Err(IdTooLong {
-                field,
-                len: value.len(),
-                limit: max_id_bytes,
-            });
-        }
-    }
-    let ephemeral = call_key.is_none();
-    Ok(Identity {
-        platform,
-        call_key: call_key.map_or_else(|| format!("req-{}", Uuid::now_v7().simple()), |(_, k)| k),
-        ephemeral,
-        caller: raw_caller.and_then(|(_, raw)| phone::caller_key(&raw, default_region)),
-        assistant_id: assistant.map(|(_, a)| a).unwrap_or_default(),
-    })
+    Identity::claimed(platform, claim, default_region, max_id_bytes)
 }
 
-/// ElevenLabs without header mappings: the dynamic variables the client passed in
-/// `elevenlabs_extra_body` (`system__conversation_id`, `system__caller_id`, `system__agent_id`,
-/// at its top level or under `dynamic_variables`), and `user_id` — the end user's id the client
-/// started the conversation with — as the caller when no caller id is given.
-fn elevenlabs(request: &ChatRequest) -> (Sourced, Sourced, Sourced) {
-    let extra = request.extra.get("elevenlabs_extra_body");
-    let variable = |field: &'static str, names: &[&str]| {
-        names.iter().find_map(|name| {
-            let value = extra.and_then(|e| {
-                e.get(*name)
-                    .or_else(|| e.get("dynamic_variables").and_then(|d| d.get(*name)))
-            })?;
-            let text = value.as_str().map(str::trim).filter(|s| !s.is_empty())?;
-            Some((field, text.to_owned()))
-        })
+/// Any other OpenAI-compatible client: the headers, and `user` as the caller without
+/// `X-Caller-Id`.
+fn generic(headers: &HeaderMap, request: &ChatRequest) -> Claim {
+    let user = Claim {
+        caller: request.user.clone().map(|u| ("user", u)),
+        ..Claim::default()
     };
-    let call_key = variable(
-        "elevenlabs_extra_body.system__conversation_id",
-        &["system__conversation_id", "conversation_id"],
-    );
-    let caller = variable(
-        "elevenlabs_extra_body.system__caller_id",
-        &["system__caller_id", "caller_id"],
-    )
-    .or_else(|| {
-        let user = request.extra.get("user_id").and_then(Value::as_str)?.trim();
-        (!user.is_empty()).then(|| ("user_id", user.to_owned()))
-    });
-    let assistant = variable(
-        "elevenlabs_extra_body.system__agent_id",
-        &["system__agent_id", "agent_id"],
-    );
-    (call_key, caller, assistant)
-}
-
-/// Vapi: `call.id`, `customer.number` or `call.customer.number`, `call.assistantId` or
-/// `assistant.id`.
-fn vapi(request: &ChatRequest, call: &Value) -> (Platform, Sourced, Sourced, Sourced) {
-    let text = |field: &'static str, v: Option<&Value>| {
-        v.and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(|s| (field, s.to_owned()))
-    };
-    let call_key = text("call.id", call.get("id"));
-    let caller = text(
-        "customer.number",
-        request.extra.get("customer").and_then(|c| c.get("number")),
-    )
-    .or_else(|| text("call.customer.number", call.pointer("/customer/number")));
-    let assistant = text("call.assistantId", call.get("assistantId")).or_else(|| {
-        text(
-            "assistant.id",
-            request.extra.get("assistant").and_then(|a| a.get("id")),
-        )
-    });
-    (Platform::Vapi, call_key, caller, assistant)
+    Claim::from_headers(headers).or(user)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn request(body: Value) -> ChatRequest {
         serde_json::from_value(body).unwrap()

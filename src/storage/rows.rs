@@ -340,7 +340,7 @@ impl<I: DbId, T: DbTime> TryFrom<AnalysisRow<I, T>> for Analysis {
         Ok(Self {
             analysis_id: row.analysis_id.into_uuid(),
             session_id: row.session_id.into_uuid(),
-            source: row.source,
+            source: row.source.into(),
             summary: row.summary,
             urgency: row.urgency,
             action: row.action,

@@ -183,7 +183,7 @@ mod tests {
         };
         let mut session = CallSession {
             session_id: uuid::Uuid::now_v7(),
-            platform: super::super::Platform::Vapi,
+            platform: crate::platforms::Platform::Vapi,
             call_key: "c".into(),
             caller_id: None,
             assistant_id: String::new(),

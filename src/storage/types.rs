@@ -8,6 +8,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::platforms::{Platform, UnknownPlatform};
+mod labels;
+
+pub use labels::{AnalysisSource, AuditAction, AuditActor};
+
 /// Defines a string-backed enum with `as_str`, `Display` and `FromStr`.
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -43,19 +48,11 @@ macro_rules! string_enum {
     };
 }
 
-string_enum!(
-    /// The voice platform a call came from.
-    Platform {
-        /// Vapi custom LLM.
-        Vapi => "vapi",
-        /// ElevenLabs Agents custom LLM.
-        ElevenLabs => "elevenlabs",
-        /// Retell custom-LLM WebSocket.
-        Retell => "retell",
-        /// Any other OpenAI-compatible client.
-        Generic => "generic",
+impl From<UnknownPlatform> for super::StoreError {
+    fn from(e: UnknownPlatform) -> Self {
+        Self::Corrupt(e.to_string())
     }
-);
+}
 
 string_enum!(
     /// Where a call session stands.
@@ -490,8 +487,8 @@ pub struct NewAnalysis {
     pub analysis_id: Uuid,
     /// The analysed call.
     pub session_id: Uuid,
-    /// Who produced it: `redial`, or the platform's own (`retell`, `vapi`, `elevenlabs`).
-    pub source: String,
+    /// Who produced it: redial, or the platform's own analysis.
+    pub source: AnalysisSource,
     /// Two-line summary.
     pub summary: String,
     /// 1 (routine) to 5 (urgent).
@@ -516,7 +513,7 @@ pub struct Analysis {
     /// The analysed call.
     pub session_id: Uuid,
     /// Who produced it.
-    pub source: String,
+    pub source: AnalysisSource,
     /// Two-line summary.
     pub summary: String,
     /// 1 to 5.
@@ -545,10 +542,10 @@ pub struct NewAudit {
     pub caller_id: Option<Uuid>,
     /// The call in whose context it happened.
     pub session_id: Option<Uuid>,
-    /// Who or what (`engine`, `webhook:vapi`, `worker`, `admin`…).
-    pub actor: String,
-    /// What (`read`, `create`, `update`, `export`, `erase`…).
-    pub action: String,
+    /// Who or what.
+    pub actor: AuditActor,
+    /// What.
+    pub action: AuditAction,
     /// Why (`turn`, `record_answer`, `analysis`…).
     pub reason: String,
     /// Extra context (never secrets).
@@ -567,9 +564,9 @@ pub struct AuditEntry {
     /// The call.
     pub session_id: Option<Uuid>,
     /// Who.
-    pub actor: String,
+    pub actor: AuditActor,
     /// What.
-    pub action: String,
+    pub action: AuditAction,
     /// Why.
     pub reason: String,
     /// Extra context.

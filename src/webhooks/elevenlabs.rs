@@ -1,17 +1,28 @@
 //! ElevenLabs post-call webhooks: `{"type":…,"event_timestamp":…,"data":{…}}`
-//! (vapi-elevenlabs.md §3.5). `data` of `post_call_transcription` has the shape of GET
+//! (docs/protocols/vapi-elevenlabs.md §3.5). `post_call_transcription`'s `data` is shaped like GET
 //! conversation; `post_call_audio` and `call_initiation_failure` are stored as `Other`.
 
-use chrono::{DateTime, TimeDelta};
+use axum::http::HeaderMap;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
-use super::event::{
-    CallEnd, EventKind, ParseError, PlatformAnalysisData, WebhookEvent, dedupe_key, verdict,
-};
+use super::event::{ParseError, dedupe_key, verdict};
 use super::json::{f64_at, first_array, first_str, i64_at, object_at, str_at};
-use crate::storage::Platform;
+use super::signature::{SignatureError, header, verify_elevenlabs};
+use crate::platforms::{CallEnd, EventKind, Platform, PlatformAnalysisData, WebhookEvent};
 
 static NO_DATA: Value = Value::Null;
+
+/// Checks an ElevenLabs webhook's `ElevenLabs-Signature` ([`verify_elevenlabs`]).
+pub(super) fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<(), SignatureError> {
+    let signature = header(headers, "elevenlabs-signature");
+    verify_elevenlabs(signature, body, secret, now.timestamp())
+}
 
 /// Normalises an ElevenLabs post-call webhook.
 pub(super) fn parse(root: &Value) -> Result<WebhookEvent, ParseError> {
@@ -95,7 +106,10 @@ fn analysis(data: &Value) -> Option<PlatformAnalysisData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::event::parse as parse_body;
+
+    fn parse_body(_: Platform, body: &[u8]) -> Result<WebhookEvent, ParseError> {
+        parse(&serde_json::from_slice(body).map_err(ParseError::NotJson)?)
+    }
 
     fn fixture(body: &str) -> WebhookEvent {
         parse_body(Platform::ElevenLabs, body.as_bytes()).unwrap()

@@ -1,17 +1,29 @@
-//! Retell webhooks: `{"event":…,"call":{…}}` (retell.md §3). Retell's own demos read the call
-//! object under `data`, so that key is accepted too; `call` wins when both are objects.
+//! Retell webhooks, `{"event":…,"call":{…}}` (docs/protocols/retell.md §3). Retell's demos read the
+//! call object under `data`, so that key is accepted too; `call` wins when both are objects.
 
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::event::{
-    CallEnd, EventKind, ParseError, PlatformAnalysisData, WebhookEvent, dedupe_key,
-};
+use super::event::{ParseError, dedupe_key};
 use super::json::{
     bool_at, collect_strings, epoch_ms_at, f64_at, first_array, i64_at, object_at, span_ms, str_at,
 };
-use crate::storage::Platform;
+use super::signature::{SignatureError, header, verify_retell};
+use crate::platforms::{CallEnd, EventKind, Platform, PlatformAnalysisData, WebhookEvent};
 
 static NO_CALL: Value = Value::Null;
+
+/// Checks a Retell webhook's `X-Retell-Signature` ([`verify_retell`]).
+pub(super) fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    api_key: &str,
+    now: DateTime<Utc>,
+) -> Result<(), SignatureError> {
+    let signature = header(headers, "x-retell-signature");
+    verify_retell(signature, body, api_key, now.timestamp_millis())
+}
 
 /// Normalises a Retell webhook.
 pub(super) fn parse(root: &Value) -> Result<WebhookEvent, ParseError> {
@@ -99,7 +111,10 @@ fn analysis(call: &Value) -> Option<PlatformAnalysisData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::event::parse as parse_body;
+
+    fn parse_body(_: Platform, body: &[u8]) -> Result<WebhookEvent, ParseError> {
+        parse(&serde_json::from_slice(body).map_err(ParseError::NotJson)?)
+    }
 
     const CALL_ID: &str = "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6";
     const AGENT_ID: &str = "oBeDLoLOeuAbiuaMFXRtDOLriTJ5tSxD";

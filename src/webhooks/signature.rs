@@ -6,7 +6,7 @@
 //! when the request is authentic and fresh; its [`SignatureError`] says why not, in words that
 //! are safe to answer to the client (never a secret, a digest or the expected value).
 //!
-//! Algorithms, as each platform documents them:
+//! Algorithms, as each platform documents them (docs/protocols/):
 //! - Retell: `X-Retell-Signature: v=<ms>,d=<64 lowercase hex>`,
 //!   `HMAC-SHA256(api_key, body ++ v)`, `|now − v| ≤ 5 min`.
 //! - ElevenLabs: `ElevenLabs-Signature: t=<secs>,v0=<hex>`, `HMAC-SHA256(secret, t + "." + body)`,
@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -65,7 +66,7 @@ pub enum SignatureError {
     Mismatch,
 }
 
-/// Verifies Retell's `X-Retell-Signature` header (retell.md §3.3).
+/// Verifies Retell's `X-Retell-Signature` header (docs/protocols/retell.md §3.3).
 ///
 /// The header must match `^v=(\d+),d=([0-9a-f]{64})$` exactly (ASCII digits, lowercase hex, no
 /// whitespace); `v` (Unix ms) must be within [`RETELL_TOLERANCE_MS`] of `now_ms` in either
@@ -97,7 +98,7 @@ fn parse_retell_header(header: &str) -> Result<(&str, [u8; 32]), SignatureError>
     Ok((v, decode_sha256_hex(d)?))
 }
 
-/// Verifies ElevenLabs' `ElevenLabs-Signature` header (vapi-elevenlabs.md §3.6).
+/// Verifies ElevenLabs' `ElevenLabs-Signature` header (docs/protocols/vapi-elevenlabs.md §3.6).
 ///
 /// The header is split on `,`; the parts `t=<unix secs>` (exactly one) and `v0=<hex>` (one or
 /// more, any order) are used and any other part is ignored. `t` must be no older than
@@ -156,7 +157,7 @@ fn parse_elevenlabs_header(header: &str) -> Result<ElevenLabsHeader<'_>, Signatu
     }
 }
 
-/// The headers Vapi may authenticate a server message with (vapi-elevenlabs.md §2.5). The
+/// The headers authenticating a Vapi server message (docs/protocols/vapi-elevenlabs.md §2.5). The
 /// caller fills it from `X-Vapi-Secret`, `x-signature` and `x-timestamp`. `Debug` hides the
 /// shared secret.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -232,6 +233,11 @@ fn vapi_timestamp_ms(timestamp: &str) -> Result<i64, SignatureError> {
     } else {
         Ok(value)
     }
+}
+
+/// A request header's value, when it is text (a header that is not is treated as absent).
+pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Rejects an empty secret: HMAC with an empty key, or an empty shared secret, proves nothing.

@@ -1,21 +1,38 @@
-//! Vapi server messages: `{"message":{"type":…,"call":{…},…}}` (vapi-elevenlabs.md §2).
+//! Vapi server messages, `{"message":{"type":…,"call":{…}}}`: docs/protocols/vapi-elevenlabs.md §2.
 //!
 //! Both the documented locations (`artifact.*`, `analysis.summary`, `startedAt`/`endedAt`) and
 //! the older top-level ones (`transcript`, `messages`, `recordingUrl`, `summary`,
 //! `durationMs`/`durationSeconds`/`durationMinutes`) are read; the documented one wins.
 
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::event::{
-    CallEnd, EventKind, ParseError, PlatformAnalysisData, WebhookEvent, dedupe_key, verdict,
-};
+use super::event::{ParseError, dedupe_key, verdict};
 use super::json::{
     collect_strings, f64_at, first_array, first_str, i64_at, object_at, rfc3339_at, span_ms, str_at,
 };
-use crate::storage::Platform;
+use super::signature::{SignatureError, VapiAuthHeaders, header, verify_vapi};
+use crate::platforms::{CallEnd, EventKind, Platform, PlatformAnalysisData, WebhookEvent};
 
 const END_OF_CALL_REPORT: &str = "end-of-call-report";
 const STATUS_UPDATE: &str = "status-update";
+
+/// Checks a Vapi server message's `X-Vapi-Secret`, or its `x-signature` and `x-timestamp`
+/// ([`verify_vapi`]).
+pub(super) fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<(), SignatureError> {
+    let auth = VapiAuthHeaders {
+        x_vapi_secret: header(headers, "x-vapi-secret").map(str::to_owned),
+        signature: header(headers, "x-signature").map(str::to_owned),
+        timestamp: header(headers, "x-timestamp").map(str::to_owned),
+    };
+    verify_vapi(&auth, body, secret, now.timestamp_millis())
+}
 
 /// Normalises a Vapi server message.
 pub(super) fn parse(root: &Value) -> Result<WebhookEvent, ParseError> {
@@ -152,7 +169,10 @@ fn success_evaluation(analysis: &Value) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::event::parse as parse_body;
+
+    fn parse_body(_: Platform, body: &[u8]) -> Result<WebhookEvent, ParseError> {
+        parse(&serde_json::from_slice(body).map_err(ParseError::NotJson)?)
+    }
 
     fn fixture(body: &str) -> WebhookEvent {
         parse_body(Platform::Vapi, body.as_bytes()).unwrap()

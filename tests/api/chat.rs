@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use redial::storage::Platform;
+use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 

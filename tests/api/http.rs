@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use redial::config::Secret;
-use redial::storage::Platform;
+use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
@@ -219,6 +219,7 @@ async fn shutdown_lets_an_in_flight_stream_finish_and_drains_its_writes(backend:
 
 /// Postgres only: a table lock makes the memory read exceed its budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_memory_read_past_its_budget_fails_open() {
     let app = TestApp::spawn_with(Backend::Postgres, |s| s.memory.read_budget_ms = 100).await;
     let mut blocker = PgConnection::connect(&app.db.url).await.unwrap();

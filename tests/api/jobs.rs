@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redial::storage::{Platform, Store};
+use redial::platforms::Platform;
+use redial::storage::{AnalysisSource, Store};
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
@@ -102,7 +103,7 @@ async fn wait_for_analyses(store: &dyn Store, within: Duration) -> Vec<String> {
             let analyses = store.list_analyses(session.session_id).await.unwrap();
             let ours: Vec<String> = analyses
                 .into_iter()
-                .filter(|a| a.source == "redial")
+                .filter(|a| a.source == AnalysisSource::Redial)
                 .map(|a| a.summary)
                 .collect();
             if !ours.is_empty() {

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use redial::config::{AssistantSettings, FieldSettings, Settings};
+use redial::platforms::Platform;
 use redial::storage::{
-    Answer, Answers, CallStart, CallerAnalysisUpdate, CallerPatch, CloseSession, NewAnalysis,
-    NewAudit, NewJob, NewSession, NewTurn, NewWebhookEvent, Platform, SessionStatus, Store,
-    TurnRole,
+    AnalysisSource, Answer, Answers, AuditAction, AuditActor, CallStart, CallerAnalysisUpdate,
+    CallerPatch, CloseSession, NewAnalysis, NewAudit, NewJob, NewSession, NewTurn, NewWebhookEvent,
+    SessionStatus, Store, TurnRole,
 };
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
@@ -352,8 +353,8 @@ async fn every_write_stores_nul_as_the_replacement_character(store: Arc<dyn Stor
         entry_key: None,
         caller_id: Some(caller_id),
         session_id: Some(session_id),
-        actor: nul("actor"),
-        action: nul("action"),
+        actor: AuditActor::Other(nul("actor")),
+        action: AuditAction::Other(nul("action")),
         reason: nul("reason"),
         details: json!({nul("k"): [nul("v")]}),
         created_at: now,
@@ -406,7 +407,7 @@ async fn every_write_stores_nul_as_the_replacement_character(store: Arc<dyn Stor
     let analysis = NewAnalysis {
         analysis_id: Uuid::now_v7(),
         session_id,
-        source: nul("source"),
+        source: AnalysisSource::Other(nul("source")),
         summary: nul("summary"),
         urgency: Some(1),
         action: Some(nul("action")),

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use redial::storage::Platform;
+use redial::platforms::Platform;
+use redial::storage::AnalysisSource;
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, SqliteConnection};
@@ -225,7 +226,10 @@ async fn an_analysis_job_failing_on_configuration_waits_and_runs_after_a_restart
         .list_analyses(session.session_id)
         .await
         .unwrap();
-    let ours = analyses.iter().find(|a| a.source == "redial").unwrap();
+    let ours = analyses
+        .iter()
+        .find(|a| a.source == AnalysisSource::Redial)
+        .unwrap();
     assert_eq!(ours.summary, "Asked about a loan.");
     assert_eq!(ours.model.as_deref(), Some("analyst"));
     app.teardown().await;

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use redial::config::{AssistantSettings, DatabaseUrl, FieldSettings, MemorySettings, Secret};
-use redial::storage::{Platform, TurnRole};
+use redial::platforms::Platform;
+use redial::storage::TurnRole;
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -33,11 +34,13 @@ const FIELDS: [&str; 2] = ["loan_purpose", "amount"];
 const WEBHOOK_MAX: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_30_second_database_outage_loses_nothing_and_callers_do_not_wait() {
     database_outage(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_3_minute_database_outage_loses_nothing_and_callers_do_not_wait() {
     database_outage(Duration::from_secs(180)).await;
 }
@@ -73,6 +76,7 @@ async fn database_outage(outage: Duration) {
 /// The same with the real binary, killed with SIGKILL in the middle of a 30-second outage:
 /// what it journaled is replayed by the next process once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_gateway_killed_during_an_outage_replays_its_journal_after_the_restart() {
     let db = TestDb::new(Backend::Postgres).await;
     let proxy = Proxy::start(postgres_addr(&db.url)).await;
@@ -604,6 +608,7 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
 /// could not be saved, and a webhook gets 503 at once (the platform retries), not a 500 after
 /// a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn without_a_journal_an_outage_is_reported_honestly_and_fast() {
     let (proxy, app, target) = behind_a_proxy(false).await;
     let caller = Caller {

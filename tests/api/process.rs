@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redial::storage::{Platform, Store};
+use redial::platforms::Platform;
+use redial::storage::{AnalysisSource, Store};
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
@@ -77,6 +78,7 @@ async fn with_no_configuration_redial_serves_on_an_embedded_sqlite_file() {
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn migrate_twice_on_a_fresh_postgres_database_succeeds() {
     let admin = postgres_url();
     let name = format!("test_{}", Uuid::now_v7().simple());
@@ -354,7 +356,10 @@ async fn wait_for_analysis(store: &dyn Store, call_key: &str) -> String {
     for _ in 0..2_400 {
         if let Some((session, _)) = store.load_call(Platform::Retell, call_key).await.unwrap() {
             let analyses = store.list_analyses(session.session_id).await.unwrap();
-            if let Some(a) = analyses.into_iter().find(|a| a.source == "redial") {
+            if let Some(a) = analyses
+                .into_iter()
+                .find(|a| a.source == AnalysisSource::Redial)
+            {
                 return a.summary;
             }
         }

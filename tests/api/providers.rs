@@ -8,7 +8,7 @@ use redial::config::{
     AssistantSettings, FieldSettings, PriceSettings, ProviderKind, ProviderSettings, Secret,
     Settings,
 };
-use redial::storage::Platform;
+use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

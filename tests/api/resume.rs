@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use redial::config::{AssistantSettings, FieldSettings, Secret, Settings};
-use redial::storage::{CallSession, Platform, SessionStatus};
+use redial::platforms::Platform;
+use redial::storage::{CallSession, SessionStatus};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sha2::Sha256;

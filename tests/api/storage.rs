@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use redial::platforms::Platform;
 use redial::storage::{
     Answers, CallSession, CloseSession, ConnectOptions, NewJob, NewSession, NewTurn,
-    NewWebhookEvent, Platform, SessionStatus, Store, StoreError, TurnRole, connect,
+    NewWebhookEvent, SessionStatus, Store, StoreError, TurnRole, connect,
 };
 use serde_json::json;
 use uuid::Uuid;

@@ -1,7 +1,8 @@
 //! No dead air after tool calls, scripts, and resumption of dropped calls (both stores).
 
 use redial::config::{AssistantSettings, FieldSettings, Settings};
-use redial::storage::{Platform, SessionStatus};
+use redial::platforms::Platform;
+use redial::storage::SessionStatus;
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 

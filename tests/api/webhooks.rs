@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use redial::storage::{Analysis, Platform, SessionStatus, Store};
+use redial::platforms::Platform;
+use redial::storage::{Analysis, AnalysisSource, SessionStatus, Store};
 use redial_bench::mock::Behavior;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -28,6 +29,7 @@ app_tests!(
     an_invalid_analysis_is_asked_again,
     vapi_status_updates_open_and_close_the_session_and_other_messages_are_acknowledged,
     signed_webhooks_with_nul_and_lone_surrogates_everywhere_close_and_analyse_the_call,
+    a_platform_without_webhooks_is_not_found_and_nothing_is_stored,
 );
 
 async fn spawn(backend: Backend) -> TestApp {
@@ -106,7 +108,10 @@ async fn redial_analysis(store: &dyn Store, platform: Platform, call_key: &str) 
     for _ in 0..500 {
         if let Some((session, _)) = store.load_call(platform, call_key).await.unwrap() {
             let analyses = store.list_analyses(session.session_id).await.unwrap();
-            if let Some(analysis) = analyses.into_iter().find(|a| a.source == "redial") {
+            if let Some(analysis) = analyses
+                .into_iter()
+                .find(|a| a.source == AnalysisSource::Redial)
+            {
                 return analysis;
             }
         }
@@ -118,7 +123,7 @@ async fn redial_analysis(store: &dyn Store, platform: Platform, call_key: &str) 
 /// The sources of a session's stored analyses (`redial`, `retell`, `elevenlabs`…).
 async fn analysis_sources(store: &dyn Store, session_id: Uuid) -> Vec<String> {
     let analyses = store.list_analyses(session_id).await.unwrap();
-    analyses.into_iter().map(|a| a.source).collect()
+    analyses.iter().map(|a| a.source.to_string()).collect()
 }
 
 fn analyst_requests(app: &TestApp) -> usize {
@@ -190,7 +195,9 @@ async fn a_vapi_end_of_call_report_closes_the_call_and_informs_the_next_one(back
         .await
         .unwrap();
     assert!(
-        analyses.iter().any(|a| a.source == "vapi"),
+        analyses
+            .iter()
+            .any(|a| a.source == AnalysisSource::Platform(Platform::Vapi)),
         "the platform's own summary is kept"
     );
     let caller = caller.unwrap();
@@ -594,5 +601,43 @@ async fn signed_webhooks_with_nul_and_lone_surrogates_everywhere_close_and_analy
             .await;
         assert_eq!(same.session_id, session.session_id);
     }
+    app.teardown().await;
+}
+
+async fn a_platform_without_webhooks_is_not_found_and_nothing_is_stored(backend: Backend) {
+    // Dev mode without secrets: a listed platform takes unsigned webhooks, so a 404 here can
+    // only come from the platform name.
+    let app = TestApp::spawn_with(backend, |s| s.server.api_keys.clear()).await;
+    let body = include_bytes!("../fixtures/retell/call_started.json");
+    let call_id = "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6";
+    for platform in [
+        "generic",
+        "Retell",
+        "twilio",
+        "retell%20",
+        "%FF",
+        "elevenlabs.json",
+    ] {
+        let path = format!("/webhooks/{platform}");
+        let response = post_raw(&app, &path, body, &[]).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{path}");
+        assert_eq!(error["error"]["code"], "not_found", "{path}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("vapi, retell, elevenlabs"),
+            "{path}: {message}"
+        );
+    }
+    for platform in [Platform::Generic, Platform::Retell] {
+        let stored = app.db.store.load_call(platform, call_id).await.unwrap();
+        assert!(stored.is_none(), "{platform}: nothing stored");
+    }
+    // The same body at its platform's route is taken (and warms the call's session).
+    let response = post_raw(&app, "/webhooks/retell", body, &[]).await;
+    assert_eq!(response.status(), 200);
+    let (session, _) = app.stored_call(Platform::Retell, call_id).await;
+    assert_eq!(session.status, SessionStatus::Active);
     app.teardown().await;
 }

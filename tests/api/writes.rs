@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use redial::storage::{Platform, Turn};
+use redial::platforms::Platform;
+use redial::storage::Turn;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::app::{TestApp, app_tests, read_sse, vapi_body};
@@ -51,6 +52,7 @@ async fn turns_of_many_concurrent_calls_are_all_stored_in_batches(backend: Backe
 /// Postgres only: a table lock stops the writer, and once the queue is full a new turn waits
 /// for room before it starts; nothing is lost when the database comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_full_write_queue_holds_new_turns_until_the_database_catches_up() {
     let app = TestApp::spawn_with(Backend::Postgres, |s| {
         s.database.write_queue_capacity = 1;
@@ -116,6 +118,7 @@ async fn a_nul_character_in_a_message_does_not_lose_the_turn(backend: Backend) {
 /// Postgres only: the writer holds two turns in one batch, and the database rejects one of
 /// them (a trigger); the other is still stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_write_the_database_rejects_does_not_take_its_batch_down() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let mut blocker = PgConnection::connect(&app.db.url).await.unwrap();
@@ -172,6 +175,7 @@ async fn stored_turns(app: &TestApp, call: &str) -> Vec<Turn> {
 /// Postgres only: every connection redial holds is killed (as a database restart would);
 /// the next turn is still answered and stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn turns_are_stored_after_the_database_drops_every_connection() {
     let app = TestApp::spawn(Backend::Postgres).await;
     assert!(

@@ -2,7 +2,8 @@ use chrono::TimeZone;
 use uuid::Uuid;
 
 use super::*;
-use crate::storage::{Platform, SessionStatus};
+use crate::platforms::Platform;
+use crate::storage::SessionStatus;
 
 fn at(day: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, day, 10, 0, 0).unwrap()

@@ -2,8 +2,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::*;
+use crate::platforms::Platform;
 use crate::storage::{
-    Answers, CallStart, ConnectOptions, NewSession, NewTurn, Platform, SessionStatus, SessionStore,
+    Answers, CallStart, ConnectOptions, NewSession, NewTurn, SessionStatus, SessionStore,
     SqliteStore, TurnRole,
 };
 

@@ -1,5 +1,5 @@
-//! `GET /retell/llm-websocket/{call_id}`: Retell's custom-LLM WebSocket (the README's
-//! "Retell" section), the sibling of the SSE transport in `chat.rs`.
+//! `GET /retell/llm-websocket/{call_id}`: Retell's custom-LLM WebSocket (docs/protocols/retell.md
+//! §1; setup: the README's "Retell"), the sibling of the SSE transport in `chat.rs`.
 //!
 //! Retell sends no headers, so with `server.api_keys` set the key travels in the URL: as a path
 //! segment before the call id (`/retell/llm-websocket/{key}/{call_id}`, which survives however

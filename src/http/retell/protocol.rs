@@ -1,4 +1,4 @@
-//! Retell's custom-LLM WebSocket frames: the events Retell sends and the ones redial answers.
+//! Retell's custom-LLM WebSocket frames (docs/protocols/retell.md §1.3–1.4).
 //!
 //! Parsing is lenient where Retell varies: unknown fields are ignored, roles are open strings,
 //! and `update_only` transcripts are skipped unread (each request carries the full transcript

@@ -228,7 +228,7 @@ impl Drop for ResponseGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Platform;
+    use crate::platforms::Platform;
 
     fn identity() -> Identity {
         Identity {

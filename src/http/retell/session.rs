@@ -27,9 +27,9 @@ use super::outbox::{self, Outbox};
 use super::protocol::{self, CallInfo, Incoming, ResponseRequest, ServerEvent};
 use super::respond::{self, Ask, ResponseGuard};
 use crate::engine::{Engine, Hold, LiveGuard};
-use crate::platforms::{Identity, phone};
+use crate::platforms::{Identity, Platform};
 use crate::state::AppState;
-use crate::storage::{CloseSession, Platform, SessionStatus};
+use crate::storage::{CloseSession, SessionStatus};
 
 /// How long the begin message waits for `call_details` (which names the caller) before it is
 /// sent without them.
@@ -90,13 +90,8 @@ struct Session {
 
 impl Session {
     fn new(state: AppState, call_id: String, outbox: Outbox) -> Self {
-        let identity = Identity {
-            platform: Platform::Retell,
-            call_key: call_id,
-            ephemeral: false,
-            caller: None,
-            assistant_id: String::new(),
-        };
+        let region = &state.settings.memory.default_region;
+        let identity = Identity::of_call(Platform::Retell, call_id, None, None, region);
         let live = state
             .engine
             .hold_live(Platform::Retell, &identity.call_key, Hold::Connection);
@@ -181,11 +176,13 @@ impl Session {
                 "call_details name another call id; the URL's call id is used"
             );
         }
-        let region = &self.state.settings.memory.default_region;
-        self.identity.caller = call
-            .caller_number()
-            .and_then(|raw| phone::caller_key(raw, region));
-        self.identity.assistant_id = call.agent_id.clone().unwrap_or_default();
+        self.identity = Identity::of_call(
+            Platform::Retell,
+            self.identity.call_key.clone(),
+            call.caller_number(),
+            call.agent_id.clone(),
+            &self.state.settings.memory.default_region,
+        );
         if self.begin.is_some() {
             tracing::info!("call_details arrived after the begin message; used from now on");
         }

@@ -32,7 +32,7 @@ impl AnalysisStore for PostgresStore {
         )
         .bind(analysis.analysis_id)
         .bind(analysis.session_id)
-        .bind(text(&analysis.source))
+        .bind(text(&analysis.source.to_string()).into_owned())
         .bind(text(&analysis.summary))
         .bind(analysis.urgency)
         .bind(opt_text(analysis.action.as_deref()))

@@ -42,8 +42,8 @@ pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
             row.push_bind(entry.entry_key)
                 .push_bind(entry.caller_id)
                 .push_bind(entry.session_id)
-                .push_bind(text(&entry.actor))
-                .push_bind(text(&entry.action))
+                .push_bind(text(&entry.actor.to_string()).into_owned())
+                .push_bind(text(&entry.action.to_string()).into_owned())
                 .push_bind(text(&entry.reason))
                 .push_bind(Json(json(&entry.details)))
                 .push_bind(entry.created_at);

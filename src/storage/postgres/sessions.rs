@@ -9,10 +9,11 @@ use uuid::Uuid;
 use super::{
     PostgresStore, SessionRow, SessionWithCallerRow, answers, callers, json, opt_text, text,
 };
+use crate::platforms::Platform;
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::{
-    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform,
-    SessionStore, StartedCall, StoreError, StoreResult, rules,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStore,
+    StartedCall, StoreError, StoreResult, rules,
 };
 
 /// Creates the session of `new` unless one is stored for its call (as [`SessionStore::start_call`]

@@ -43,8 +43,8 @@ pub(super) async fn insert_audit<E: Borrow<NewAudit>>(
             row.push_bind(entry.entry_key.map(id))
                 .push_bind(entry.caller_id.map(id))
                 .push_bind(entry.session_id.map(id))
-                .push_bind(text(&entry.actor))
-                .push_bind(text(&entry.action))
+                .push_bind(text(&entry.actor.to_string()).into_owned())
+                .push_bind(text(&entry.action.to_string()).into_owned())
                 .push_bind(text(&entry.reason))
                 .push_bind(Json(json(&entry.details)))
                 .push_bind(ms(entry.created_at));

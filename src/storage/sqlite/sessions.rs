@@ -9,11 +9,12 @@ use uuid::Uuid;
 use super::{
     SessionRow, SessionWithCallerRow, SqliteStore, begin_write, callers, id, ms, truncate_ms,
 };
+use crate::platforms::Platform;
 use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
 use crate::storage::text::{answers, json, opt_text, text};
 use crate::storage::{
-    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, Platform,
-    SessionStore, StartedCall, StoreError, StoreResult, rules,
+    AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStore,
+    StartedCall, StoreError, StoreResult, rules,
 };
 
 /// Creates the session of `new` unless one is stored for its call (as [`SessionStore::start_call`]

@@ -3,14 +3,14 @@
 
 use super::*;
 
-// Retell SDK test vector (retell.md §3.3).
+// Retell SDK test vector (docs/protocols/retell.md §3.3).
 const R1_BODY: &[u8] = br#"{"event":"call_ended"}"#;
 const R1_KEY: &str = "test-api-key";
 const R1_V: i64 = 1_700_000_000_000;
 const R1_HEADER: &str =
     "v=1700000000000,d=07024cabe7dd8f6d1c6e4a8324ca92c812e6ad4a7ee506c04f7e462e3321823e";
 
-// Retell vector computed with the SDK's `sign()` (retell.md §3.3).
+// Retell vector computed with the SDK's `sign()` (docs/protocols/retell.md §3.3).
 const R2_BODY: &[u8] =
     br#"{"event":"call_ended","call":{"call_id":"Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6"}}"#;
 const R2_KEY: &str = "key_test_webhook";

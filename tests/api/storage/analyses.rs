@@ -1,7 +1,10 @@
 //! Post-call analyses and the audit log.
 
 use super::*;
-use redial::storage::{Analysis, CallerAnalysisUpdate, NewAnalysis, NewAudit, Recorded};
+use redial::storage::{
+    Analysis, AnalysisSource, AuditAction, AuditActor, CallerAnalysisUpdate, NewAnalysis, NewAudit,
+    Recorded,
+};
 
 on_both_backends!(
     save_analysis_stores_once_per_source_and_updates_the_caller_only_when_new,
@@ -19,7 +22,7 @@ fn analysis(
     NewAnalysis {
         analysis_id: Uuid::now_v7(),
         session_id,
-        source: source.to_owned(),
+        source: AnalysisSource::from(source.to_owned()),
         summary: summary.to_owned(),
         urgency: Some(2),
         action: Some("call back".to_owned()),
@@ -143,8 +146,8 @@ async fn list_audit_returns_a_callers_entries_newest_first_up_to_the_limit(store
         entry_key: None,
         caller_id,
         session_id: None,
-        actor: "engine".to_owned(),
-        action: "read".to_owned(),
+        actor: AuditActor::Engine(Platform::Vapi),
+        action: AuditAction::Read,
         reason: reason.to_owned(),
         details: json!({ "fields": ["name"] }),
         created_at: at(secs),
@@ -170,8 +173,8 @@ async fn list_audit_returns_a_callers_entries_newest_first_up_to_the_limit(store
     let newest = &all[0];
     assert_eq!(newest.caller_id, Some(caller));
     assert_eq!(
-        (newest.actor.as_str(), newest.action.as_str()),
-        ("engine", "read")
+        (&newest.actor, &newest.action),
+        (&AuditActor::Engine(Platform::Vapi), &AuditAction::Read)
     );
     assert_eq!(newest.details, json!({ "fields": ["name"] }));
     assert_eq!(newest.created_at, at(3));

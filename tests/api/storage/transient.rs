@@ -44,6 +44,7 @@ async fn sqlite_busy_is_transient_and_a_constraint_violation_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_terminated_postgres_backend_is_transient_and_bad_input_is_not() {
     run_with_url(Backend::Postgres, |_, url| async move {
         let mut conn = PgConnection::connect(&url).await.expect("connect");
@@ -65,6 +66,7 @@ async fn a_terminated_postgres_backend_is_transient_and_bad_input_is_not() {
 /// Postgres ends a transaction whose COMMIT fails, and sqlx's queued ROLLBACK lowers its depth
 /// whatever the outcome: the same connection takes the next write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
 async fn a_postgres_commit_that_fails_does_not_wedge_the_connection() {
     run_with_url(Backend::Postgres, |_, url| async move {
         // Arrange: one connection per pool, and a deferred trigger failing every COMMIT that

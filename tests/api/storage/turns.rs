@@ -1,7 +1,8 @@
 //! The turn log: ordered, idempotent, advancing the session's activity.
 
 use super::*;
-use redial::storage::{NewAudit, Turn, TurnWrite};
+use redial::platforms::Platform;
+use redial::storage::{AuditAction, AuditActor, NewAudit, Turn, TurnWrite};
 
 on_both_backends!(
     append_turns_stores_turns_in_order_and_advances_last_activity,
@@ -495,8 +496,8 @@ fn turn_audit(caller_id: Uuid, session_id: Uuid, created_at: DateTime<Utc>) -> N
         entry_key: None,
         caller_id: Some(caller_id),
         session_id: Some(session_id),
-        actor: "engine:vapi".to_owned(),
-        action: "read".to_owned(),
+        actor: AuditActor::Engine(Platform::Vapi),
+        action: AuditAction::Read,
         reason: "turn".to_owned(),
         details: json!({ "memory_used": true }),
         created_at,

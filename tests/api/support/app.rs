@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use redial::config::{DatabaseUrl, Secret, Settings};
+use redial::platforms::Platform;
 use redial::startup::Application;
 use redial::state::AppState;
-use redial::storage::{CallSession, Caller, Platform};
+use redial::storage::{CallSession, Caller};
 use redial_bench::mock::{MockConfig, MockUpstream};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -265,7 +266,9 @@ pub fn parse_sse(body: &str) -> SseTranscript {
     transcript
 }
 
-/// Runs an app test against both stores: `<name>::sqlite` and `<name>::postgres`.
+/// Runs an app test against both stores: `<name>::sqlite` and `<name>::postgres`. The Postgres
+/// variant is `#[ignore]`d with its reason, so a plain `cargo test` runs the SQLite half and lists
+/// it as ignored; `scripts/test.sh` runs it (`--include-ignored`).
 macro_rules! app_tests {
     ($($test:ident),+ $(,)?) => {$(
         mod $test {
@@ -275,6 +278,7 @@ macro_rules! app_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
             async fn postgres() {
                 super::$test($crate::support::db::Backend::Postgres).await;
             }

@@ -45,7 +45,8 @@ pub trait Inspect {
 }
 
 const CALLER_COLUMNS: &str = "caller_id, phone, name, language, notes, last_summary, \
-     last_sentiment, last_action, last_call_at, call_count, first_seen_at, last_seen_at, updated_at";
+     last_sentiment, last_action, last_call_at, call_count, first_seen_at, last_seen_at, \
+     updated_at";
 const JOB_COLUMNS: &str = "job_id, kind, dedupe_key, payload, status, attempts, max_attempts, \
      run_at, locked_by, locked_until, last_error, created_at, updated_at";
 const AUDIT_COLUMNS: &str =
@@ -312,8 +313,8 @@ impl<I: StoredId, T: StoredTime> AuditRow<I, T> {
             audit_id: self.audit_id,
             caller_id: opt_uuid(self.caller_id)?,
             session_id: opt_uuid(self.session_id)?,
-            actor: self.actor,
-            action: self.action,
+            actor: self.actor.into(),
+            action: self.action.into(),
             reason: self.reason,
             details: self.details,
             created_at: self.created_at.utc()?,
