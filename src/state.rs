@@ -45,7 +45,7 @@ impl AppState {
     ) -> Result<Self, UpstreamError> {
         let settings = Arc::new(settings);
         let tasks = TaskTracker::new();
-        let llm = LlmClient::new(&settings.upstream)?;
+        let llm = LlmClient::new(&settings)?;
         let shutdown = CancellationToken::new();
         let engine = Engine::new(
             Arc::clone(&settings),

@@ -128,6 +128,15 @@ pub struct SuiteArgs {
         default_value = "sqlite,postgres"
     )]
     pub stores: Vec<StoreKind>,
+    /// Upstream APIs redial speaks to the mock, each on every store: `openai` (runs labelled
+    /// with the store) and `anthropic` (Messages API; runs labelled `<store>+anthropic`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "openai,anthropic"
+    )]
+    pub providers: Vec<crate::suite::ProviderKind>,
     /// Measure only the direct-to-mock baseline; do not start redial.
     #[arg(long)]
     pub direct_only: bool,

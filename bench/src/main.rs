@@ -128,6 +128,7 @@ async fn run_suite(args: SuiteArgs) -> anyhow::Result<ExitCode> {
         out: args.out,
         smoke: args.smoke,
         stores: args.stores,
+        providers: args.providers,
         direct_only: args.direct_only,
         extra_config,
     };

@@ -11,11 +11,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::engine::Engine;
+use crate::openai::{ChatMessage, Role};
 use crate::platforms::{EventKind, WebhookEvent};
 use crate::storage::{
     AnalysisSource, AuditAction, AuditActor, CallSession, CallerAnalysisUpdate, CloseSession,
     NewAnalysis, NewAudit, NewJob, SessionStatus, TurnRole,
 };
+use crate::upstream::{Params, Request};
 
 pub use job::{AnalyzeCall, JobPayload, UnreadableJob};
 pub use result::{CallAnalysis, SENTIMENTS, instructions, parse};
@@ -158,6 +160,9 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
             )
         })?;
     let analysis = ask(engine, &model, &transcript).await?;
+    // What the call's turns used and cost (with `[prices]`), kept with the analysis.
+    let usage = engine.store().call_usage(session.session_id).await?;
+    let cost = crate::engine::usage::call_cost(settings, &usage);
     let caller_update = session.caller_id.map(|caller_id| CallerAnalysisUpdate {
         caller_id,
         summary: analysis.summary.clone(),
@@ -173,7 +178,7 @@ async fn analyse(engine: &Engine, session: &CallSession) -> anyhow::Result<()> {
         urgency: Some(analysis.urgency),
         action: Some(analysis.action.clone()),
         sentiment: Some(analysis.sentiment.clone()),
-        raw: json!({"summary": analysis.summary, "urgency": analysis.urgency, "action": analysis.action, "sentiment": analysis.sentiment}),
+        raw: json!({"summary": analysis.summary, "urgency": analysis.urgency, "action": analysis.action, "sentiment": analysis.sentiment, "usage": usage, "cost_usd": cost}),
         model: Some(model),
         created_at: Utc::now(),
     };
@@ -222,31 +227,44 @@ async fn ask(engine: &Engine, model: &str, transcript: &str) -> anyhow::Result<C
     let settings = engine.settings();
     let timeout = std::time::Duration::from_secs(settings.analysis.timeout_secs);
     let mut messages = vec![
-        json!({"role": "system", "content": instructions(&settings.analysis.actions)}),
-        json!({"role": "user", "content": format!("Transcript:\n{transcript}")}),
+        ChatMessage::text(Role::System, instructions(&settings.analysis.actions)),
+        ChatMessage::text(Role::User, format!("Transcript:\n{transcript}")),
     ];
+    let params = Params {
+        temperature: Some(0.0),
+        ..Params::default()
+    };
     let mut last_error = String::new();
     for _ in 0..VALID_REPLY_ATTEMPTS {
-        let body = json!({"model": model, "messages": messages, "stream": false, "temperature": 0});
+        let request = Request {
+            messages: &messages,
+            summary: None,
+            tools: &[],
+            params: &params,
+            stream: false,
+        };
         let reply = engine
             .llm()
-            .complete(&body, timeout)
+            .complete(model, &request, timeout)
             .await
             .map_err(|e| match e.hint() {
                 Some(hint) => anyhow::Error::new(NeedsConfiguration(format!("{e} ({hint})"))),
                 None => anyhow::Error::new(e),
             })?;
-        let text = reply
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        match parse(text, &settings.analysis.actions) {
+        if let Some(usage) = reply.usage {
+            crate::engine::usage::count(settings, model, usage);
+        }
+        let text = reply.text;
+        match parse(&text, &settings.analysis.actions) {
             Ok(analysis) => return Ok(analysis),
             Err(e) => {
                 tracing::warn!(error = %e, "invalid analysis reply; asking again");
                 metrics::counter!("redial_analysis_invalid_replies_total").increment(1);
-                messages.push(json!({"role": "assistant", "content": text}));
-                messages.push(json!({"role": "user", "content": format!("That reply was invalid: {e}. Reply with the JSON object only.")}));
+                messages.push(ChatMessage::text(Role::Assistant, text));
+                messages.push(ChatMessage::text(
+                    Role::User,
+                    format!("That reply was invalid: {e}. Reply with the JSON object only."),
+                ));
                 last_error = e;
             }
         }

@@ -71,6 +71,13 @@ pub fn load(
     {
         settings.upstream.api_key = Secret::new(key.clone());
     }
+    if let Some(key) = env.get("ANTHROPIC_API_KEY") {
+        for provider in &mut settings.providers {
+            if provider.kind == super::ProviderKind::Anthropic && provider.api_key.is_empty() {
+                provider.api_key = Secret::new(key.clone());
+            }
+        }
+    }
     super::validate::validate(&settings, |key| layers.origin(key))?;
     Ok(settings)
 }
@@ -86,12 +93,25 @@ fn template_settings() -> Settings {
         description: String::new(),
     });
     settings.assistants.push(assistant);
+    settings.providers.push(super::ProviderSettings {
+        name: String::new(),
+        kind: super::ProviderKind::Openai,
+        base_url: String::new(),
+        api_key: Secret::default(),
+        headers: BTreeMap::new(),
+        max_tokens: 0,
+        stream_usage: true,
+    });
     settings
         .server
         .admin_keys
         .push(super::AdminKey::new(String::new(), String::new()));
     settings
 }
+
+/// Tables whose keys are the user's own (header names, model names): not checked against the
+/// template. Their values are still checked when the settings are deserialized.
+const FREE_FORM: &[&str] = &["headers", "prices"];
 
 #[derive(Default)]
 struct Layers {
@@ -273,6 +293,7 @@ fn check_known(
             return Err(unknown_key(&path, source));
         };
         match (value, expected) {
+            (Value::Table(_), Value::Table(_)) if FREE_FORM.contains(&key.as_str()) => {}
             (Value::Table(inner), Value::Table(inner_template)) => {
                 check_known(inner, inner_template, &path, source)?;
             }

@@ -10,6 +10,7 @@ mod operator;
 mod secret;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,8 +28,12 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Where state is kept.
     pub database: DatabaseSettings,
-    /// The LLM provider redial forwards turns to.
+    /// The default (OpenAI-compatible) LLM provider, and how every upstream is called.
     pub upstream: UpstreamSettings,
+    /// More providers, addressed by writing a model as `provider/model`.
+    pub providers: Vec<ProviderSettings>,
+    /// Prices per model (as written in the configuration or the request), for the cost of calls.
+    pub prices: BTreeMap<String, PriceSettings>,
     /// Caller memory and the state summary.
     pub memory: MemorySettings,
     /// Post-call analysis.
@@ -53,6 +58,98 @@ impl Settings {
             .find(|a| a.id == assistant_id)
             .or_else(|| self.assistants.iter().find(|a| a.id == DEFAULT_ASSISTANT))
             .unwrap_or_else(|| BUILT_IN.get_or_init(AssistantSettings::default))
+    }
+
+    /// Every model the configuration names, in order and without repeats: the upstream's model,
+    /// fallbacks and escalation model, each assistant's, and the analysis model.
+    pub fn configured_models(&self) -> Vec<&str> {
+        let upstream = &self.upstream;
+        let mut all: Vec<&str> = Vec::new();
+        let candidates = std::iter::once(upstream.model.as_str())
+            .chain(upstream.fallback_models.iter().map(String::as_str))
+            .chain(std::iter::once(upstream.escalation_model.as_str()))
+            .chain(self.assistants.iter().flat_map(|a| {
+                std::iter::once(a.model.as_str())
+                    .chain(a.fallback_models.iter().map(String::as_str))
+                    .chain(std::iter::once(a.escalation_model.as_str()))
+            }))
+            .chain(std::iter::once(self.analysis.model.as_str()));
+        for model in candidates {
+            if !model.is_empty() && !all.contains(&model) {
+                all.push(model);
+            }
+        }
+        all
+    }
+}
+
+/// `[[providers]]`: an LLM provider besides `[upstream]`. A model written `name/model` goes to
+/// the provider called `name`; any other model to `[upstream]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// What models are prefixed with (`name/model`): letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The API it speaks.
+    pub kind: ProviderKind,
+    /// Base URL; empty = the kind's public API (`https://api.openai.com/v1`,
+    /// `https://api.anthropic.com/v1`). `/chat/completions` (openai) or `/messages` (anthropic)
+    /// is appended; a query string (Azure's `api-version`) is kept.
+    #[serde(default)]
+    pub base_url: String,
+    /// The key: a bearer token (openai) or `x-api-key` (anthropic). Empty: `ANTHROPIC_API_KEY`
+    /// for an anthropic provider, else none.
+    #[serde(default)]
+    pub api_key: Secret,
+    /// Extra request headers (Azure's `api-key`, `anthropic-beta`, an organisation header…);
+    /// values are kept secret.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Reply bound sent when the request sets none (the Messages API requires one).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+    /// Ask an openai provider for usage at the end of each stream
+    /// (`stream_options.include_usage`); turn off for a server that rejects it.
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+}
+
+fn default_max_tokens() -> u64 {
+    1024
+}
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions, or a compatible API.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// `[prices."<model>"]`: what a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSettings {
+    /// Per million input tokens (not read from the cache).
+    pub input_per_mtok: f64,
+    /// Per million output tokens.
+    pub output_per_mtok: f64,
+    /// Per million input tokens read from the prompt cache; the input price when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+impl PriceSettings {
+    /// The cost, in US dollars, of `prompt` input tokens of which `cached` came from the cache,
+    /// and `completion` output tokens.
+    pub fn cost(&self, prompt: u64, completion: u64, cached: u64) -> f64 {
+        let cached = cached.min(prompt);
+        let fresh = (prompt - cached) as f64 * self.input_per_mtok;
+        let cache = cached as f64 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
+        let output = completion as f64 * self.output_per_mtok;
+        (fresh + cache + output) / 1_000_000.0
     }
 }
 
@@ -139,6 +236,17 @@ pub struct AssistantSettings {
     /// The scripted fields, in the order they should be asked.
     #[serde(default)]
     pub fields: Vec<FieldSettings>,
+    /// The model that answers this assistant's calls (may be `provider/model`); empty =
+    /// `upstream.model`, else the request's model.
+    #[serde(default)]
+    pub model: String,
+    /// Tried in order when the model fails before its first token; empty =
+    /// `upstream.fallback_models`. May cross providers.
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
+    /// Answers from a resumed call's second attempt on; empty = `upstream.escalation_model`.
+    #[serde(default)]
+    pub escalation_model: String,
 }
 
 impl Default for AssistantSettings {
@@ -150,6 +258,9 @@ impl Default for AssistantSettings {
             greeting: String::new(),
             greeting_unknown: String::new(),
             fields: Vec::new(),
+            model: String::new(),
+            fallback_models: Vec::new(),
+            escalation_model: String::new(),
         }
     }
 }
@@ -363,6 +474,9 @@ pub struct UpstreamSettings {
     pub stream_idle_timeout_ms: u64,
     /// Interval of SSE comment heartbeats sent to the platform while waiting, in milliseconds.
     pub heartbeat_ms: u64,
+    /// Ask for usage at the end of each stream (`stream_options.include_usage`); turn off for
+    /// an OpenAI-compatible server that rejects it.
+    pub stream_usage: bool,
 }
 
 impl Default for UpstreamSettings {
@@ -379,6 +493,7 @@ impl Default for UpstreamSettings {
             first_token_timeout_ms: 10_000,
             stream_idle_timeout_ms: 15_000,
             heartbeat_ms: 2_000,
+            stream_usage: true,
         }
     }
 }

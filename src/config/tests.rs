@@ -284,6 +284,20 @@ fn the_example_config_documents_every_key() {
         "question =",
         "required =",
         "description =",
+        "model =",
+        "fallback_models =",
+        "escalation_model =",
+        "[[providers]]",
+        "kind =",
+        "base_url =",
+        "api_key =",
+        "headers =",
+        "max_tokens =",
+        "stream_usage =",
+        "[prices.",
+        "input_per_mtok =",
+        "output_per_mtok =",
+        "cached_input_per_mtok =",
     ] {
         assert!(
             text.contains(key),
@@ -449,6 +463,111 @@ fn the_removed_stale_after_secs_is_refused_naming_its_replacement() {
         ),
         (20, 2)
     );
+}
+
+#[test]
+fn providers_prices_and_assistant_models_load_with_secret_headers() {
+    let f = file(
+        r#"
+[upstream]
+model = "claude/claude-haiku"
+fallback_models = ["gpt-4o-mini"]
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+headers = { "anthropic-beta" = "beta-secret" }
+
+[[providers]]
+name = "azure"
+kind = "openai"
+base_url = "https://x.openai.azure.com/openai/deployments/gpt4o?api-version=2024-10-21"
+headers = { "api-key" = "azure-secret" }
+stream_usage = false
+
+[prices."claude-haiku"]
+input_per_mtok = 1.0
+output_per_mtok = 5.0
+
+[[assistants]]
+id = "asst-1"
+model = "azure/gpt-4o"
+fallback_models = ["claude/claude-haiku"]
+escalation_model = "claude/claude-sonnet"
+"#,
+    );
+    let settings = load(Some(f.path()), env(&[("ANTHROPIC_API_KEY", "sk-ant")]), &[]).unwrap();
+    let claude = &settings.providers[0];
+    assert_eq!(claude.kind, ProviderKind::Anthropic);
+    assert_eq!(
+        claude.api_key.expose(),
+        "sk-ant",
+        "ANTHROPIC_API_KEY fills it"
+    );
+    assert_eq!(claude.max_tokens, 1024);
+    let azure = &settings.providers[1];
+    assert!(
+        azure.api_key.is_empty(),
+        "only anthropic providers take ANTHROPIC_API_KEY"
+    );
+    assert!(!azure.stream_usage);
+    assert_eq!(settings.prices["claude-haiku"].output_per_mtok, 5.0);
+    assert_eq!(settings.assistant("asst-1").model, "azure/gpt-4o");
+    assert_eq!(
+        settings.configured_models(),
+        [
+            "claude/claude-haiku",
+            "gpt-4o-mini",
+            "azure/gpt-4o",
+            "claude/claude-sonnet"
+        ]
+    );
+    let shown = format!("{settings:?} {}", toml::to_string(&settings).unwrap());
+    for secret in ["beta-secret", "azure-secret", "sk-ant"] {
+        assert!(!shown.contains(secret), "{secret} is shown");
+    }
+}
+
+#[test]
+fn bad_providers_and_prices_are_refused_naming_the_key() {
+    for (text, key) in [
+        (
+            "[[providers]]\nname = \"a/b\"\nkind = \"openai\"\n",
+            "providers[0].name",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\n[[providers]]\nname = \"a\"\nkind = \"anthropic\"\n",
+            "providers[1].name",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"gemini\"\n",
+            "providers[0].kind",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n",
+            "providers[0].base_url",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\nheaders = { \"bad header\" = \"x\" }\n",
+            "providers[0].headers",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\nmodels = []\n",
+            "providers[0].models",
+        ),
+        (
+            "[prices.m]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0\n",
+            "prices.\"m\"",
+        ),
+        (
+            "[prices.m]\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\noutput = 2\n",
+            "prices.m",
+        ),
+    ] {
+        let f = file(text);
+        let error = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+        assert!(error.contains(key), "{text}: {error}");
+    }
 }
 
 #[test]

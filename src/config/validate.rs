@@ -48,8 +48,79 @@ pub(super) fn validate(
     memory(&settings.memory, &check)?;
     analysis(&settings.analysis, &settings.database, &check)?;
     assistants(&settings.assistants, &check)?;
+    providers(settings, &check)?;
     limits(&settings.limits, &check)?;
     operator(settings, &check)
+}
+
+/// Provider names unique and usable as a model prefix; URLs, headers and bounds valid; prices
+/// finite and not negative.
+fn providers(settings: &Settings, check: &Check<'_>) -> Checked {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, provider) in settings.providers.iter().enumerate() {
+        let at = |key: &str| format!("providers[{i}].{key}");
+        let valid_name = !provider.name.is_empty()
+            && provider
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            return check.fail(
+                &at("name"),
+                format!(
+                    "{:?} must be letters, digits, `-`, `_` and `.` (it prefixes models: \
+                     `name/model`)",
+                    provider.name
+                ),
+            );
+        }
+        if !names.insert(provider.name.as_str()) {
+            return check.fail(&at("name"), format!("{:?} is listed twice", provider.name));
+        }
+        if !provider.base_url.is_empty() {
+            let url = reqwest::Url::parse(&provider.base_url);
+            if !url.is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return check.fail(
+                    &at("base_url"),
+                    format!("{:?} is not an http(s) URL", provider.base_url),
+                );
+            }
+        }
+        for (name, value) in &provider.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
+            {
+                return check.fail(
+                    &at("headers"),
+                    format!(
+                        "{name:?} is not a valid header name, or its value is not a valid \
+                             header value"
+                    ),
+                );
+            }
+        }
+        if !(1..=1_000_000).contains(&provider.max_tokens) {
+            return check.fail(&at("max_tokens"), "must be between 1 and 1000000");
+        }
+    }
+    for (model, price) in &settings.prices {
+        let values = [
+            Some(price.input_per_mtok),
+            Some(price.output_per_mtok),
+            price.cached_input_per_mtok,
+        ];
+        if values
+            .into_iter()
+            .flatten()
+            .any(|v| !v.is_finite() || v < 0.0)
+        {
+            return check.fail(
+                &format!("prices.{model:?}"),
+                "prices must be finite and not negative",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Dev mode stays on loopback; keys are real; the body limit fits a request.

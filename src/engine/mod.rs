@@ -17,6 +17,7 @@ pub mod summary;
 mod tool_calls;
 pub mod tools;
 mod turn;
+pub mod usage;
 mod writer;
 
 use std::future::Future;
@@ -25,7 +26,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,7 +37,7 @@ use crate::journal::Journal;
 use crate::openai::{ChatMessage, FinishReason};
 use crate::platforms::Identity;
 use crate::storage::Store;
-use crate::upstream::LlmClient;
+use crate::upstream::{LlmClient, Params, Tool, ToolCallDelta, Usage};
 
 pub use live::{Hold, LiveCalls, LiveGuard};
 pub use memory::CallContext;
@@ -50,12 +50,12 @@ pub struct TurnRequest {
     pub identity: Identity,
     /// The conversation as the platform sent it.
     pub messages: Vec<ChatMessage>,
-    /// The platform's own tools (passed through).
-    pub tools: Vec<Value>,
+    /// The platform's own tools (function tools only, with only the fields upstreams accept).
+    pub tools: Vec<Tool>,
     /// The model the platform asked for.
     pub model: Option<String>,
-    /// Sampling parameters forwarded upstream.
-    pub params: Map<String, Value>,
+    /// Request parameters; each provider forwards those it understands.
+    pub params: Params,
     /// Platform tools the platform runs only once the reply has been spoken (Retell's
     /// `end_call`): the filler is not spoken before them.
     pub deferred_tools: Vec<String>,
@@ -72,8 +72,8 @@ pub struct TurnRequest {
 pub enum TurnEvent {
     /// Text to speak.
     Text(String),
-    /// A platform tool-call delta in OpenAI's streaming shape.
-    ToolCall(Value),
+    /// A fragment of a platform tool call (indices renumbered 0, 1, … over platform calls).
+    ToolCall(ToolCallDelta),
     /// redial is running one of its own tools (transports may show it; HTTP does not).
     InternalToolCall {
         /// Call id.
@@ -92,6 +92,9 @@ pub enum TurnEvent {
         /// Whether the tool succeeded.
         ok: bool,
     },
+    /// Tokens the turn's upstream passes used, over every model that answered; sent just before
+    /// `Finish` when any upstream reported usage.
+    Usage(Usage),
     /// The turn is over; nothing follows.
     Finish(FinishReason),
     /// The upstream failed and the client is not a voice platform: it is told so, with the

@@ -16,7 +16,10 @@ use super::writer::{self, Slot};
 use crate::journal::{Op, WriteError, Written};
 use crate::openai::{ChatMessage, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
-use crate::storage::{AuditAction, AuditActor, NewAudit, NewTurn, StoreError, TurnRole, TurnWrite};
+use crate::storage::{
+    AuditAction, AuditActor, NewAudit, NewTurn, NewUsage, StoreError, TurnRole, TurnWrite,
+};
+use crate::upstream::Usage;
 
 /// What the turn produced, for persistence.
 #[derive(Debug, Default)]
@@ -33,6 +36,29 @@ pub(crate) struct Outcome {
     pub model: Option<String>,
     /// How the turn ended.
     pub finish: Option<FinishReason>,
+    /// Tokens used, per model that answered (in order, one entry per model).
+    pub usage: Vec<(String, Usage)>,
+}
+
+impl Outcome {
+    /// Adds one pass's usage to its model's.
+    pub(crate) fn add_usage(&mut self, model: &str, usage: Usage) {
+        match self.usage.iter_mut().find(|(m, _)| m == model) {
+            Some((_, total)) => total.add(usage),
+            None => self.usage.push((model.to_owned(), usage)),
+        }
+    }
+
+    /// The usage of every model together.
+    pub(crate) fn total_usage(&self) -> Option<Usage> {
+        (!self.usage.is_empty()).then(|| {
+            let mut total = Usage::default();
+            for (_, usage) in &self.usage {
+                total.add(*usage);
+            }
+            total
+        })
+    }
 }
 
 /// What a finished turn leaves to store.
@@ -42,14 +68,31 @@ pub(crate) struct Finished {
     turns: Vec<NewTurn>,
     /// The model that answered.
     model: Option<String>,
+    /// Tokens used, per model.
+    usage: Vec<NewUsage>,
 }
 
 impl Finished {
     /// The turns to store for a request's `messages` and its `outcome`.
     pub(crate) fn of(messages: &[ChatMessage], outcome: Outcome) -> Self {
+        let now = Utc::now();
+        let key = request_key(messages);
+        let usage = outcome
+            .usage
+            .iter()
+            .map(|(model, usage)| NewUsage {
+                usage_key: format!("{key}:usage:{model}"),
+                model: model.clone(),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cached_tokens: usage.cached_tokens,
+                created_at: now,
+            })
+            .collect();
         Self {
             turns: new_turns(messages, &outcome),
             model: outcome.model,
+            usage,
         }
     }
 }
@@ -144,6 +187,7 @@ fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> Tur
         turns: finished.turns,
         model: finished.model,
         audit,
+        usage: finished.usage,
     }
 }
 
@@ -172,6 +216,7 @@ pub(crate) async fn opening(
         turns: vec![turn],
         model: None,
         audit: Vec::new(),
+        usage: Vec::new(),
     };
     let written = engine
         .journal
@@ -219,11 +264,9 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
             })
         })
         .collect();
-    let position = messages.len();
-    let texts: Vec<String> = messages.iter().map(ChatMessage::text_content).collect();
-    let request_digest = digest(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    let reply_key = request_key(messages);
     for (i, (call, result)) in outcome.internal.iter().enumerate() {
-        let key = format!("r{position}:{request_digest}:internal{i}");
+        let key = format!("{reply_key}:internal{i}");
         turns.push(NewTurn {
             idempotency_key: key.clone(),
             role: TurnRole::ToolCall,
@@ -245,7 +288,7 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
     }
     if !outcome.text.is_empty() {
         turns.push(NewTurn {
-            idempotency_key: format!("r{position}:{request_digest}"),
+            idempotency_key: reply_key.clone(),
             role: TurnRole::Assistant,
             content: outcome.text.clone(),
             tool_name: None,
@@ -255,18 +298,25 @@ fn new_turns(messages: &[ChatMessage], outcome: &Outcome) -> Vec<NewTurn> {
         });
     }
     for (i, call) in outcome.tool_calls.calls().iter().enumerate() {
-        let function = &call["function"];
         turns.push(NewTurn {
-            idempotency_key: format!("r{position}:{request_digest}:tool{i}"),
+            idempotency_key: format!("{reply_key}:tool{i}"),
             role: TurnRole::ToolCall,
-            content: function["arguments"].as_str().unwrap_or("").to_owned(),
-            tool_name: function["name"].as_str().map(str::to_owned),
-            tool_call_id: call["id"].as_str().map(str::to_owned),
+            content: call.function.arguments.clone(),
+            tool_name: Some(call.function.name.clone()),
+            tool_call_id: Some(call.id.clone()),
             partial: outcome.partial,
             created_at: now,
         });
     }
     turns
+}
+
+/// The key of a request's reply: its position in the call and a digest of everything said so
+/// far, so a re-sent request replies under the same key.
+fn request_key(messages: &[ChatMessage]) -> String {
+    let texts: Vec<String> = messages.iter().map(ChatMessage::text_content).collect();
+    let request_digest = digest(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+    format!("r{}:{request_digest}", messages.len())
 }
 
 /// A short, stable digest of some strings.

@@ -1,59 +1,49 @@
-//! Building what the upstream is sent.
+//! Which models answer a turn. (What they are sent is built by each provider in
+//! [`crate::upstream`], from the typed request.)
 
-use serde_json::{Map, Value, json};
+use crate::config::{AssistantSettings, UpstreamSettings};
 
-use crate::openai::{ChatMessage, FORWARDED_PARAMS, Role};
-
-/// The platform's messages with the state summary inserted as one system message right after
-/// the platform's own leading system/developer instructions.
-pub(crate) fn with_summary(messages: &[ChatMessage], summary: Option<String>) -> Vec<ChatMessage> {
-    let mut out = Vec::with_capacity(messages.len() + 1);
-    let split = messages
-        .iter()
-        .position(|m| !m.is_instruction())
-        .unwrap_or(messages.len());
-    out.extend_from_slice(&messages[..split]);
-    if let Some(summary) = summary {
-        out.push(ChatMessage::text(Role::System, summary));
+/// The model of a turn: from a resumed call's second attempt on, the escalation model (the
+/// assistant's, else `upstream.escalation_model`) when one is set; else the assistant's model,
+/// `upstream.model`, or the model the request asked for, in that order.
+pub(crate) fn primary(
+    upstream: &UpstreamSettings,
+    assistant: &AssistantSettings,
+    requested: Option<&str>,
+    resumed: bool,
+) -> String {
+    let first_set = |models: &[&str]| {
+        models
+            .iter()
+            .find(|m| !m.is_empty())
+            .map(|m| (*m).to_owned())
+    };
+    if resumed
+        && let Some(model) = first_set(&[&assistant.escalation_model, &upstream.escalation_model])
+    {
+        return model;
     }
-    out.extend_from_slice(&messages[split..]);
-    out
+    first_set(&[
+        &assistant.model,
+        &upstream.model,
+        requested.unwrap_or_default(),
+    ])
+    .unwrap_or_default()
 }
 
-/// The upstream request body: model, messages, tools, and only the forwarded sampling
-/// parameters (platform metadata never leaves redial).
-pub(crate) fn upstream_body(
-    model: &str,
-    messages: &[ChatMessage],
-    tools: &[Value],
-    params: &Map<String, Value>,
-    stream: bool,
-) -> Value {
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert("messages".into(), json!(messages));
-    body.insert("stream".into(), json!(stream));
-    if !tools.is_empty() {
-        body.insert("tools".into(), Value::Array(tools.to_vec()));
+/// The fallbacks of an assistant: its own when it lists any, else `upstream.fallback_models`.
+pub(crate) fn fallbacks<'a>(
+    upstream: &'a UpstreamSettings,
+    assistant: &'a AssistantSettings,
+) -> &'a [String] {
+    if assistant.fallback_models.is_empty() {
+        &upstream.fallback_models
+    } else {
+        &assistant.fallback_models
     }
-    for key in FORWARDED_PARAMS {
-        let Some(value) = params.get(*key) else {
-            continue;
-        };
-        // ElevenLabs sends max_tokens <= 0 for "unlimited"; upstreams reject it.
-        let non_positive = value.as_f64().is_some_and(|n| n <= 0.0);
-        if key.starts_with("max_") && non_positive || value.is_null() {
-            continue;
-        }
-        if *key == "tool_choice" && tools.is_empty() {
-            continue;
-        }
-        body.insert((*key).to_owned(), value.clone());
-    }
-    Value::Object(body)
 }
 
-/// Model candidates in order: the primary, then the configured fallbacks (without repeats).
+/// Model candidates in order: the primary, then the fallbacks (without repeats).
 pub(crate) fn candidates(primary: &str, fallbacks: &[String]) -> Vec<String> {
     let mut out = vec![primary.to_owned()];
     for model in fallbacks {
@@ -69,34 +59,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_summary_goes_after_the_leading_instructions() {
-        let messages = vec![
-            ChatMessage::text(Role::System, "sys"),
-            ChatMessage::text(Role::Developer, "dev"),
-            ChatMessage::text(Role::User, "hi"),
-            ChatMessage::text(Role::System, "late"),
-        ];
-        let out = with_summary(&messages, Some("mem".into()));
-        let texts: Vec<_> = out.iter().map(ChatMessage::text_content).collect();
-        assert_eq!(texts, ["sys", "dev", "mem", "hi", "late"]);
-        let out = with_summary(&messages[2..], Some("mem".into()));
-        assert_eq!(out[0].text_content(), "mem");
-        assert_eq!(with_summary(&messages, None), messages);
-    }
-
-    #[test]
-    fn only_forwarded_params_reach_the_upstream() {
-        let params: Map<String, Value> = serde_json::from_value(json!({
-            "temperature": 0.5, "max_tokens": -1, "call": {"id": "x"}, "customer": {},
-            "metadata": {}, "user_id": "u", "elevenlabs_extra_body": {}, "tool_choice": "auto"
-        }))
-        .unwrap();
-        let body = upstream_body("m", &[], &[], &params, true);
-        let keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["messages", "model", "stream", "temperature"]);
-    }
-
-    #[test]
     fn fallbacks_follow_the_primary_without_repeats() {
         let fallbacks = vec![
             "b".to_owned(),
@@ -105,5 +67,34 @@ mod tests {
             "c".to_owned(),
         ];
         assert_eq!(candidates("a", &fallbacks), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn the_assistant_model_wins_and_escalation_applies_to_resumed_calls() {
+        let mut upstream = UpstreamSettings {
+            model: "up".into(),
+            escalation_model: "up-strong".into(),
+            fallback_models: vec!["up-fb".into()],
+            ..UpstreamSettings::default()
+        };
+        let mut assistant = AssistantSettings::default();
+        assert_eq!(primary(&upstream, &assistant, Some("req"), false), "up");
+        assert_eq!(
+            primary(&upstream, &assistant, Some("req"), true),
+            "up-strong"
+        );
+        assert_eq!(fallbacks(&upstream, &assistant), ["up-fb"]);
+        assistant.model = "claude/haiku".into();
+        assistant.escalation_model = "claude/sonnet".into();
+        assistant.fallback_models = vec!["gpt".into()];
+        assert_eq!(
+            primary(&upstream, &assistant, Some("req"), false),
+            "claude/haiku"
+        );
+        assert_eq!(primary(&upstream, &assistant, None, true), "claude/sonnet");
+        assert_eq!(fallbacks(&upstream, &assistant), ["gpt"]);
+        upstream.model.clear();
+        assistant.model.clear();
+        assert_eq!(primary(&upstream, &assistant, Some("req"), false), "req");
     }
 }

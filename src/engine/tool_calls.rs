@@ -1,40 +1,45 @@
 //! Tool calls assembled from an upstream's streamed fragments.
 
-use serde_json::{Value, json};
-
 use crate::openai::{FunctionCall, ToolCall};
+use crate::upstream::ToolCallDelta;
+
+/// Most tool calls one reply may make; fragments of calls past it are dropped (a reply is not
+/// allowed to make redial allocate without bound).
+const MAX_CALLS: usize = 64;
 
 /// Tool calls assembled from streamed fragments, by index.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ToolCalls(Vec<Value>);
+pub struct ToolCalls(Vec<ToolCall>);
 
 impl ToolCalls {
     /// Adds one streamed fragment.
-    pub fn push(&mut self, fragment: &Value) {
-        let index = fragment.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        while self.0.len() <= index {
-            self.0.push(
-                json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}),
+    pub fn push(&mut self, fragment: &ToolCallDelta) {
+        let index = fragment.index as usize;
+        if index >= MAX_CALLS {
+            tracing::warn!(
+                index,
+                "a tool call past the {MAX_CALLS}th of one reply is dropped"
             );
+            return;
+        }
+        while self.0.len() <= index {
+            self.0.push(ToolCall {
+                id: String::new(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: String::new(),
+                    arguments: String::new(),
+                },
+            });
         }
         let call = &mut self.0[index];
-        if let Some(id) = fragment.get("id").and_then(Value::as_str) {
-            call["id"] = json!(id);
+        if let Some(id) = &fragment.id {
+            call.id.clone_from(id);
         }
-        let function = fragment.get("function");
-        if let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) {
-            call["function"]["name"] = json!(name);
+        if let Some(name) = &fragment.name {
+            call.function.name.clone_from(name);
         }
-        if let Some(args) = function
-            .and_then(|f| f.get("arguments"))
-            .and_then(Value::as_str)
-        {
-            let joined = format!(
-                "{}{args}",
-                call["function"]["arguments"].as_str().unwrap_or("")
-            );
-            call["function"]["arguments"] = json!(joined);
-        }
+        call.function.arguments.push_str(&fragment.arguments);
     }
 
     /// Whether no call was made.
@@ -42,29 +47,21 @@ impl ToolCalls {
         self.0.is_empty()
     }
 
-    /// The complete calls, in OpenAI's `message.tool_calls` shape.
-    pub fn calls(&self) -> &[Value] {
+    /// The complete calls.
+    pub fn calls(&self) -> &[ToolCall] {
         &self.0
     }
 
-    /// The complete calls as typed tool calls (ids minted for calls that had none).
+    /// The complete calls, with ids minted for calls that had none.
     pub(crate) fn into_calls(self) -> Vec<ToolCall> {
         self.0
             .into_iter()
             .enumerate()
-            .map(|(i, call)| ToolCall {
-                id: call["id"]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .map_or_else(|| format!("call_redial_{i}"), str::to_owned),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: call["function"]["name"].as_str().unwrap_or("").to_owned(),
-                    arguments: call["function"]["arguments"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
-                },
+            .map(|(i, mut call)| {
+                if call.id.is_empty() {
+                    call.id = format!("call_redial_{i}");
+                }
+                call
             })
             .collect()
     }

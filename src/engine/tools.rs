@@ -12,6 +12,7 @@ use crate::config::AssistantSettings;
 use crate::journal::{AnswerWrite, Op, ProfileWrite, Written};
 use crate::platforms::Identity;
 use crate::storage::{Answer, AuditAction, AuditActor, CallerPatch, NewAudit, TurnWrite};
+use crate::upstream::Tool;
 use uuid::Uuid;
 
 /// Confirms one scripted field.
@@ -34,32 +35,29 @@ pub fn is_internal(name: &str) -> bool {
 pub fn definitions(
     script: &AssistantSettings,
     caller_known: bool,
-    platform_tools: &[Value],
-) -> Vec<Value> {
-    let taken = |name: &str| {
-        platform_tools
-            .iter()
-            .any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
-    };
+    platform_tools: &[Tool],
+) -> Vec<Tool> {
+    let taken = |name: &str| platform_tools.iter().any(|t| t.name == name);
     let mut tools = Vec::new();
     if !script.fields.is_empty() && !taken(RECORD_ANSWER) {
         tools.push(record_answer_definition(script));
     }
     if caller_known && !taken(REMEMBER_CALLER) {
-        tools.push(json!({"type": "function", "function": {
-            "name": REMEMBER_CALLER,
-            "description": "Remember something about the caller for future calls: their name, preferred language, or a short note. Call it when the caller tells you; then keep talking.",
-            "parameters": {"type": "object", "properties": {
+        tools.push(Tool {
+            name: REMEMBER_CALLER.into(),
+            description: Some("Remember something about the caller for future calls: their name, preferred language, or a short note. Call it when the caller tells you; then keep talking.".into()),
+            parameters: Some(json!({"type": "object", "properties": {
                 "name": {"type": "string", "description": "The caller's name as they gave it."},
                 "language": {"type": "string", "description": "The caller's preferred language."},
                 "note": {"type": "string", "description": "A short fact worth remembering."}
-            }}
-        }}));
+            }})),
+            strict: None,
+        });
     }
     tools
 }
 
-fn record_answer_definition(script: &AssistantSettings) -> Value {
+fn record_answer_definition(script: &AssistantSettings) -> Tool {
     let fields: Vec<String> = script
         .fields
         .iter()
@@ -74,14 +72,18 @@ fn record_answer_definition(script: &AssistantSettings) -> Value {
         })
         .collect();
     let names: Vec<&str> = script.fields.iter().map(|f| f.name.as_str()).collect();
-    json!({"type": "function", "function": {
-        "name": RECORD_ANSWER,
-        "description": format!("Record the caller's answer to a scripted question as soon as they have clearly given it, then continue the conversation. Fields:\n{}", fields.join("\n")),
-        "parameters": {"type": "object", "properties": {
+    Tool {
+        name: RECORD_ANSWER.into(),
+        description: Some(format!(
+            "Record the caller's answer to a scripted question as soon as they have clearly given it, then continue the conversation. Fields:\n{}",
+            fields.join("\n")
+        )),
+        parameters: Some(json!({"type": "object", "properties": {
             "field": {"type": "string", "enum": names},
             "value": {"type": "string", "description": "The answer, as the caller confirmed it."}
-        }, "required": ["field", "value"]}
-    }})
+        }, "required": ["field", "value"]})),
+        strict: None,
+    }
 }
 
 /// The outcome of one internal tool call.
@@ -342,6 +344,7 @@ async fn audit(
         turns: Vec::new(),
         model: None,
         audit: vec![entry],
+        usage: Vec::new(),
     };
     engine.writer.submit(engine.store.as_ref(), write).await;
 }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use tokio::sync::mpsc::Sender;
 use tokio::time::timeout;
 
@@ -18,7 +17,7 @@ use super::{Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, prompt
 use crate::config::AssistantSettings;
 use crate::openai::{ChatMessage, Content, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
-use crate::upstream::{Delta, UpstreamError, UpstreamStream};
+use crate::upstream::{Event, Request, Tool, ToolCallDelta, UpstreamError, UpstreamStream, Usage};
 
 /// The client went away; stop working for it.
 pub(crate) struct ClientGone;
@@ -29,6 +28,8 @@ struct TurnCtx<'a> {
     request: &'a TurnRequest,
     script: &'a AssistantSettings,
     primary: String,
+    /// The static part of the prompt is the platform's; redial's summary goes after it.
+    summary: Option<&'a str>,
     tx: &'a Sender<TurnEvent>,
     timings: &'a TurnTimings,
     started: Instant,
@@ -66,14 +67,22 @@ async fn converse(
 
     let prompt_started = Instant::now();
     let script = engine.settings.assistant(&request.identity.assistant_id);
-    let (mut messages, offered) = build_prompt(engine, &request, context.as_ref(), script);
+    let (summary, offered) = build_prompt(engine, &request, context.as_ref(), script);
+    let mut messages = request.messages.clone();
     let _ = timings.prompt.set(prompt_started.elapsed());
 
+    let resumed = context.as_ref().is_some_and(|c| c.session.attempt >= 2);
     let ctx = TurnCtx {
         engine,
         request: &request,
         script,
-        primary: primary_model(engine, &request, context.as_ref()),
+        primary: prompt::primary(
+            &engine.settings.upstream,
+            script,
+            request.model.as_deref(),
+            resumed,
+        ),
+        summary: summary.as_deref(),
         tx: &tx,
         timings,
         started,
@@ -87,6 +96,9 @@ async fn converse(
             FinishReason::ToolCalls
         });
         outcome.finish = Some(finish);
+        if let Some(usage) = outcome.total_usage() {
+            let _ = tx.send(TurnEvent::Usage(usage)).await;
+        }
         let _ = tx.send(TurnEvent::Finish(finish)).await;
     } else {
         outcome.partial = true;
@@ -96,20 +108,20 @@ async fn converse(
     (request.identity, context, finished)
 }
 
-/// The upstream messages (summary inserted) and the tools offered (platform's and redial's).
+/// The state summary (when memory was read) and the tools offered (platform's and redial's).
 fn build_prompt(
     engine: &Engine,
     request: &TurnRequest,
     context: Option<&CallContext>,
     script: &AssistantSettings,
-) -> (Vec<ChatMessage>, Vec<Value>) {
+) -> (Option<String>, Vec<Tool>) {
     let Some(context) = context else {
         // Without memory (the read failed) the model still gets redial's tools: what the caller
         // confirms is saved, or journaled while the database is away.
         let mut offered = request.tools.clone();
         let identified = request.identity.caller.is_some();
         offered.extend(tools::definitions(script, identified, &request.tools));
-        return (request.messages.clone(), offered);
+        return (None, offered);
     };
     let script_lines = script::lines(&context.session, script);
     let input = SummaryInput {
@@ -125,7 +137,7 @@ fn build_prompt(
         context.identified,
         &request.tools,
     ));
-    (prompt::with_summary(&request.messages, summary), offered)
+    (summary, offered)
 }
 
 /// Loads memory within `memory.read_budget_ms`; past it, or on error, the turn goes on without.
@@ -175,26 +187,12 @@ async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallConte
     }
 }
 
-/// `upstream.model` when set, else the requested model; the escalation model from a resumed
-/// call's second attempt on.
-fn primary_model(engine: &Engine, request: &TurnRequest, context: Option<&CallContext>) -> String {
-    let upstream = &engine.settings.upstream;
-    let resumed = context.is_some_and(|c| c.session.attempt >= 2);
-    if resumed && !upstream.escalation_model.is_empty() {
-        return upstream.escalation_model.clone();
-    }
-    if !upstream.model.is_empty() {
-        return upstream.model.clone();
-    }
-    request.model.clone().unwrap_or_default()
-}
-
 /// Upstream passes until the model speaks or calls a platform tool; redial's own tool calls are
 /// run between passes, at most `upstream.max_tool_rounds` times.
 async fn respond(
     ctx: &TurnCtx<'_>,
     messages: &mut Vec<ChatMessage>,
-    offered: &[Value],
+    offered: &[Tool],
     context: &mut Option<CallContext>,
     outcome: &mut Outcome,
 ) -> Result<(), ClientGone> {
@@ -211,6 +209,7 @@ async fn respond(
             name: None,
             tool_calls: Some(internal.clone()),
             tool_call_id: None,
+            function_call: None,
         });
         for call in internal {
             run_internal_tool(ctx, messages, context, outcome, call).await?;
@@ -269,7 +268,7 @@ async fn run_internal_tool(
 async fn pass(
     ctx: &TurnCtx<'_>,
     messages: &[ChatMessage],
-    offered: &[Value],
+    offered: &[Tool],
     outcome: &mut Outcome,
 ) -> Result<Vec<ToolCall>, ClientGone> {
     let (model, mut stream, first) = match open(ctx, messages, offered).await? {
@@ -280,24 +279,29 @@ async fn pass(
     metrics::histogram!("redial_upstream_first_token_seconds")
         .record(ctx.started.elapsed().as_secs_f64());
     let _ = ctx.timings.model.set(model.clone());
-    outcome.model = Some(model);
+    outcome.model = Some(model.clone());
     let mut router = ToolRouter::default();
     router.forward(ctx, first, outcome).await?;
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            () = ctx.tx.closed() => return Err(ClientGone),
+            () = ctx.tx.closed() => {
+                router.record_usage(ctx, &model, outcome);
+                return Err(ClientGone);
+            }
         };
         match next {
             None => break,
-            Some(Ok(deltas)) => router.forward(ctx, deltas, outcome).await?,
+            Some(Ok(events)) => router.forward(ctx, events, outcome).await?,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream stream broke mid-reply");
                 metrics::counter!("redial_upstream_failures_total", "kind" => e.kind(), "phase" => "stream").increment(1);
+                router.record_usage(ctx, &model, outcome);
                 return fail(ctx, outcome, Some(e)).await.map(|()| Vec::new());
             }
         }
     }
+    router.record_usage(ctx, &model, outcome);
     if router.platform_called {
         return Ok(Vec::new());
     }
@@ -311,27 +315,34 @@ async fn pass(
 
 /// The model that answered, its stream and first deltas; or the last failure (`None` when there
 /// was no model to ask).
-type Opened = Result<(String, UpstreamStream, Vec<Delta>), Option<UpstreamError>>;
+type Opened = Result<(String, UpstreamStream, Vec<Event>), Option<UpstreamError>>;
 
 /// Tries each candidate model until one streams a first event within the first-token timeout.
 async fn open(
     ctx: &TurnCtx<'_>,
     messages: &[ChatMessage],
-    offered: &[Value],
+    offered: &[Tool],
 ) -> Result<Opened, ClientGone> {
     let upstream = &ctx.engine.settings.upstream;
     let first_token = Duration::from_millis(upstream.first_token_timeout_ms);
+    let fallbacks = prompt::fallbacks(upstream, ctx.script);
+    let request = Request {
+        messages,
+        summary: ctx.summary,
+        tools: offered,
+        params: &ctx.request.params,
+        stream: true,
+    };
     let mut failure = None;
-    for (i, model) in prompt::candidates(&ctx.primary, &upstream.fallback_models)
+    for (i, model) in prompt::candidates(&ctx.primary, fallbacks)
         .into_iter()
         .enumerate()
     {
         if model.is_empty() {
             continue;
         }
-        let body = prompt::upstream_body(&model, messages, offered, &ctx.request.params, true);
         let attempt = async {
-            let mut stream = ctx.engine.llm.open_stream(&body).await?;
+            let mut stream = ctx.engine.llm.open_stream(&model, &request).await?;
             match stream.next().await {
                 Some(Ok(first)) => Ok((stream, first)),
                 Some(Err(e)) => Err(e),
@@ -350,7 +361,8 @@ async fn open(
                 return Ok(Ok((model, stream, first)));
             }
             Err(e) => {
-                tracing::warn!(model, error = %e, "upstream failed before its first token");
+                let provider = ctx.engine.llm.provider_of(&model);
+                tracing::warn!(model, provider, error = %e, "upstream failed before its first token");
                 metrics::counter!("redial_upstream_failures_total", "kind" => e.kind(), "phase" => "open").increment(1);
                 let retryable = e.is_retryable();
                 failure = Some(e);
@@ -371,47 +383,57 @@ async fn open(
 #[derive(Default)]
 struct ToolRouter {
     /// Upstream index → `Some(platform index)` or `None` for an internal call.
-    routes: HashMap<u64, Option<u64>>,
+    routes: HashMap<u64, Option<u32>>,
     internal: ToolCalls,
     platform_called: bool,
+    /// The latest usage the stream reported (a stream's last report is its total).
+    usage: Option<Usage>,
 }
 
 impl ToolRouter {
     async fn forward(
         &mut self,
         ctx: &TurnCtx<'_>,
-        deltas: Vec<Delta>,
+        events: Vec<Event>,
         outcome: &mut Outcome,
     ) -> Result<(), ClientGone> {
-        for delta in deltas {
-            match delta {
-                Delta::Text(text) => {
+        for event in events {
+            match event {
+                Event::Text(text) => {
                     outcome.text.push_str(&text);
                     ctx.tx
                         .send(TurnEvent::Text(text))
                         .await
                         .map_err(|_| ClientGone)?;
                 }
-                Delta::ToolCall(fragment) => self.route(ctx, fragment, outcome).await?,
-                Delta::Finish(reason) => outcome.finish = Some(reason),
+                Event::ToolCall(fragment) => self.route(ctx, fragment, outcome).await?,
+                Event::Finish(reason) => outcome.finish = Some(reason),
+                Event::Usage(usage) => self.usage = Some(usage),
             }
         }
         Ok(())
     }
 
+    /// Adds the pass's usage to the turn's, and counts it (tokens and cost by model).
+    fn record_usage(&mut self, ctx: &TurnCtx<'_>, model: &str, outcome: &mut Outcome) {
+        let Some(usage) = self.usage.take() else {
+            return;
+        };
+        outcome.add_usage(model, usage);
+        super::usage::count(&ctx.engine.settings, model, usage);
+    }
+
     async fn route(
         &mut self,
         ctx: &TurnCtx<'_>,
-        mut fragment: Value,
+        mut fragment: ToolCallDelta,
         outcome: &mut Outcome,
     ) -> Result<(), ClientGone> {
-        let index = fragment.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let next_platform = self.routes.values().flatten().count() as u64;
+        let index = u64::from(fragment.index);
+        let next_platform = self.routes.values().flatten().count() as u32;
         // Only a call's first fragment carries its name.
-        let name = fragment
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let name = fragment.name.clone().unwrap_or_default();
+        let name = name.as_str();
         let route = *self
             .routes
             .entry(index)
@@ -440,7 +462,7 @@ impl ToolRouter {
             speak(ctx, outcome, filler).await?;
         }
         self.platform_called = true;
-        fragment["index"] = json!(platform_index);
+        fragment.index = platform_index;
         outcome.tool_calls.push(&fragment);
         ctx.tx
             .send(TurnEvent::ToolCall(fragment))

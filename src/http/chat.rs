@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures_util::Stream;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
 use crate::platforms;
 use crate::state::AppState;
+use crate::upstream::{Params, Tool, Usage};
 
 /// Every path a platform may build: Vapi and ElevenLabs append `/chat/completions` to the URL
 /// they are given, so a URL that already ends in it arrives doubled.
@@ -29,6 +30,45 @@ pub fn router() -> Router<AppState> {
         .route("/chat/completions", post(chat))
         .route("/chat/completions/chat/completions", post(chat))
         .route("/v1/chat/completions/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/v1/models/{*model}", get(model))
+}
+
+/// `GET /v1/models`: the models the configuration names (`upstream.model`, fallbacks,
+/// escalation models, assistants' models, `analysis.model`), as OpenAI lists models. Clients call
+/// it to check the key and warm the connection.
+async fn models(State(state): State<AppState>) -> axum::Json<Value> {
+    let data: Vec<Value> = state
+        .settings
+        .configured_models()
+        .into_iter()
+        .map(|id| model_object(&state, id))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{model}`: one configured model, or a 404 in OpenAI's shape.
+async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    state
+        .settings
+        .configured_models()
+        .into_iter()
+        .find(|m| *m == id)
+        .map(|id| axum::Json(model_object(&state, id)))
+        .ok_or_else(|| ApiError::NotFound(format!("the model {id:?} is not configured")))
+}
+
+fn model_object(state: &AppState, id: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": 0,
+        "owned_by": state.engine.llm().provider_of(id),
+    })
 }
 
 async fn chat(
@@ -36,7 +76,8 @@ async fn chat(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let request = parse(&headers, &body)?;
+    let mut request = parse(&headers, &body)?;
+    request.read_legacy_functions();
     validate(&state, &request)?;
     let identity = platforms::identify(
         &headers,
@@ -45,16 +86,26 @@ async fn chat(
         state.settings.limits.max_id_bytes,
     )
     .map_err(|e| over_limit(e.field, "string_above_max_length", e.to_string()))?;
+    require_model(&state, &request, &identity.assistant_id)?;
+    let params = Params::from_request(&request.extra, request.user.as_deref())
+        .map_err(|e| ApiError::invalid_param(&e.param, e.to_string()))?;
+    let include_usage = request
+        .extra
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
     let streaming = identity.is_voice() || request.stream == Some(true);
     metrics::counter!("redial_turns_total", "platform" => identity.platform.as_str()).increment(1);
     let requested_model = request.model.clone().unwrap_or_default();
     let announced_tools = announced_tools(&request);
+    let tools = Tool::from_openai_list(request.tools.as_deref().unwrap_or_default());
     let turn = TurnRequest {
         identity,
         messages: request.messages,
-        tools: request.tools.unwrap_or_default(),
+        tools,
         model: request.model,
-        params: request.extra,
+        params,
         deferred_tools: Vec::new(),
         announced_tools,
         hold_before_internal_tools: false,
@@ -62,7 +113,7 @@ async fn chat(
     let handle = state.engine.start_turn(turn);
     let heartbeat = Duration::from_millis(state.settings.upstream.heartbeat_ms);
     Ok(if streaming {
-        stream_response(handle, requested_model, heartbeat).await
+        stream_response(handle, requested_model, heartbeat, include_usage).await
     } else {
         json_response(handle, &requested_model).await
     })
@@ -113,14 +164,26 @@ fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// A model must come from the request or the configuration (the assistant's or upstream's).
+fn require_model(
+    state: &AppState,
+    request: &ChatRequest,
+    assistant_id: &str,
+) -> Result<(), ApiError> {
     let has_model = request
         .model
         .as_deref()
         .is_some_and(|m| !m.trim().is_empty());
-    if !has_model && state.settings.upstream.model.is_empty() {
+    let configured = !state.settings.upstream.model.is_empty()
+        || !state.settings.assistant(assistant_id).model.is_empty();
+    if !has_model && !configured {
         return Err(ApiError::invalid_param(
             "model",
-            "`model` is required (or configure `upstream.model` to choose it server-side)",
+            "`model` is required (or configure `upstream.model` or the assistant's `model` to \
+             choose it server-side)",
         ));
     }
     Ok(())
@@ -175,6 +238,7 @@ async fn stream_response(
     mut handle: TurnHandle,
     requested_model: String,
     heartbeat: Duration,
+    include_usage: bool,
 ) -> Response {
     let first = tokio::time::timeout(heartbeat, handle.recv()).await.ok();
     if let Some(Some(TurnEvent::UpstreamFailed(failure))) = first {
@@ -188,7 +252,7 @@ async fn stream_response(
         .cloned()
         .unwrap_or(requested_model);
     let chunks = ChunkBuilder::new(completion_id(), now_unix(), model);
-    let body = sse_events(handle, first, chunks);
+    let body = sse_events(handle, first, chunks, include_usage);
     let mut response = Sse::new(body)
         .keep_alive(KeepAlive::new().interval(heartbeat).text("ping"))
         .into_response();
@@ -202,13 +266,17 @@ async fn stream_response(
     response
 }
 
+/// The turn's events as SSE. A client that asked for usage (`stream_options.include_usage`) gets
+/// it as OpenAI sends it: one chunk with no choices after the finish chunk.
 fn sse_events(
     mut handle: TurnHandle,
     first: Option<Option<TurnEvent>>,
     mut chunks: ChunkBuilder,
+    include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
         let mut pending = first;
+        let mut usage = Usage::default();
         loop {
             let event = match pending.take() {
                 Some(event) => event,
@@ -221,8 +289,12 @@ fn sse_events(
             match event {
                 Some(TurnEvent::Text(text)) => yield Ok(json_event(&chunks.content(&text))),
                 Some(TurnEvent::ToolCall(delta)) => yield Ok(json_event(&chunks.tool_call(&delta))),
+                Some(TurnEvent::Usage(total)) => usage = total,
                 Some(TurnEvent::Finish(reason)) => {
                     yield Ok(json_event(&chunks.finish(reason)));
+                    if include_usage {
+                        yield Ok(json_event(&chunks.usage(&usage)));
+                    }
                     break;
                 }
                 Some(TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. }) => {}
@@ -252,10 +324,12 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
     let mut text = String::new();
     let mut calls = ToolCalls::default();
     let mut finish = FinishReason::Stop;
+    let mut usage = Usage::default();
     while let Some(event) = handle.recv().await {
         match event {
             TurnEvent::Text(t) => text.push_str(&t),
             TurnEvent::ToolCall(delta) => calls.push(&delta),
+            TurnEvent::Usage(total) => usage = total,
             TurnEvent::Finish(reason) => {
                 finish = reason;
                 break;
@@ -276,6 +350,7 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
         &text,
         calls.calls(),
         finish,
+        &usage,
     );
     let timing = server_timing(
         &handle.timings,

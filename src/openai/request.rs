@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// A Chat Completions request. Unknown top-level fields (platform additions such as Vapi's `call`
-/// or ElevenLabs' `elevenlabs_extra_body`) land in `extra`; only [`FORWARDED_PARAMS`] of them
-/// are ever sent upstream.
+/// or ElevenLabs' `elevenlabs_extra_body`, and the request parameters) land in `extra`; only the
+/// parameters of [`crate::upstream::Params`] are read from it, and each provider forwards those it
+/// understands.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     /// Requested model.
@@ -27,23 +28,34 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
 }
 
-/// Sampling and tool parameters passed through to the upstream unchanged. Anything not listed
-/// (platform metadata, caller data) stays in redial.
-pub const FORWARDED_PARAMS: &[&str] = &[
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "logit_bias",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "reasoning_effort",
-];
+impl ChatRequest {
+    /// Reads legacy function calling as tool calling: an assistant's `function_call` becomes a
+    /// tool call with an id of its own, and a `function` message (read as `tool`) without a
+    /// `tool_call_id` answers the latest such call.
+    pub fn read_legacy_functions(&mut self) {
+        let mut pending: Option<String> = None;
+        for (i, message) in self.messages.iter_mut().enumerate() {
+            if let Some(call) = message.function_call.take() {
+                let id = format!("call_function_{i}");
+                message
+                    .tool_calls
+                    .get_or_insert_with(Vec::new)
+                    .push(ToolCall {
+                        id: id.clone(),
+                        kind: function_type(),
+                        function: call,
+                    });
+                pending = Some(id);
+            } else if message.role == Role::Tool && message.tool_call_id.is_none() {
+                message.tool_call_id = Some(
+                    pending
+                        .take()
+                        .unwrap_or_else(|| format!("call_function_{i}")),
+                );
+            }
+        }
+    }
+}
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +69,8 @@ pub enum Role {
     User,
     /// The agent.
     Assistant,
-    /// A tool's result.
+    /// A tool's result (the legacy `function` role is read as this).
+    #[serde(alias = "function")]
     Tool,
 }
 
@@ -78,6 +91,10 @@ pub struct ChatMessage {
     /// The call a tool message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// The legacy single function call of an assistant message; read into `tool_calls` by
+    /// [`ChatRequest::read_legacy_functions`], never sent on.
+    #[serde(default, skip_serializing)]
+    pub function_call: Option<FunctionCall>,
 }
 
 impl ChatMessage {
@@ -89,6 +106,7 @@ impl ChatMessage {
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            function_call: None,
         }
     }
 
@@ -187,6 +205,26 @@ mod tests {
         assert_eq!(calls[0].function.arguments, r#"{"a":1}"#);
         assert!(request.extra.contains_key("call"));
         assert!(request.extra.contains_key("temperature"));
+    }
+
+    #[test]
+    fn the_legacy_function_role_is_read_as_a_tool_result() {
+        let body = json!({"messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "function_call": {"name": "weather", "arguments": "{}"}},
+            {"role": "function", "name": "weather", "content": "sunny"}
+        ]});
+        let mut request: ChatRequest = serde_json::from_value(body).unwrap();
+        request.read_legacy_functions();
+        let calls = request.messages[1].tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0].function.name, "weather");
+        assert_eq!(request.messages[2].role, Role::Tool);
+        assert_eq!(
+            request.messages[2].tool_call_id.as_deref(),
+            Some(calls[0].id.as_str())
+        );
+        let sent = serde_json::to_value(&request.messages[1]).unwrap();
+        assert!(sent.get("function_call").is_none());
     }
 
     #[test]

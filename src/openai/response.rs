@@ -1,7 +1,10 @@
 //! What redial answers: streamed `chat.completion.chunk`s or one `chat.completion`.
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use super::ToolCall;
+use crate::upstream::{ToolCallDelta, Usage};
 
 /// Why a completion ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -83,10 +86,37 @@ impl ChunkBuilder {
         out
     }
 
-    /// A tool-call delta, passed through in OpenAI's exact streaming shape, as JSON text.
-    pub fn tool_call(&mut self, delta: &Value) -> String {
-        let delta = self.with_role(json!({"tool_calls": [delta]}));
+    /// A tool-call fragment in OpenAI's exact streaming shape (`index`; on a call's first
+    /// fragment `id`, `type` and `function.name`; `function.arguments`), as JSON text.
+    pub fn tool_call(&mut self, fragment: &ToolCallDelta) -> String {
+        let mut call = Map::new();
+        call.insert("index".into(), json!(fragment.index));
+        if let Some(id) = &fragment.id {
+            call.insert("id".into(), json!(id));
+            call.insert("type".into(), json!("function"));
+        }
+        let mut function = Map::new();
+        if let Some(name) = &fragment.name {
+            function.insert("name".into(), json!(name));
+        }
+        function.insert("arguments".into(), json!(fragment.arguments));
+        call.insert("function".into(), Value::Object(function));
+        let delta = self.with_role(json!({"tool_calls": [call]}));
         self.chunk(&delta, None)
+    }
+
+    /// The usage chunk a client asked for with `stream_options.include_usage`: no choices, and
+    /// the usage of the whole turn, as JSON text.
+    pub fn usage(&self, usage: &Usage) -> String {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage_json(usage),
+        })
+        .to_string()
     }
 
     /// The final chunk: empty delta and the finish reason, as JSON text.
@@ -124,18 +154,29 @@ fn chunk_prefix(id: &str, created: i64, model: &str) -> String {
     )
 }
 
-/// A non-streamed `chat.completion`.
+/// OpenAI's `usage` object.
+pub fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    })
+}
+
+/// A non-streamed `chat.completion`, with the turn's usage.
 pub fn completion(
     id: &str,
     created: i64,
     model: &str,
     text: &str,
-    tool_calls: &[Value],
+    tool_calls: &[ToolCall],
     finish: FinishReason,
+    usage: &Usage,
 ) -> Value {
     let mut message = json!({"role": "assistant", "content": text});
     if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls.to_vec());
+        message["tool_calls"] = json!(tool_calls);
     }
     json!({
         "id": id,
@@ -143,6 +184,7 @@ pub fn completion(
         "created": created,
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage_json(usage),
     })
 }
 

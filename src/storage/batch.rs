@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::text::text;
-use super::{NewAudit, NewTurn, TurnWrite};
+use super::{NewAudit, NewTurn, NewUsage, TurnWrite};
 
 /// Rows per multi-row insert: at most 8 parameters each, under SQLite's 32,766 and Postgres'
 /// 65,535 per statement.
@@ -122,6 +122,13 @@ impl<'a> Batch<'a> {
     /// The audit entries of the stored items.
     pub(crate) fn audit(&self) -> Vec<&'a NewAudit> {
         self.stored().flat_map(|(_, w)| w.audit.iter()).collect()
+    }
+
+    /// The usage rows of the items whose session exists, with their session.
+    pub(crate) fn usage(&self) -> Vec<(Uuid, &'a NewUsage)> {
+        self.stored()
+            .flat_map(|(_, w)| w.usage.iter().map(move |u| (w.session_id, u)))
+            .collect()
     }
 
     /// Per item, the turns inserted, or `None` when its session does not exist.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{NewTurn, StoreError, StoreResult, Turn, TurnWrite};
+use super::{ModelUsage, NewTurn, StoreError, StoreResult, Turn, TurnWrite};
 
 /// A session's log of what was said, append-only.
 #[async_trait]
@@ -19,6 +19,7 @@ pub trait TurnStore: Send + Sync {
             turns: turns.to_vec(),
             model: None,
             audit: Vec::new(),
+            usage: Vec::new(),
         };
         match self.save_turns(std::slice::from_ref(&write)).await?.first() {
             Some(Some(inserted)) => Ok(*inserted),
@@ -34,6 +35,8 @@ pub trait TurnStore: Send + Sync {
     ///   `last_activity_at` becomes the newest inserted turn's `created_at` unless it is
     ///   already later (never backwards; skipped turns do not move it), `model` is replaced
     ///   when given, and the version is bumped by one;
+    /// - stores its `usage` rows, skipping those whose `usage_key` is already stored for the
+    ///   session;
     /// - appends its `audit` entries (as [`AuditStore::append_audit`]). Audit entries have no
     ///   dedupe key: saving the same item again inserts no turn but appends its entries again
     ///   (a retried save records the access twice, which overstates rather than loses it).
@@ -54,4 +57,27 @@ pub trait TurnStore: Send + Sync {
     /// written late — replayed from the outage journal, or persisted after a slower earlier
     /// one — still takes its place), then in the order they were stored.
     async fn list_turns(&self, session_id: Uuid) -> StoreResult<Vec<Turn>>;
+
+    /// The call's token usage per model, summed over its turns, by model name. Empty for a call
+    /// with no usage recorded (or an unknown session).
+    async fn call_usage(&self, session_id: Uuid) -> StoreResult<Vec<ModelUsage>>;
+}
+
+/// A token count as the database stores it (`bigint`).
+pub(crate) fn tokens(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// One row of a usage sum.
+pub(crate) fn model_usage(
+    (model, turns, prompt, completion, cached): (String, i64, i64, i64, i64),
+) -> ModelUsage {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    ModelUsage {
+        model,
+        turns: count(turns),
+        prompt_tokens: count(prompt),
+        completion_tokens: count(completion),
+        cached_tokens: count(cached),
+    }
 }

@@ -335,6 +335,42 @@ pub struct TurnWrite {
     pub model: Option<String>,
     /// Accesses to record with it.
     pub audit: Vec<NewAudit>,
+    /// Tokens the turn used, one entry per model that answered (keys already stored are
+    /// skipped). Journals written before usage was recorded have none.
+    #[serde(default)]
+    pub usage: Vec<NewUsage>,
+}
+
+/// Tokens one model used in one turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUsage {
+    /// Unique within the session: a re-sent request stores its usage once.
+    pub usage_key: String,
+    /// The model, as configured or requested (`provider/model` included).
+    pub model: String,
+    /// Input tokens, cached ones included.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Input tokens read from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// When the turn ran.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A call's tokens on one model, summed over its turns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelUsage {
+    /// The model.
+    pub model: String,
+    /// Turns (upstream replies to one request) the model answered.
+    pub turns: u64,
+    /// Input tokens, cached ones included.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cached_tokens: u64,
 }
 
 /// Whether a keyed write was new.

@@ -1,19 +1,31 @@
-//! The upstream LLM client: one pooled HTTP client for any OpenAI-compatible API, streaming
-//! responses parsed incrementally into [`Delta`]s.
+//! The upstream LLM providers behind one typed boundary: the engine, the Retell transport and
+//! analysis hand [`LlmClient`] a typed [`Request`] and read a typed [`Event`] stream (text, tool-call
+//! fragments, finish, usage; errors as [`UpstreamError`]). Each provider's wire format lives in its
+//! own module ([`openai`], [`anthropic`]); adding a provider is one module, a [`ProviderKind`]
+//! variant, and its arms in [`Wire`].
+//!
+//! A model written `name/model`, where `name` is a configured `[[providers]]` entry, goes to that
+//! provider as `model`; any other model goes to `[upstream]` (an OpenAI-compatible API), as it is.
 
-mod sse;
+pub mod anthropic;
+pub mod openai;
+mod types;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use crate::config::{Secret, UpstreamSettings};
+use crate::config::{ProviderKind, ProviderSettings, Secret, Settings};
 
-pub use sse::{Delta, parse_chunk};
-
+pub use types::{
+    Completion, Event, KNOWN_PARAMS, ParamError, Params, Request, Tool, ToolCallDelta, ToolChoice,
+    Usage,
+};
 /// How an upstream call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -37,7 +49,8 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether another model (or a retry) may succeed: connect errors, timeouts, 408, 429, 5xx.
+    /// Whether another model (or a retry) may succeed: connect errors, timeouts, 408, 429, 5xx
+    /// (Anthropic's 529 overloaded included).
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
@@ -63,10 +76,14 @@ impl UpstreamError {
         match self {
             Self::Status {
                 status: 401 | 403, ..
-            } => Some("check upstream.api_key (or OPENAI_API_KEY)"),
-            Self::Status { status: 404, .. } => {
-                Some("check the model name (upstream.model or the request's `model`)")
-            }
+            } => Some(
+                "check upstream.api_key (or OPENAI_API_KEY), or the api_key of the model's \
+                 [[providers]] entry",
+            ),
+            Self::Status { status: 404, .. } => Some(
+                "check the model name (upstream.model, the assistant's model, or the \
+                 request's `model`) and its provider",
+            ),
             _ => None,
         }
     }
@@ -84,86 +101,180 @@ impl UpstreamError {
     }
 }
 
-/// Client for one OpenAI-compatible upstream.
+/// The wire format of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+/// One configured provider.
+#[derive(Debug)]
+struct Provider {
+    name: String,
+    wire: Wire,
+    url: reqwest::Url,
+    /// Authentication and configured headers (values marked sensitive).
+    headers: HeaderMap,
+    max_tokens: u64,
+    stream_usage: bool,
+}
+
+/// The provider name of models without a configured prefix: the `[upstream]` section.
+pub const DEFAULT_PROVIDER: &str = "upstream";
+
+/// Client for every configured provider: one pooled HTTP client (TCP_NODELAY, rustls), the
+/// providers, and how a model name picks one.
 #[derive(Debug, Clone)]
 pub struct LlmClient {
     http: reqwest::Client,
-    url: String,
-    api_key: Secret,
+    /// `[upstream]` first, then `[[providers]]` in order.
+    providers: Arc<[Provider]>,
     idle_timeout: Duration,
+}
+
+/// An open streaming response.
+pub struct UpstreamStream {
+    events: EventStream,
+    decoder: Decoder,
+    idle_timeout: Duration,
+    finished: bool,
 }
 
 type EventStream =
     Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send + 'static>>;
 
-/// An open streaming response.
-pub struct UpstreamStream {
-    events: EventStream,
-    idle_timeout: Duration,
-    finished: bool,
+/// The per-stream state of a provider's parser.
+enum Decoder {
+    OpenAi,
+    Anthropic(anthropic::Decoder),
 }
 
 impl LlmClient {
-    /// Builds the pooled client (TCP_NODELAY, connect timeout, rustls).
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, UpstreamError> {
+    /// Builds the pooled client and the providers of `settings`.
+    pub fn new(settings: &Settings) -> Result<Self, UpstreamError> {
+        let upstream = &settings.upstream;
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .connect_timeout(Duration::from_millis(upstream.connect_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .user_agent(concat!("redial/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        let default = ProviderSettings {
+            name: DEFAULT_PROVIDER.to_owned(),
+            kind: ProviderKind::Openai,
+            base_url: upstream.base_url.clone(),
+            api_key: upstream.api_key.clone(),
+            headers: Default::default(),
+            max_tokens: 1024,
+            stream_usage: upstream.stream_usage,
+        };
+        let providers = std::iter::once(&default)
+            .chain(&settings.providers)
+            .map(Provider::new)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             http,
-            url: format!(
-                "{}/chat/completions",
-                settings.base_url.trim_end_matches('/')
-            ),
-            api_key: settings.api_key.clone(),
-            idle_timeout: Duration::from_millis(settings.stream_idle_timeout_ms),
+            providers: providers.into(),
+            idle_timeout: Duration::from_millis(upstream.stream_idle_timeout_ms),
         })
     }
 
-    /// Sends a streaming request and returns once response headers arrived with a success
-    /// status. The caller bounds the wait (first-token timeout).
-    pub async fn open_stream(&self, body: &Value) -> Result<UpstreamStream, UpstreamError> {
-        let response = self.send(body).await?;
+    /// The provider and the provider's own model name for a model as configured or requested.
+    fn resolve<'m>(&self, model: &'m str) -> (&Provider, &'m str) {
+        if let Some((prefix, rest)) = model.split_once('/')
+            && !rest.is_empty()
+            && let Some(provider) = self.providers[1..].iter().find(|p| p.name == prefix)
+        {
+            return (provider, rest);
+        }
+        (&self.providers[0], model)
+    }
+
+    /// The name of the provider that serves `model`.
+    pub fn provider_of(&self, model: &str) -> &str {
+        &self.resolve(model).0.name
+    }
+
+    /// Sends a streaming request for `model` and returns once response headers arrived with a
+    /// success status. The caller bounds the wait (first-token timeout).
+    pub async fn open_stream(
+        &self,
+        model: &str,
+        request: &Request<'_>,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        let (provider, name) = self.resolve(model);
+        let request = Request {
+            stream: true,
+            ..*request
+        };
+        let response = self.send(provider, name, &request).await?;
         let events = response
             .bytes_stream()
             .eventsource()
             .map(|event| event.map_err(|e| e.to_string()));
         Ok(UpstreamStream {
             events: Box::pin(events),
+            decoder: match provider.wire {
+                Wire::OpenAi => Decoder::OpenAi,
+                Wire::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
+            },
             idle_timeout: self.idle_timeout,
             finished: false,
         })
     }
 
-    /// Sends a non-streaming request and returns the parsed `chat.completion`.
-    pub async fn complete(&self, body: &Value, timeout: Duration) -> Result<Value, UpstreamError> {
-        let response = tokio::time::timeout(timeout, self.send(body))
+    /// Sends a non-streaming request for `model` and returns the whole reply.
+    pub async fn complete(
+        &self,
+        model: &str,
+        request: &Request<'_>,
+        timeout: Duration,
+    ) -> Result<Completion, UpstreamError> {
+        let (provider, name) = self.resolve(model);
+        let request = Request {
+            stream: false,
+            ..*request
+        };
+        let response = tokio::time::timeout(timeout, self.send(provider, name, &request))
             .await
             .map_err(|_| UpstreamError::Timeout("completion"))??;
         let bytes = tokio::time::timeout(timeout, response.bytes())
             .await
             .map_err(|_| UpstreamError::Timeout("completion body"))?
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Decode(e.to_string()))
+        match provider.wire {
+            Wire::OpenAi => openai::parse_completion(&bytes),
+            Wire::Anthropic => anthropic::parse_completion(&bytes),
+        }
     }
 
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.http.post(&self.url).json(body);
-        if !self.api_key.is_empty() {
-            request = request.bearer_auth(self.api_key.expose());
-        }
-        let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                UpstreamError::Timeout("connect")
-            } else {
-                UpstreamError::Transport(error_chain(&e))
-            }
-        })?;
+    async fn send(
+        &self,
+        provider: &Provider,
+        model: &str,
+        request: &Request<'_>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let body: Value = match provider.wire {
+            Wire::OpenAi => openai::body(model, request, provider.stream_usage),
+            Wire::Anthropic => anthropic::body(model, request, provider.max_tokens),
+        };
+        let response = self
+            .http
+            .post(provider.url.clone())
+            .headers(provider.headers.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    UpstreamError::Timeout("connect")
+                } else {
+                    UpstreamError::Transport(error_chain(&e))
+                }
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -176,18 +287,88 @@ impl LlmClient {
     }
 }
 
+impl Provider {
+    fn new(settings: &ProviderSettings) -> Result<Self, UpstreamError> {
+        let invalid = |what: String| {
+            UpstreamError::Transport(format!("provider {:?}: {what}", settings.name))
+        };
+        let (wire, default_base, path) = match settings.kind {
+            ProviderKind::Openai => (
+                Wire::OpenAi,
+                "https://api.openai.com/v1",
+                "chat/completions",
+            ),
+            ProviderKind::Anthropic => {
+                (Wire::Anthropic, "https://api.anthropic.com/v1", "messages")
+            }
+        };
+        let base = if settings.base_url.is_empty() {
+            default_base
+        } else {
+            &settings.base_url
+        };
+        let mut url =
+            reqwest::Url::parse(base).map_err(|e| invalid(format!("base_url {base:?}: {e}")))?;
+        let mut base_path = url.path().trim_end_matches('/').to_owned();
+        // `https://api.anthropic.com` as the SDKs write it: the API lives under /v1.
+        if wire == Wire::Anthropic && base_path.is_empty() {
+            base_path.push_str("/v1");
+        }
+        url.set_path(&format!("{base_path}/{path}"));
+        let mut headers = HeaderMap::new();
+        let secret = |value: &Secret| {
+            HeaderValue::from_str(value.expose())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+                .map_err(|_| invalid("a header value is not valid in HTTP".into()))
+        };
+        if !settings.api_key.is_empty() {
+            match wire {
+                Wire::OpenAi => {
+                    let bearer = Secret::new(format!("Bearer {}", settings.api_key.expose()));
+                    headers.insert(reqwest::header::AUTHORIZATION, secret(&bearer)?);
+                }
+                Wire::Anthropic => {
+                    headers.insert("x-api-key", secret(&settings.api_key)?);
+                }
+            }
+        }
+        if wire == Wire::Anthropic {
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::from_static(anthropic::API_VERSION),
+            );
+        }
+        for (name, value) in &settings.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("{name:?} is not a header name")))?;
+            headers.insert(name, secret(value)?);
+        }
+        Ok(Self {
+            name: settings.name.clone(),
+            wire,
+            url,
+            headers,
+            max_tokens: settings.max_tokens,
+            stream_usage: settings.stream_usage,
+        })
+    }
+}
+
 impl UpstreamStream {
-    /// The next batch of deltas; `None` once the stream finished (`[DONE]` or a finish reason
-    /// followed by the end of the body). A body that ends before either is an error, as is a
-    /// silence longer than the idle timeout.
-    pub async fn next(&mut self) -> Option<Result<Vec<Delta>, UpstreamError>> {
+    /// The next batch of events; `None` once the stream finished (OpenAI's `[DONE]`, Anthropic's
+    /// `message_stop`, or a finish followed by the end of the body). A body that ends before
+    /// either is an error, as is a silence longer than the idle timeout.
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, UpstreamError>> {
         loop {
             let event = match tokio::time::timeout(self.idle_timeout, self.events.next()).await {
                 Err(_) => return Some(Err(UpstreamError::Timeout("between chunks"))),
                 Ok(None) if self.finished => return None,
                 Ok(None) => {
                     return Some(Err(UpstreamError::Transport(
-                        "stream ended before [DONE]".into(),
+                        "stream ended before its end event".into(),
                     )));
                 }
                 Ok(Some(Err(e))) => return Some(Err(UpstreamError::Transport(e))),
@@ -197,19 +378,29 @@ impl UpstreamStream {
             if data.is_empty() {
                 continue;
             }
-            if data == "[DONE]" {
-                self.finished = true;
-                return None;
-            }
-            let deltas = match parse_chunk(data) {
-                Ok(deltas) => deltas,
+            let parsed = match &mut self.decoder {
+                Decoder::OpenAi => openai::parse_event(data).map(|p| match p {
+                    openai::Parsed::Events(events) => Some(events),
+                    openai::Parsed::Done => None,
+                }),
+                Decoder::Anthropic(decoder) => decoder.parse(data).map(|p| match p {
+                    anthropic::Parsed::Events(events) => Some(events),
+                    anthropic::Parsed::Done => None,
+                }),
+            };
+            let events = match parsed {
+                Ok(Some(events)) => events,
+                Ok(None) => {
+                    self.finished = true;
+                    return None;
+                }
                 Err(e) => return Some(Err(e)),
             };
-            if deltas.iter().any(|d| matches!(d, Delta::Finish(_))) {
+            if events.iter().any(|e| matches!(e, Event::Finish(_))) {
                 self.finished = true;
             }
-            if !deltas.is_empty() {
-                return Some(Ok(deltas));
+            if !events.is_empty() {
+                return Some(Ok(events));
             }
         }
     }

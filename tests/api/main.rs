@@ -18,6 +18,7 @@ mod limits;
 mod misconfig;
 mod outage;
 mod process;
+mod providers;
 mod resume;
 mod retell;
 mod sdk;

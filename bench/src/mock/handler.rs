@@ -1,6 +1,6 @@
 //! The mock's HTTP layer: shared state, routes, request recording, and paced response bodies.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,6 +16,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::anthropic;
 use super::render::{self, Frame, JsonPlan, ReplyContext, StreamPlan, Tail};
 use super::script::{Behavior, MockConfig};
 
@@ -36,6 +37,8 @@ pub(crate) struct MockState {
     log: Mutex<RequestLog>,
     recording: AtomicBool,
     next_call_id: AtomicU64,
+    /// Prompt prefixes the Messages endpoint has cached (hashes).
+    cached_prefixes: Mutex<HashSet<[u8; 32]>>,
 }
 
 /// Bodies and headers of received requests, index-aligned.
@@ -53,6 +56,7 @@ impl MockState {
             log: Mutex::new(RequestLog::default()),
             recording: AtomicBool::new(true),
             next_call_id: AtomicU64::new(0),
+            cached_prefixes: Mutex::new(HashSet::new()),
         }
     }
 
@@ -138,6 +142,8 @@ pub(crate) fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
+        .route("/messages", post(messages))
         .route("/v1/models", get(models))
         .fallback(not_found)
         .with_state(state)
@@ -168,6 +174,47 @@ async fn chat_completions(
                 sse_response(render::stream_plan(&behavior, &ctx))
             } else {
                 json_response(render::json_plan(&behavior, &ctx)).await
+            }
+        }
+    }
+}
+
+async fn messages(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body)
+        .map_err(|_| String::from_utf8_lossy(&body).into_owned());
+    state.record(&headers, &parsed);
+    let Ok(request) = parsed else {
+        let body = anthropic::error_body("invalid_request_error", "body is not valid JSON");
+        return json_body(StatusCode::BAD_REQUEST, body.to_string());
+    };
+    if let Some(problem) = anthropic::invalid(&headers, &request) {
+        let body = anthropic::error_body("invalid_request_error", &problem);
+        return json_body(StatusCode::BAD_REQUEST, body.to_string());
+    }
+    let model = request["model"].as_str().unwrap_or_default();
+    let behavior = state.next_behavior(model);
+    match behavior {
+        Behavior::Status { code, body } => status_response(code, body),
+        Behavior::Stall => {
+            tokio::time::sleep(STALL_FOR).await;
+            error_response(StatusCode::GATEWAY_TIMEOUT, "mock upstream stalled")
+        }
+        behavior => {
+            let calls = match &behavior {
+                Behavior::ToolCalls { calls, .. } => calls.len() as u64,
+                _ => 0,
+            };
+            let first_call_id = state.next_call_id.fetch_add(calls, Ordering::Relaxed);
+            let ctx =
+                anthropic::context(&request, &mut lock(&state.cached_prefixes), first_call_id);
+            if request["stream"].as_bool() == Some(true) {
+                sse_response(anthropic::stream_plan(&behavior, &ctx))
+            } else {
+                json_response(anthropic::json_plan(&behavior, &ctx)).await
             }
         }
     }

@@ -1,4 +1,5 @@
-//! A scriptable mock OpenAI-compatible upstream (`POST /v1/chat/completions`).
+//! A scriptable mock upstream: OpenAI-compatible (`POST /v1/chat/completions`) and Anthropic
+//! Messages (`POST /v1/messages`, see the `anthropic` module), on one port.
 //!
 //! By default every request gets a stream shaped by [`MockConfig`] (time to first token,
 //! inter-token gap, token count). Tests script individual requests with
@@ -6,8 +7,9 @@
 //! connections cut mid-body. Every received body and its headers are recorded in order.
 //!
 //! Responses are real SSE written frame by frame (no buffering) in OpenAI's
-//! `chat.completion.chunk` shape, or one `chat.completion` JSON when the request does not set
-//! `"stream": true`.
+//! `chat.completion.chunk` shape (or Anthropic's streaming events on `/v1/messages`), or one
+//! `chat.completion` (or `message`) JSON when the request does not set `"stream": true`. The
+//! same scripted [`Behavior`]s serve both endpoints.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -22,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod anthropic;
 mod handler;
 mod render;
 mod script;
@@ -156,7 +159,8 @@ impl MockUpstream {
         self.inner.addr
     }
 
-    /// Every body received on `POST /v1/chat/completions`, in arrival order. A body that is not
+    /// Every body received on `POST /v1/chat/completions` and `POST /v1/messages`, in arrival
+    /// order. A body that is not
     /// JSON is recorded as a JSON string holding the raw text (and answered with 400).
     pub fn requests(&self) -> Vec<serde_json::Value> {
         self.inner.state.requests()

@@ -292,7 +292,7 @@ fn single(key: &str, value: Value) -> Map<String, Value> {
 
 /// Splits tool-call arguments into at least two fragments of at most [`MAX_FRAGMENT_CHARS`]
 /// characters (empty fragments pad arguments shorter than two characters).
-fn split_fragments(arguments: &str) -> Vec<String> {
+pub(crate) fn split_fragments(arguments: &str) -> Vec<String> {
     let chars: Vec<char> = arguments.chars().collect();
     let pieces = chars.len().div_ceil(MAX_FRAGMENT_CHARS).max(2);
     let size = chars.len().div_ceil(pieces).max(1);

@@ -23,6 +23,37 @@ pub use redial::{ADMIN_KEY, API_KEY, RedialProcess, RedialSettings, resolve_bina
 pub use report::markdown;
 pub use scenarios::{Role, Scenario, smoke, standard};
 pub use store::{PreparedStore, StoreKind, redact};
+
+/// The upstream API redial speaks to the mock in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions (`[upstream]`): runs are labelled with the store alone.
+    Openai,
+    /// Anthropic Messages (a `[[providers]]` entry on the same mock): runs are labelled
+    /// `<store>+anthropic`.
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// The run's label on `store`.
+    pub fn label(self, store: StoreKind) -> String {
+        match self {
+            Self::Openai => store.name().to_owned(),
+            Self::Anthropic => format!("{}+anthropic", store.name()),
+        }
+    }
+
+    /// The configuration that routes every turn to this API of the mock at `base_url`.
+    fn config(self, base_url: &str) -> Option<String> {
+        match self {
+            Self::Openai => None,
+            Self::Anthropic => Some(format!(
+                "[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = {base_url:?}\n\
+                 api_key = \"mock\"\n\n[[assistants]]\nid = \"default\"\nmodel = \"anthropic/mock\"\n"
+            )),
+        }
+    }
+}
 pub use targets::{Comparison, TargetResult};
 
 use crate::load::{self, LoadConfig, LoadReport, Target};
@@ -46,6 +77,8 @@ pub struct SuiteOptions {
     pub smoke: bool,
     /// Stores to run redial on.
     pub stores: Vec<StoreKind>,
+    /// Upstream APIs to run redial against, on every store.
+    pub providers: Vec<ProviderKind>,
     /// Only measure the direct-to-mock baseline (no redial).
     pub direct_only: bool,
     /// Extra TOML appended to redial's generated config.
@@ -213,10 +246,14 @@ async fn run_stores(
         scenarios: &scenarios,
     };
     for &store in &options.stores {
-        if let Err(error) = context.run(store, results).await {
-            eprintln!("error: redial on {}: {error:#}", store.name());
-            let failure = format!("redial on {}: {error:#}", store.name());
-            results.hard_failures.push(failure);
+        for &provider in &options.providers {
+            if let Err(error) = context.run(store, provider, results).await {
+                let label = provider.label(store);
+                eprintln!("error: redial on {label}: {error:#}");
+                results
+                    .hard_failures
+                    .push(format!("redial on {label}: {error:#}"));
+            }
         }
     }
 }
@@ -248,12 +285,18 @@ struct StoreRun<'a> {
 
 impl StoreRun<'_> {
     /// Creates the database, runs redial on it, and always stops redial and drops the database.
-    async fn run(&self, store: StoreKind, results: &mut SuiteResults) -> anyhow::Result<()> {
-        eprintln!("== redial on {}", store.name());
+    async fn run(
+        &self,
+        store: StoreKind,
+        provider: ProviderKind,
+        results: &mut SuiteResults,
+    ) -> anyhow::Result<()> {
+        let label = provider.label(store);
+        eprintln!("== redial on {label}");
         let prepared = PreparedStore::create(store, &self.options.postgres_url, &self.options.out)
             .await
             .with_context(|| format!("preparing the {} store", store.name()))?;
-        let outcome = self.run_on(store, prepared.url(), results).await;
+        let outcome = self.run_on(&label, provider, prepared.url(), results).await;
         let cleanup = prepared.cleanup().await;
         outcome?;
         cleanup.with_context(|| format!("cleaning up the {} store", store.name()))
@@ -261,25 +304,33 @@ impl StoreRun<'_> {
 
     async fn run_on(
         &self,
-        store: StoreKind,
+        label: &str,
+        provider: ProviderKind,
         database_url: &str,
         results: &mut SuiteResults,
     ) -> anyhow::Result<()> {
+        let extra_config = [
+            provider.config(&self.mock.base_url()),
+            self.options.extra_config.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
         let settings = RedialSettings {
             binary: self.binary.to_path_buf(),
             database_url: database_url.to_owned(),
             upstream_base_url: self.mock.base_url(),
             workdir: self.options.out.clone(),
-            name: store.name().to_owned(),
-            extra_config: self.options.extra_config.clone(),
+            name: label.replace('+', "-"),
+            extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
         };
         let redial = RedialProcess::start(&settings, self.client).await?;
-        let outcome = self.run_scenarios(&redial, store, results).await;
+        let outcome = self.run_scenarios(&redial, label, results).await;
         let memory_after = redial.memory().ok();
         let startup_ms = u64::try_from(redial.startup().as_millis()).unwrap_or(u64::MAX);
         let exit = redial.stop().await?;
         results.redial.push(RedialRecord {
-            store: store.name().to_owned(),
+            store: label.to_owned(),
             binary: self.binary.display().to_string(),
             startup_ms,
             memory_after,
@@ -291,7 +342,7 @@ impl StoreRun<'_> {
     async fn run_scenarios(
         &self,
         redial: &RedialProcess,
-        store: StoreKind,
+        store: &str,
         results: &mut SuiteResults,
     ) -> anyhow::Result<()> {
         let target = Target {
@@ -299,7 +350,7 @@ impl StoreRun<'_> {
             api_key: Some(API_KEY.to_owned()),
             timeout: REQUEST_TIMEOUT,
         };
-        let label = format!("redial/{}", store.name());
+        let label = format!("redial/{store}");
         for scenario in self.scenarios {
             let sampler = redial.sample_memory();
             let run = run_scenario(self.mock, scenario, &target, &label, Some(redial.pid())).await;
@@ -354,7 +405,7 @@ async fn run_scenario(
 
 fn record(
     scenario: &Scenario,
-    store: Option<StoreKind>,
+    store: Option<&str>,
     rss_peak_bytes: Option<u64>,
     cpu: CpuUse,
     report: LoadReport,
@@ -367,7 +418,7 @@ fn record(
         } else {
             TargetKind::Direct
         },
-        store: store.map(|s| s.name().to_owned()),
+        store: store.map(str::to_owned),
         rss_peak_bytes,
         cpu,
         report,

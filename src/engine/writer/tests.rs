@@ -54,6 +54,7 @@ fn write(session_id: Uuid, key: &str) -> TurnWrite {
         }],
         model: None,
         audit: Vec::new(),
+        usage: Vec::new(),
     }
 }
 

@@ -128,12 +128,22 @@ fn validate_call_id(call_id: &str, max_id_bytes: usize) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Retell sends no model, so one must be configured.
+/// Retell sends no model, so one must be configured (`upstream.model` or its fallbacks, or an
+/// assistant's own).
 fn require_model(settings: &Settings) -> Result<(), ApiError> {
     let upstream = &settings.upstream;
-    if upstream.model.is_empty() && upstream.fallback_models.iter().all(String::is_empty) {
+    let assistants = settings
+        .assistants
+        .iter()
+        .any(|a| !a.model.is_empty() || a.fallback_models.iter().any(|m| !m.is_empty()));
+    if upstream.model.is_empty()
+        && upstream.fallback_models.iter().all(String::is_empty)
+        && !assistants
+    {
         return Err(ApiError::Unavailable(
-            "Retell sends no model: set `upstream.model` to serve Retell calls".into(),
+            "Retell sends no model: set `upstream.model` (or the assistant's `model`) to serve \
+             Retell calls"
+                .into(),
         ));
     }
     Ok(())

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::outbox::{Closed, Outbox};
 use super::protocol::{ResponseFrame, ResponseRequest, ServerEvent, Utterance};
@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::engine::{Engine, ToolCalls, TurnEvent, TurnRequest};
 use crate::openai::{ChatMessage, Role};
 use crate::platforms::Identity;
+use crate::upstream::{Params, Tool};
 
 /// The tool that hangs up: offered to the model on Retell calls, mapped to `end_call: true`.
 pub(super) const END_CALL: &str = "end_call";
@@ -56,19 +57,20 @@ pub(super) fn turn_request(
         messages,
         tools: vec![end_call_tool()],
         model: None,
-        params: Map::new(),
+        params: Params::default(),
         deferred_tools: vec![END_CALL.to_owned()],
         announced_tools: Vec::new(),
         hold_before_internal_tools: true,
     }
 }
 
-fn end_call_tool() -> Value {
-    json!({"type": "function", "function": {
-        "name": END_CALL,
-        "description": "Hang up the phone call. Use it only when the conversation is over (the caller said goodbye or asked to end the call), after saying a short goodbye in the same reply.",
-        "parameters": {"type": "object", "properties": {}}
-    }})
+fn end_call_tool() -> Tool {
+    Tool {
+        name: END_CALL.into(),
+        description: Some("Hang up the phone call. Use it only when the conversation is over (the caller said goodbye or asked to end the call), after saying a short goodbye in the same reply.".into()),
+        parameters: Some(json!({"type": "object", "properties": {}})),
+        strict: None,
+    }
 }
 
 /// Runs the turn and streams it as frames of the guarded response; closes the response at the
@@ -111,6 +113,8 @@ pub(super) async fn run(
                 };
                 guard.event(event).await
             }
+            // Retell has no place for usage; it is stored with the turn.
+            TurnEvent::Usage(_) => Ok(()),
             TurnEvent::Finish(_) => {
                 finished = true;
                 break;
@@ -154,9 +158,9 @@ pub(super) async fn run(
 fn ends_call(calls: &ToolCalls) -> bool {
     let mut end = false;
     for call in calls.calls() {
-        match call.pointer("/function/name").and_then(Value::as_str) {
-            Some(END_CALL) => end = true,
-            name => tracing::warn!(?name, "the model called a tool Retell cannot run; ignored"),
+        match call.function.name.as_str() {
+            END_CALL => end = true,
+            name => tracing::warn!(name, "the model called a tool Retell cannot run; ignored"),
         }
     }
     end
@@ -264,7 +268,7 @@ mod tests {
         let roles: Vec<_> = turn.messages.iter().map(|m| m.role).collect();
         assert_eq!(roles, [Role::System, Role::Assistant, Role::User]);
         assert_eq!(turn.messages[0].text_content(), "You are Ava.");
-        assert_eq!(turn.tools[0]["function"]["name"], END_CALL);
+        assert_eq!(turn.tools[0].name, END_CALL);
         assert_eq!(turn.deferred_tools, [END_CALL]);
         assert!(turn.hold_before_internal_tools && turn.model.is_none());
 

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::{PostgresStore, TurnRow, audit, text};
 use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
 use crate::storage::rows::convert_all;
-use crate::storage::{StoreResult, Turn, TurnStore, TurnWrite};
+use crate::storage::turns::{model_usage, tokens};
+use crate::storage::{ModelUsage, StoreResult, Turn, TurnStore, TurnWrite};
 
 #[async_trait]
 impl TurnStore for PostgresStore {
@@ -84,6 +85,24 @@ impl TurnStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        let usage = batch.usage();
+        for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "insert into turn_usage (session_id, usage_key, model, prompt_tokens, \
+                 completion_tokens, cached_tokens, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (session_id, usage)| {
+                row.push_bind(*session_id)
+                    .push_bind(text(&usage.usage_key))
+                    .push_bind(text(&usage.model))
+                    .push_bind(tokens(usage.prompt_tokens))
+                    .push_bind(tokens(usage.completion_tokens))
+                    .push_bind(tokens(usage.cached_tokens))
+                    .push_bind(usage.created_at);
+            });
+            insert.push(" on conflict (session_id, usage_key) do nothing");
+            insert.build().execute(&mut *tx).await?;
+        }
         audit::insert_audit(&mut tx, &batch.audit()).await?;
         tx.commit().await?;
         let results = batch.results();
@@ -105,5 +124,22 @@ impl TurnStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         convert_all(rows)
+    }
+
+    #[tracing::instrument(
+        name = "store.call_usage",
+        skip_all,
+        fields(backend = "postgres", %session_id)
+    )]
+    async fn call_usage(&self, session_id: Uuid) -> StoreResult<Vec<ModelUsage>> {
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "select model, count(*), sum(prompt_tokens)::int8, sum(completion_tokens)::int8, \
+             sum(cached_tokens)::int8 from turn_usage where session_id = $1 \
+             group by model order by model",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(model_usage).collect())
     }
 }

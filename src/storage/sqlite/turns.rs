@@ -11,7 +11,8 @@ use super::{SqliteStore, TurnRow, audit, begin_write, id, ms};
 use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
 use crate::storage::rows::convert_all;
 use crate::storage::text::{opt_text, text};
-use crate::storage::{StoreResult, Turn, TurnStore, TurnWrite};
+use crate::storage::turns::{model_usage, tokens};
+use crate::storage::{ModelUsage, StoreResult, Turn, TurnStore, TurnWrite};
 
 #[async_trait]
 impl TurnStore for SqliteStore {
@@ -94,6 +95,24 @@ impl TurnStore for SqliteStore {
             );
             update.build().execute(&mut *tx).await?;
         }
+        let usage = batch.usage();
+        for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "insert into turn_usage (session_id, usage_key, model, prompt_tokens, \
+                 completion_tokens, cached_tokens, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (session_id, usage)| {
+                row.push_bind(id(*session_id))
+                    .push_bind(text(&usage.usage_key))
+                    .push_bind(text(&usage.model))
+                    .push_bind(tokens(usage.prompt_tokens))
+                    .push_bind(tokens(usage.completion_tokens))
+                    .push_bind(tokens(usage.cached_tokens))
+                    .push_bind(ms(usage.created_at));
+            });
+            insert.push(" on conflict (session_id, usage_key) do nothing");
+            insert.build().execute(&mut *tx).await?;
+        }
         audit::insert_audit(&mut tx, &batch.audit()).await?;
         tx.commit().await?;
         let results = batch.results();
@@ -115,5 +134,22 @@ impl TurnStore for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         convert_all(rows)
+    }
+
+    #[tracing::instrument(
+        name = "store.call_usage",
+        skip_all,
+        fields(backend = "sqlite", %session_id)
+    )]
+    async fn call_usage(&self, session_id: Uuid) -> StoreResult<Vec<ModelUsage>> {
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "select model, count(*), sum(prompt_tokens), sum(completion_tokens), \
+             sum(cached_tokens) from turn_usage where session_id = $1 \
+             group by model order by model",
+        )
+        .bind(id(session_id))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(model_usage).collect())
     }
 }

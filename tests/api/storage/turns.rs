@@ -313,18 +313,21 @@ async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_ski
             ],
             model: Some("gpt-one".to_owned()),
             audit: vec![turn_audit(caller, first.session_id, at(2))],
+            usage: Vec::new(),
         },
         TurnWrite {
             session_id: unknown,
             turns: vec![user_turn("u1", "lost", at(3))],
             model: Some("gpt-unknown".to_owned()),
             audit: vec![turn_audit(caller, unknown, at(3))],
+            usage: Vec::new(),
         },
         TurnWrite {
             session_id: second.session_id,
             turns: vec![user_turn("b1", "Hi", at(4))],
             model: None,
             audit: vec![turn_audit(caller, second.session_id, at(4))],
+            usage: Vec::new(),
         },
         // The first session's next turn, queued behind the others; "a2" is already in the
         // batch, so only "a3" is new.
@@ -333,6 +336,7 @@ async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_ski
             turns: vec![user_turn("a2", "Ada", at(5)), user_turn("a3", "Yes", at(6))],
             model: Some("gpt-two".to_owned()),
             audit: vec![],
+            usage: Vec::new(),
         },
     ];
 
@@ -385,6 +389,7 @@ async fn a_key_repeated_within_a_batch_is_stored_once_for_its_first_item(store: 
         turns: vec![user_turn("m1", content, at(when))],
         model: None,
         audit: vec![],
+        usage: Vec::new(),
     };
 
     // Act
@@ -426,6 +431,7 @@ async fn a_batch_larger_than_one_statement_is_stored_whole(store: Arc<dyn Store>
         turns,
         model: None,
         audit: vec![],
+        usage: Vec::new(),
     };
 
     // Act
@@ -462,6 +468,7 @@ async fn concurrent_batches_over_the_same_sessions_in_opposite_orders_all_commit
                         turns: vec![user_turn(&format!("{name}-{round}"), "hi", at(round))],
                         model: None,
                         audit: vec![],
+                        usage: Vec::new(),
                     })
                     .collect();
                 store.save_turns(&batch).await?;

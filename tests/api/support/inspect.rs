@@ -148,6 +148,7 @@ impl Inspect for dyn Store + '_ {
             turns: turns.to_vec(),
             model: model.map(str::to_owned),
             audit: audit.to_vec(),
+            usage: Vec::new(),
         };
         match self
             .save_turns(std::slice::from_ref(&write))
