@@ -42,6 +42,8 @@ pub(crate) struct Finished {
     turns: Vec<NewTurn>,
     /// The model that answered.
     model: Option<String>,
+    /// Assistant messages the call's next request may hold: the request's and this reply.
+    next_assistant: usize,
 }
 
 impl Finished {
@@ -50,6 +52,7 @@ impl Finished {
         Self {
             turns: new_turns(messages, &outcome),
             model: outcome.model,
+            next_assistant: super::turn::assistant_messages(messages) + 1,
         }
     }
 }
@@ -73,6 +76,8 @@ pub(crate) async fn persist(
             return;
         }
     };
+    // The call's next turn here reads this context instead of the database.
+    memory::remember(engine, identity, &ctx, finished.next_assistant);
     let write = turn_write(identity, &ctx, finished);
     match slot {
         Some(slot) => slot.write(write),
