@@ -1,8 +1,9 @@
 //! redial: a custom-LLM gateway for voice agents.
 //!
-//! See `README.md` for what it does and how it is built ("Architecture"), and
-//! `docs/OPERATIONS.md` for how it behaves when things fail: platform adapters at the edge ([`http`]), one conversation engine in the middle, durable state behind
-//! the [`storage::Store`] trait.
+//! Platform adapters at the edge ([`http`], [`platforms`], [`webhooks`]), one conversation
+//! engine in the middle ([`engine`]), durable state behind the [`storage::Store`] traits. What it
+//! does: `README.md`; how it is built and where a change goes: `docs/ARCHITECTURE.md`; how it
+//! behaves when things fail: `docs/OPERATIONS.md`.
 
 pub mod analysis;
 pub mod cli;

@@ -5,7 +5,8 @@
 //! changes, audit entries) and every accepted webhook goes through [`Journal::write`]:
 //! - while nothing is journaled, the write goes to the database, bounded by
 //!   `database.write_timeout_ms`; when it fails because the database is away (a transient error,
-//!   see [`transient`]) or does not answer in time, it is journaled instead;
+//!   see [`StoreError::is_transient`](crate::storage::StoreError::is_transient)) or does not
+//!   answer in time, it is journaled instead;
 //! - while anything is journaled, every write is journaled too, behind it, so the database
 //!   receives all writes in the order they were accepted (a newer answer is never overwritten by
 //!   a replayed older one).

@@ -5,8 +5,8 @@
 //! connection or in a webhook; [`phone`] turns a caller id into a caller key.
 //!
 //! The README's "Pointing your platform at redial" and "Who is a caller" describe what each
-//! platform sends, docs/protocols/ the wire details. This module only translates: it imports neither storage nor the HTTP layer
-//! (storage imports [`Platform`] from here).
+//! platform sends, docs/protocols/ the wire details. This module only translates: it imports
+//! neither storage nor the HTTP layer (storage imports [`Platform`] from here).
 //!
 //! # Adding a platform
 //!

@@ -7,18 +7,22 @@
 //! The one exception is text no store can hold (NUL), which both backends store as U+FFFD
 //! ([`text`]).
 //!
-//! | table | trait | backend files |
+//! One trait per table, each declared in `storage/<file>` and implemented in
+//! `storage/postgres/<file>` and `storage/sqlite/<file>`:
+//!
+//! | table | trait | file |
 //! |---|---|---|
-//! | `caller` | [`CallerStore`] (`callers.rs`) | `postgres/callers.rs`, `sqlite/callers.rs` |
-//! | `call_session` | [`SessionStore`] (`sessions.rs`) | `postgres/sessions.rs`, `sqlite/sessions.rs` |
-//! | `turn` | [`TurnStore`] (`turns.rs`) | `postgres/turns.rs`, `sqlite/turns.rs` |
-//! | `webhook_event`, `job` | [`JobStore`] (`jobs.rs`) | `postgres/jobs.rs`, `sqlite/jobs.rs` |
-//! | `analysis` | [`AnalysisStore`] (`analyses.rs`) | `postgres/analyses.rs`, `sqlite/analyses.rs` |
-//! | `audit_log` | [`AuditStore`] (`audit.rs`) | `postgres/audit.rs`, `sqlite/audit.rs` |
+//! | `caller` | [`CallerStore`] | `callers.rs` |
+//! | `call_session` | [`SessionStore`] | `sessions.rs` |
+//! | `turn` | [`TurnStore`] | `turns.rs` |
+//! | `webhook_event`, `job` | [`JobStore`] | `jobs.rs` |
+//! | `analysis` | [`AnalysisStore`] | `analyses.rs` |
+//! | `audit_log` | [`AuditStore`] | `audit.rs` |
 //!
 //! [`Store`] is their supertrait plus the lifecycle (`backend`, `migrate`, `shared`, `ping`,
-//! `close`), implemented in each backend's `mod.rs`; `Arc<dyn Store>` is what the rest of redial
-//! holds.
+//! `close`), implemented in each backend's `mod.rs`. `Arc<dyn Store>` is what the rest of redial
+//! holds, and every table trait's methods are callable on it without importing the trait (code
+//! holding a concrete `SqliteStore` or `PostgresStore` imports the table traits it calls).
 //!
 //! # Adding a query
 //!

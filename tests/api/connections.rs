@@ -32,15 +32,16 @@ const SLOWLORIS: usize = 50;
 /// Allowance on top of a timeout for the server to notice and the close to arrive.
 const SLACK: Duration = Duration::from_secs(2);
 
-/// Raises this test process's own soft open-file limit; `false` (with the reason printed) when
-/// it cannot hold `needed` descriptors.
-fn enough_descriptors(needed: u64) -> bool {
+/// Raises this test process's own soft open-file limit to hold `needed` descriptors; panics,
+/// saying why, when the hard limit does not allow it (a test that cannot flood must fail, never
+/// pass).
+fn enough_descriptors(needed: u64) {
     let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-    if soft < needed {
-        eprintln!("skipped: this process may open {soft} files, the test needs {needed}");
-        return false;
-    }
-    true
+    assert!(
+        soft >= needed,
+        "this process may open {soft} files, the test needs {needed}: raise the hard limit \
+         (ulimit -Hn)"
+    );
 }
 
 /// A config file for a keyed (not dev-mode) child redial on `db_url`.
@@ -117,9 +118,7 @@ async fn keyed_turn(client: &reqwest::Client, server: &Server, call_id: &str) ->
 }
 
 async fn a_flood_of_silent_and_slow_connections_leaves_keyed_clients_served(backend: Backend) {
-    if !enough_descriptors(4 * (SILENT + SLOWLORIS) as u64) {
-        return;
-    }
+    enough_descriptors(4 * (SILENT + SLOWLORIS) as u64);
     let db = TestDb::new(backend).await;
     let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -191,9 +190,7 @@ async fn a_flood_of_silent_and_slow_connections_leaves_keyed_clients_served(back
 /// rarely, keep accepting once descriptors free up, and not spin.
 #[tokio::test]
 async fn out_of_descriptors_accept_errors_are_throttled_and_serving_resumes() {
-    if !enough_descriptors(4 * SILENT as u64) {
-        return;
-    }
+    enough_descriptors(4 * SILENT as u64);
     let upstream = MockUpstream::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("x.db").display());

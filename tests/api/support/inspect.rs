@@ -45,7 +45,8 @@ pub trait Inspect {
 }
 
 const CALLER_COLUMNS: &str = "caller_id, phone, name, language, notes, last_summary, \
-     last_sentiment, last_action, last_call_at, call_count, first_seen_at, last_seen_at, updated_at";
+     last_sentiment, last_action, last_call_at, call_count, first_seen_at, last_seen_at, \
+     updated_at";
 const JOB_COLUMNS: &str = "job_id, kind, dedupe_key, payload, status, attempts, max_attempts, \
      run_at, locked_by, locked_until, last_error, created_at, updated_at";
 const AUDIT_COLUMNS: &str =
