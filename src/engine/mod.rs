@@ -189,7 +189,6 @@ impl Drop for TurnHandle {
 fn watch(
     store: &Arc<dyn Store>,
     settings: &Settings,
-    tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> cache::CallCache {
     let memory = &settings.memory;
@@ -203,7 +202,11 @@ fn watch(
     match store.watch_changes(sink) {
         crate::storage::changes::Watch::Task(listen) => {
             let shutdown = shutdown.clone();
-            tasks.spawn(async move {
+            // Not on `tasks`: that tracker counts work to drain, and the listener only stops
+            // at shutdown.
+            let listener = TaskTracker::new();
+            listener.close();
+            listener.spawn(async move {
                 tokio::select! {
                     () = listen => {}
                     () = shutdown.cancelled() => {}
@@ -249,7 +252,7 @@ impl Engine {
         shutdown: CancellationToken,
         journal: Journal,
     ) -> Self {
-        let cache = watch(&store, &settings, &tasks, &shutdown);
+        let cache = watch(&store, &settings, &shutdown);
         let writer = writer::WriteQueue::spawn(
             Arc::clone(&store),
             journal.clone(),

@@ -11,6 +11,7 @@ mod connections;
 mod disk;
 mod fillers;
 mod http;
+mod instances;
 mod job_payloads;
 mod jobs;
 mod limits;
