@@ -516,6 +516,11 @@ pub struct MemorySettings {
     pub retell_reconnect_grace_secs: u64,
     /// Region (ISO 3166 alpha-2) for caller numbers given without a country code.
     pub default_region: String,
+    /// Most calls whose memory this instance keeps between turns (0: none; every turn reads the
+    /// database).
+    pub cache_max_calls: usize,
+    /// Most bytes (estimated) of memory this instance keeps between turns (0: none).
+    pub cache_max_bytes: usize,
 }
 
 impl Default for MemorySettings {
@@ -527,6 +532,8 @@ impl Default for MemorySettings {
             live_window_secs: 8,
             retell_reconnect_grace_secs: 5,
             default_region: "US".into(),
+            cache_max_calls: 10_000,
+            cache_max_bytes: 32 * 1024 * 1024,
         }
     }
 }

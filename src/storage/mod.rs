@@ -41,6 +41,7 @@ mod analyses;
 mod audit;
 mod batch;
 mod callers;
+pub mod changes;
 mod jobs;
 mod postgres;
 mod rows;
@@ -173,6 +174,13 @@ pub trait Store:
     /// process owning it (a SQLite file: one writer connection, one journal).
     fn shared(&self) -> bool {
         true
+    }
+
+    /// Starts reporting changed callers and sessions to `sink` (see [`changes`]); called once,
+    /// at startup. The default cannot, so nothing read from the store is cached.
+    fn watch_changes(&self, sink: changes::ChangeSink) -> changes::Watch {
+        let _ = sink;
+        changes::Watch::Unsupported
     }
 
     /// Cheap round trip proving the database answers (readiness).

@@ -12,6 +12,7 @@ mod connections;
 mod disk;
 mod fillers;
 mod http;
+mod instances;
 mod job_payloads;
 mod jobs;
 mod limits;
