@@ -519,6 +519,26 @@ async fn an_erasure_waits_for_a_call_in_progress_unless_forced(backend: Backend)
             .unwrap()
             .is_none()
     );
+    // The call's next turn starts afresh: nothing of it is served from the instance's call
+    // cache (which held the erased session and caller), so it is stored again as a first call.
+    assert!(
+        read_sse(
+            app.chat(&vapi_body("call-live", NUMBER, "still there?"))
+                .await
+        )
+        .await
+        .done
+    );
+    app.settle().await;
+    let (session, caller) = app
+        .db
+        .store
+        .load_call(Platform::Vapi, "call-live")
+        .await
+        .unwrap()
+        .expect("the call is stored again after the erasure");
+    assert_eq!(session.prior_calls, 0, "a first call: {session:?}");
+    assert!(caller.is_some(), "its caller is stored again");
     app.teardown().await;
 }
 

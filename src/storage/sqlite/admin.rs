@@ -204,9 +204,12 @@ impl AdminStore for SqliteStore {
     async fn erase_caller(&self, erasure: &Erasure) -> StoreResult<ErasureCounts> {
         secure_delete(&self.writer).await?;
         let mut tx = begin_write(&self.writer).await?;
-        let counts = erase_in(&mut tx, erasure).await?;
+        let (counts, deleted) = erase_in(&mut tx, erasure).await?;
         audit::insert_audit(&mut tx, std::slice::from_ref(&erasure.tombstone)).await?;
         tx.commit().await?;
+        // The call cache must not keep serving what was just erased (a forced erasure of a
+        // call in progress: its next turn starts afresh).
+        self.changes.publish(deleted);
         // Best effort: copies the overwritten pages into the file and empties the WAL. A
         // reader holding an old snapshot may keep part of it until the next checkpoint.
         if let Err(e) = sqlx::query("pragma wal_checkpoint(truncate)")
@@ -320,8 +323,12 @@ async fn secure_delete(writer: &sqlx::SqlitePool) -> StoreResult<()> {
     Ok(())
 }
 
-/// Every step of an erasure but the tombstone, inside its transaction.
-async fn erase_in(tx: &mut SqliteConnection, erasure: &Erasure) -> StoreResult<ErasureCounts> {
+/// Every step of an erasure but the tombstone, inside its transaction. Returns the counts and
+/// the ids of the caller and sessions deleted (for the change notices).
+async fn erase_in(
+    tx: &mut SqliteConnection,
+    erasure: &Erasure,
+) -> StoreResult<(ErasureCounts, Vec<Uuid>)> {
     let caller_id = id(erasure.caller_id);
     let needles = json_list(&erasure.needles);
     let callers: Option<(Hyphenated,)> =
@@ -396,5 +403,7 @@ async fn erase_in(tx: &mut SqliteConnection, erasure: &Erasure) -> StoreResult<E
         .bind(caller_id)
         .execute(&mut *tx)
         .await?;
-    Ok(counts)
+    let mut deleted: Vec<Uuid> = session_ids.iter().map(|id| id.into_uuid()).collect();
+    deleted.push(erasure.caller_id);
+    Ok((counts, deleted))
 }
