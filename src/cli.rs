@@ -29,6 +29,65 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Load and validate the configuration, print it with secrets masked, and exit.
     CheckConfig(ServeArgs),
+    /// Look at calls (audited as `cli:<user>`).
+    #[command(subcommand)]
+    Calls(CallsCommand),
+    /// Export or erase what redial holds about a caller (audited as `cli:<user>`).
+    #[command(subcommand)]
+    Callers(CallersCommand),
+}
+
+/// `redial calls …`
+#[derive(Debug, Subcommand)]
+pub enum CallsCommand {
+    /// Print a call in full as JSON: session, answers, turns, analyses, webhook events,
+    /// resumption chain, usage (as `GET /admin/v1/calls/{session_id}`).
+    Show {
+        /// The session id.
+        session_id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// `redial callers …`
+#[derive(Debug, Subcommand)]
+pub enum CallersCommand {
+    /// Print everything redial holds about a caller as one JSON document (as
+    /// `GET /admin/v1/callers/{phone}/export`).
+    Export {
+        /// The caller's number in any format, or their caller id.
+        phone: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Erase a caller and every copy of their data, keeping a tombstone (as
+    /// `DELETE /admin/v1/callers/{phone}`). Needs `server.erasure_key`, and the outage journal
+    /// directory free (stop redial, or use the admin API of the running redial).
+    Erase {
+        /// The caller's number in any format, or their caller id.
+        phone: String,
+        /// Erase even while a call of theirs is in progress.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+impl Command {
+    /// The configuration overrides the command's flags make.
+    pub fn overrides(&self) -> Vec<Override> {
+        match self {
+            Self::Serve(args) | Self::CheckConfig(args) => args.overrides(),
+            Self::Migrate(args)
+            | Self::Calls(CallsCommand::Show { database: args, .. })
+            | Self::Callers(
+                CallersCommand::Export { database: args, .. }
+                | CallersCommand::Erase { database: args, .. },
+            ) => args.overrides(),
+        }
+    }
 }
 
 /// Flags of `serve` and `check-config`.

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// Wrong HTTP method for the route (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request conflicts with the current state, e.g. a call in progress (409).
+    #[error("{0}")]
+    Conflict(String),
     /// Body larger than `server.body_limit_bytes` (413).
     #[error("the request body is larger than the configured limit (server.body_limit_bytes)")]
     PayloadTooLarge,
@@ -75,6 +78,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +92,7 @@ impl ApiError {
             Self::BadRequest { .. }
             | Self::NotFound(_)
             | Self::MethodNotAllowed
+            | Self::Conflict(_)
             | Self::PayloadTooLarge
             | Self::UnsupportedMediaType(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
@@ -105,6 +110,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "request_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",

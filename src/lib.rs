@@ -5,8 +5,10 @@
 //! does: `README.md`; how it is built and where a change goes: `docs/ARCHITECTURE.md`; how it
 //! behaves when things fail: `docs/OPERATIONS.md`.
 
+pub mod admin;
 pub mod analysis;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod error;

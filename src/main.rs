@@ -11,10 +11,7 @@ use redial::{startup, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = match &cli.command {
-        Command::Serve(args) | Command::CheckConfig(args) => args.overrides(),
-        Command::Migrate(args) => args.overrides(),
-    };
+    let overrides = cli.command.overrides();
     let settings = match config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
         Ok(settings) => settings,
         Err(e) => return fail(&format!("configuration error: {e}")),
@@ -28,6 +25,11 @@ async fn main() -> ExitCode {
         Command::Serve(_) => {
             telemetry::init(settings.server.log_format);
             serve(settings).await
+        }
+        command @ (Command::Calls(_) | Command::Callers(_)) => {
+            redial::commands::run(&settings, command)
+                .await
+                .and_then(|json| Ok(writeln!(std::io::stdout().lock(), "{json}")?))
         }
     };
     match result {

@@ -81,6 +81,7 @@ impl Application {
         let app = crate::http::router(state.clone());
         let mut server = tokio::spawn(server::serve(listener, app, options, token.clone()));
         crate::analysis::worker::spawn(&state.engine, &token, &state.workers);
+        crate::admin::retention::spawn(&state);
         state.engine.journal().spawn_replayer(
             std::sync::Arc::clone(&state.store),
             token.clone(),
@@ -180,6 +181,15 @@ pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
                       analysis can only use the model its turns asked for, so a webhook for a \
                       call redial did not answer has no model to analyse it with (its job waits \
                       until a start with analysis.model set); set analysis.model"
+                .into(),
+        });
+    }
+    if !settings.server.all_admin_keys().is_empty() && settings.server.erasure_key.is_empty() {
+        warnings.push(ConfigWarning {
+            key: "server.erasure_key",
+            message: "admin keys are set but server.erasure_key is empty: erasure requests \
+                      (DELETE /admin/v1/callers/{phone}, redial callers erase) are refused until \
+                      it is set"
                 .into(),
         });
     }

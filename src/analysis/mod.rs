@@ -90,6 +90,19 @@ pub async fn process_call_event(engine: &Engine, event: &WebhookEvent) -> anyhow
             .store()
             .close_session(context.session.session_id, &close)
             .await?;
+        if let Some(caller_id) = context.session.caller_id {
+            let entry = NewAudit {
+                entry_key: Some(Uuid::now_v7()),
+                caller_id: Some(caller_id),
+                session_id: Some(context.session.session_id),
+                actor: AuditActor::Webhook(event.platform),
+                action: AuditAction::Update,
+                reason: "call-ended webhook".into(),
+                details: json!({"event_type": event.event_type}),
+                created_at: Utc::now(),
+            };
+            engine.store().append_audit(&[entry]).await?;
+        }
     }
     if let Some(platform) = &event.analysis {
         let analysis = NewAnalysis {

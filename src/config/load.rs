@@ -103,6 +103,10 @@ fn template_settings() -> Settings {
         stream_usage: true,
     });
     settings
+        .server
+        .admin_keys
+        .push(super::AdminKey::new(String::new(), String::new()));
+    settings
 }
 
 /// Tables whose keys are the user's own (header names, model names): not checked against the

@@ -6,6 +6,7 @@
 //! where it came from. Every key is documented in `config.example.toml`.
 
 mod load;
+mod operator;
 mod secret;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Override, load};
+pub use operator::{AdminKey, DEFAULT_ADMIN_KEY_NAME, RetentionSettings};
 pub use secret::{DatabaseUrl, Secret, redact_url_password};
 
 /// The whole configuration.
@@ -42,6 +44,8 @@ pub struct Settings {
     pub assistants: Vec<AssistantSettings>,
     /// Bounds on what one request may make redial store.
     pub limits: LimitSettings,
+    /// How long collected data is kept.
+    pub retention: RetentionSettings,
 }
 
 impl Settings {
@@ -309,8 +313,14 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Bearer tokens accepted from platforms. Empty = dev mode: loopback only.
     pub api_keys: Vec<Secret>,
-    /// Bearer token for admin endpoints (`/metrics` when set).
+    /// A single admin key (acts as the admin key named `default`); kept for older
+    /// configurations, `admin_keys` names each key.
     pub admin_key: Secret,
+    /// Named bearer keys for the admin API (`/admin/v1/…`) and `/metrics`.
+    pub admin_keys: Vec<AdminKey>,
+    /// Secret of the keyed hash (HMAC-SHA256) that erasure tombstones keep instead of the
+    /// erased number; empty = erasure is refused.
+    pub erasure_key: Secret,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
     /// How long in-flight streams and background writes may take to finish on shutdown.
@@ -332,6 +342,8 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_keys: Vec::new(),
             admin_key: Secret::default(),
+            admin_keys: Vec::new(),
+            erasure_key: Secret::default(),
             body_limit_bytes: 2 * 1024 * 1024,
             shutdown_grace_secs: 30,
             log_format: LogFormat::Pretty,
@@ -346,6 +358,18 @@ impl ServerSettings {
     /// Dev mode: no API keys configured, so only loopback clients are served.
     pub fn dev_mode(&self) -> bool {
         self.api_keys.is_empty()
+    }
+
+    /// Every admin key, `admin_key` included (as [`DEFAULT_ADMIN_KEY_NAME`]).
+    pub fn all_admin_keys(&self) -> Vec<AdminKey> {
+        let mut keys = self.admin_keys.clone();
+        if !self.admin_key.is_empty() {
+            keys.push(AdminKey {
+                name: DEFAULT_ADMIN_KEY_NAME.into(),
+                key: self.admin_key.clone(),
+            });
+        }
+        keys
     }
 
     /// The shutdown grace period.
@@ -492,6 +516,11 @@ pub struct MemorySettings {
     pub retell_reconnect_grace_secs: u64,
     /// Region (ISO 3166 alpha-2) for caller numbers given without a country code.
     pub default_region: String,
+    /// Most calls whose memory this instance keeps between turns (0: none; every turn reads the
+    /// database).
+    pub cache_max_calls: usize,
+    /// Most bytes (estimated) of memory this instance keeps between turns (0: none).
+    pub cache_max_bytes: usize,
 }
 
 impl Default for MemorySettings {
@@ -503,6 +532,8 @@ impl Default for MemorySettings {
             live_window_secs: 8,
             retell_reconnect_grace_secs: 5,
             default_region: "US".into(),
+            cache_max_calls: 10_000,
+            cache_max_bytes: 32 * 1024 * 1024,
         }
     }
 }

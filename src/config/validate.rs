@@ -49,7 +49,8 @@ pub(super) fn validate(
     analysis(&settings.analysis, &settings.database, &check)?;
     assistants(&settings.assistants, &check)?;
     providers(settings, &check)?;
-    limits(&settings.limits, &check)
+    limits(&settings.limits, &check)?;
+    operator(settings, &check)
 }
 
 /// Provider names unique and usable as a model prefix; URLs, headers and bounds valid; prices
@@ -369,6 +370,72 @@ fn limits(limits: &LimitSettings, check: &Check<'_>) -> Checked {
         if !(1..=most).contains(&value) {
             return check.fail(key, format!("must be between 1 and {most}"));
         }
+    }
+    Ok(())
+}
+
+/// Admin keys (named, non-empty, distinct, never a platform key) and retention.
+fn operator(settings: &Settings, check: &Check<'_>) -> Checked {
+    let server = &settings.server;
+    let keys = server.all_admin_keys();
+    for (i, key) in keys.iter().enumerate() {
+        if !super::AdminKey::valid_name(&key.name) {
+            return check.fail(
+                "server.admin_keys",
+                format!(
+                    "key name {:?} must be 1 to 64 letters, digits, `.`, `_` or `-`",
+                    key.name
+                ),
+            );
+        }
+        if key.key.is_empty() {
+            return check.fail(
+                "server.admin_keys",
+                format!("the key named {:?} is empty", key.name),
+            );
+        }
+        if keys[..i].iter().any(|k| k.name == key.name) {
+            return check.fail(
+                "server.admin_keys",
+                format!(
+                    "two keys are named {:?} (`server.admin_key` is named {:?})",
+                    key.name,
+                    super::DEFAULT_ADMIN_KEY_NAME
+                ),
+            );
+        }
+        if keys[..i].iter().any(|k| k.key.expose() == key.key.expose()) {
+            return check.fail("server.admin_keys", "two admin keys are the same");
+        }
+        if server
+            .api_keys
+            .iter()
+            .any(|k| k.expose() == key.key.expose())
+        {
+            return check.fail(
+                "server.admin_keys",
+                format!(
+                    "the admin key named {:?} is also a platform key (server.api_keys): a \
+                     platform key must never open the admin API",
+                    key.name
+                ),
+            );
+        }
+    }
+    let retention = &settings.retention;
+    if !(1..=10_000).contains(&retention.batch_size) {
+        return check.fail("retention.batch_size", "must be between 1 and 10000");
+    }
+    check.positive(&[(
+        "retention.sweep_interval_secs",
+        retention.sweep_interval_secs,
+    )])?;
+    if retention.inactive_callers_days > 0 && server.erasure_key.is_empty() {
+        return check.fail(
+            "retention.inactive_callers_days",
+            "erasing inactive callers keeps a tombstone with a keyed hash of the number: set \
+             `server.erasure_key` (a long random secret) as well",
+        );
     }
     Ok(())
 }

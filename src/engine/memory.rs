@@ -5,10 +5,15 @@
 //! The new session is then held in memory and written by [`ensure_stored`] off the caller's
 //! critical path (when the turn is persisted, or before one of redial's own tools needs it), so
 //! a write backlog never delays what the caller hears.
+//!
+//! A call's later turns on the instance that served its previous one read nothing at all: the
+//! context is kept in the call cache ([`super::cache`]) once the turn is persisted
+//! ([`remember`]), and taken from it by [`load_for_turn`].
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::cache::{Cached, Ticket};
 use super::{Engine, script};
 use crate::journal::{Op, WriteError, Written};
 use crate::platforms::Identity;
@@ -34,6 +39,9 @@ pub struct CallContext {
     /// The caller's number, when identified.
     pub phone: Option<String>,
     pending: Option<Pending>,
+    /// Taken before this context was read: what the cache needs to tell whether it is still
+    /// current when offered (`None`: not to be cached).
+    ticket: Option<Ticket>,
 }
 
 /// A first turn's writes, not yet done.
@@ -45,6 +53,71 @@ struct Pending {
     drop_previous: Option<(Uuid, DateTime<Utc>)>,
 }
 
+/// Whether the call cache may serve or take this call now: a call with a key, and nothing in
+/// the outage journal (journaled writes are not reported as changes until replayed).
+fn cacheable(engine: &Engine, identity: &Identity) -> bool {
+    !identity.ephemeral
+        && engine.cache.enabled()
+        && engine.journal.backlog() == 0
+        && !engine.journal.failing()
+}
+
+/// A turn's read: the call's cached memory when this instance served its previous turn and
+/// nothing changed since (see [`super::cache`]; `assistant` is how many assistant messages the
+/// request's history holds), else [`load`].
+pub(crate) async fn load_for_turn(
+    engine: &Engine,
+    identity: &Identity,
+    model: Option<&str>,
+    assistant: usize,
+) -> Result<CallContext, StoreError> {
+    if cacheable(engine, identity)
+        && let Some((cached, ticket)) =
+            engine
+                .cache
+                .get(identity.platform, &identity.call_key, assistant)
+    {
+        metrics::counter!("redial_call_cache_total", "outcome" => "hit").increment(1);
+        return Ok(CallContext {
+            session: cached.session,
+            caller: cached.caller,
+            identified: identity.caller.is_some(),
+            created: false,
+            offline: false,
+            phone: identity.caller.clone(),
+            pending: None,
+            ticket: Some(ticket),
+        });
+    }
+    metrics::counter!("redial_call_cache_total", "outcome" => "miss").increment(1);
+    load(engine, identity, model).await
+}
+
+/// Offers a stored context to the call cache for the call's next turn here, whose history may
+/// hold at most `max_assistant` assistant messages for it to be current. Contexts built offline,
+/// not stored yet, or read while the journal holds writes are not kept.
+pub(crate) fn remember(
+    engine: &Engine,
+    identity: &Identity,
+    context: &CallContext,
+    max_assistant: usize,
+) {
+    let Some(ticket) = context.ticket else { return };
+    if context.offline || context.pending.is_some() || !cacheable(engine, identity) {
+        return;
+    }
+    let cached = Cached {
+        session: context.session.clone(),
+        caller: context.caller.clone(),
+    };
+    engine.cache.put(ticket, cached, max_assistant);
+}
+
+/// Forgets the call's cached memory (a write the store has not reported: journaled).
+pub(crate) fn forget(engine: &Engine, identity: &Identity) {
+    engine.cache.forget(identity.platform, &identity.call_key);
+}
+
 /// Reads the call's session and caller: one round trip for a known call; for a new call, the
 /// caller's profile and the call it resumes (nothing is written; see [`ensure_stored`]).
 pub(crate) async fn load(
@@ -54,6 +127,8 @@ pub(crate) async fn load(
 ) -> Result<CallContext, StoreError> {
     let store = &engine.store;
     let identified = identity.caller.is_some();
+    // Before the read: a change reported from now on keeps this context out of the cache.
+    let ticket = Some(engine.cache.ticket());
     if let Some((session, caller)) = store
         .load_call(identity.platform, &identity.call_key)
         .await?
@@ -66,6 +141,7 @@ pub(crate) async fn load(
             offline: false,
             phone: identity.caller.clone(),
             pending: None,
+            ticket,
         });
     }
     if engine.journal.backlog() > 0
@@ -111,6 +187,7 @@ pub(crate) async fn load(
         offline: false,
         phone: identity.caller.clone(),
         pending: Some(pending),
+        ticket,
     })
 }
 
@@ -140,6 +217,7 @@ pub(crate) fn offline(engine: &Engine, identity: &Identity, model: Option<&str>)
         offline: true,
         phone: identity.caller.clone(),
         pending,
+        ticket: None,
     }
 }
 
@@ -198,7 +276,9 @@ pub(crate) async fn ensure_stored(
     Ok(())
 }
 
-/// Reads and, for a new call, stores the context at once (webhooks, workers, greetings).
+/// Reads and, for a new call, stores the context at once (webhooks, workers, greetings). The
+/// stored context is kept in the call cache: a call warmed as it starts (Vapi's `in-progress`,
+/// Retell's `call_started` or greeting) reads nothing on its first turn here.
 pub(crate) async fn load_stored(
     engine: &Engine,
     identity: &Identity,
@@ -208,6 +288,8 @@ pub(crate) async fn load_stored(
     ensure_stored(engine, &mut context)
         .await
         .map_err(StoreError::from)?;
+    // Before its first turn a call's history holds at most the greeting.
+    remember(engine, identity, &context, 1);
     Ok(context)
 }
 

@@ -8,6 +8,7 @@
 //! on in a tracked background task: a client that disconnects never cancels a write, and
 //! shutdown drains them.
 
+mod cache;
 mod live;
 mod memory;
 mod persist;
@@ -186,6 +187,43 @@ impl Drop for TurnHandle {
     }
 }
 
+/// The call cache, fed by the store's change notices (a listener task on Postgres, stopped by
+/// `shutdown`); it stays empty when the store cannot report changes.
+fn watch(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> cache::CallCache {
+    let memory = &settings.memory;
+    let cache = cache::CallCache::new(memory.cache_max_calls, memory.cache_max_bytes);
+    if memory.cache_max_calls == 0 || memory.cache_max_bytes == 0 {
+        return cache;
+    }
+    let sink_cache = cache.clone();
+    let sink: crate::storage::changes::ChangeSink =
+        Arc::new(move |change| sink_cache.notice(change));
+    match store.watch_changes(sink) {
+        crate::storage::changes::Watch::Task(listen) => {
+            let shutdown = shutdown.clone();
+            // Not on `tasks`: that tracker counts work to drain, and the listener only stops
+            // at shutdown.
+            let listener = TaskTracker::new();
+            listener.close();
+            listener.spawn(async move {
+                tokio::select! {
+                    () = listen => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+        crate::storage::changes::Watch::Inline => {}
+        crate::storage::changes::Watch::Unsupported => {
+            tracing::info!("the store cannot report changes; every turn reads its memory from it");
+        }
+    }
+    cache
+}
+
 /// The engine, shared by every transport.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -201,6 +239,8 @@ pub struct Engine {
     pub(crate) live: LiveCalls,
     /// When this engine (process) started.
     pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+    /// Calls' memory kept between their turns on this instance.
+    pub(crate) cache: cache::CallCache,
 }
 
 impl Engine {
@@ -215,6 +255,7 @@ impl Engine {
         shutdown: CancellationToken,
         journal: Journal,
     ) -> Self {
+        let cache = watch(&store, &settings, &shutdown);
         let writer = writer::WriteQueue::spawn(
             Arc::clone(&store),
             journal.clone(),
@@ -233,6 +274,7 @@ impl Engine {
             read_warnings: Arc::new(writer::Throttle::new()),
             live: LiveCalls::default(),
             started_at: chrono::Utc::now(),
+            cache,
         }
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Finished {
     model: Option<String>,
     /// Tokens used, per model.
     usage: Vec<NewUsage>,
+    /// Assistant messages the call's next request may hold: the request's and this reply.
+    next_assistant: usize,
 }
 
 impl Finished {
@@ -93,6 +95,7 @@ impl Finished {
             turns: new_turns(messages, &outcome),
             model: outcome.model,
             usage,
+            next_assistant: assistant_messages(messages) + 1,
         }
     }
 }
@@ -116,6 +119,8 @@ pub(crate) async fn persist(
             return;
         }
     };
+    // The call's next turn here reads this context instead of the database.
+    memory::remember(engine, identity, &ctx, finished.next_assistant);
     let write = turn_write(identity, &ctx, finished);
     match slot {
         Some(slot) => slot.write(write),
@@ -327,4 +332,12 @@ fn digest(parts: &[&str]) -> String {
         hasher.update(part.as_bytes());
     }
     hex::encode(&hasher.finalize()[..8])
+}
+
+/// How many assistant messages a history holds (the call cache's measure of a call's turns).
+pub(crate) fn assistant_messages(messages: &[ChatMessage]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count()
 }

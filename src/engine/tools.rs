@@ -137,6 +137,11 @@ pub async fn execute(
         REMEMBER_CALLER => remember_caller(engine, context, arguments).await,
         other => Err(format!("unknown tool {other:?}")),
     };
+    if context.offline || engine.journal.backlog() > 0 {
+        // A journaled write is reported as a change only once replayed: until then the call's
+        // cached memory (from before) must not serve it.
+        memory::forget(engine, identity);
+    }
     result.unwrap_or_else(ToolResult::error)
 }
 

@@ -149,8 +149,10 @@ async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallConte
     let budget = Duration::from_millis(engine.settings.memory.read_budget_ms);
     let (task_engine, identity) = (engine.clone(), request.identity.clone());
     let model = request.model.clone();
-    let mut read =
-        Box::pin(async move { memory::load(&task_engine, &identity, model.as_deref()).await });
+    let assistant = persist::assistant_messages(&request.messages);
+    let mut read = Box::pin(async move {
+        memory::load_for_turn(&task_engine, &identity, model.as_deref(), assistant).await
+    });
     // Polled here while within budget (no hand-off to another task on the common path);
     // past it, handed to a task of its own to finish.
     let result = match timeout(budget, &mut read).await {

@@ -1,16 +1,12 @@
-//! Bearer-token authentication of platform requests.
+//! Bearer tokens and platform keys (which route needs which key: [`super::access`]).
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Whether the `Authorization: Bearer` token equals one of `keys`. Each comparison is constant
 /// time, and every key is compared, so timing reveals neither the key nor which one matched.
@@ -37,27 +33,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Middleware: with `server.api_keys` set, requires one of them as a bearer token; in dev mode
-/// (no keys) accepts loopback clients only.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    check(&state, peer, request.headers())?;
-    Ok(next.run(request).await)
-}
-
-fn check(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    authorize(
-        &state.settings.server.api_keys,
-        peer,
-        bearer_token(headers),
-        "send it as `Authorization: Bearer <key>`",
-    )
 }
 
 /// Checks a platform's credential: with `keys` configured, `token` must be one of them; in dev

@@ -1,18 +1,15 @@
 //! Liveness, readiness and metrics.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::http::auth::bearer_matches;
 use crate::state::AppState;
 
 /// How long readiness waits for the store.
@@ -60,25 +57,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     }
 }
 
-/// Prometheus text format. Requires `server.admin_key` as a bearer token when one is set;
-/// without one, only loopback clients may scrape.
-async fn metrics(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let admin = &state.settings.server.admin_key;
-    if admin.is_empty() && !peer.ip().is_loopback() {
-        return ApiError::Forbidden(
-            "metrics are served to loopback clients only; set server.admin_key to scrape remotely"
-                .into(),
-        )
-        .into_response();
-    }
-    if !admin.is_empty() && !bearer_matches(&headers, std::slice::from_ref(admin)) {
-        return ApiError::Unauthorized("the metrics endpoint requires the admin key".into())
-            .into_response();
-    }
+/// Prometheus text format (admin keys only: see [`crate::http::access`]).
+async fn metrics(State(state): State<AppState>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -1,6 +1,8 @@
 //! The HTTP surface: routes and middleware. Handlers live one file per route group; they
 //! extract, call one function, and map the result.
 
+pub mod access;
+pub mod admin;
 pub mod auth;
 mod chat;
 mod extract;
@@ -27,17 +29,20 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The application router with `extra` routes merged in (for embedding and tests). Every
+/// route, `extra` included, sits behind [`access::gate`]: a path its table does not list needs
+/// an admin key.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let body_limit = state.settings.server.body_limit_bytes;
-    // Routes that require a platform API key. Everything else must be listed in `public`.
-    let platform = chat::router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_api_key,
-    ));
     let traced = Router::new()
-        .merge(platform)
-        // Retell authenticates by a key in the URL (it sends no headers).
+        .merge(chat::router())
         .merge(retell::router())
         .merge(webhooks::router())
+        .merge(admin::router())
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -46,10 +51,11 @@ pub fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         );
     // Probes are not traced per request (they would drown the log); they still get request ids.
-    let public = health::router();
+    let probes = health::router();
     Router::new()
         .merge(traced)
-        .merge(public)
+        .merge(probes)
+        .layer(middleware::from_fn_with_state(state.clone(), access::gate))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             ServiceBuilder::new()

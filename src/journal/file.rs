@@ -176,6 +176,11 @@ impl Log {
         Ok(true)
     }
 
+    /// The file of records the database rejected for good.
+    pub fn rejected_path(&self) -> PathBuf {
+        self.dir.join(REJECTED)
+    }
+
     /// Keeps a record the database rejected for good, with the reason, for an operator.
     pub fn reject(&self, line: &[u8], reason: &str) -> io::Result<()> {
         let mut file = OpenOptions::new()

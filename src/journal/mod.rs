@@ -22,6 +22,7 @@
 //! the call already had a session (it started before the outage), replaying its start maps the
 //! journaled id onto the stored one, and later writes are mapped the same way ([`Journal::resolve`]).
 
+mod erase;
 mod file;
 mod op;
 
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use erase::JournalErasure;
 pub use op::{AnswerWrite, Op, ProfileWrite, WebhookWrite};
 
 use crate::config::DatabaseSettings;

@@ -18,6 +18,7 @@
 //! | `webhook_event`, `job` | [`JobStore`] | `jobs.rs` |
 //! | `analysis` | [`AnalysisStore`] | `analyses.rs` |
 //! | `audit_log` | [`AuditStore`] | `audit.rs` |
+//! | several (the operator's queries) | [`admin::AdminStore`] | `admin.rs` |
 //!
 //! [`Store`] is their supertrait plus the lifecycle (`backend`, `migrate`, `shared`, `ping`,
 //! `close`), implemented in each backend's `mod.rs`. `Arc<dyn Store>` is what the rest of redial
@@ -35,10 +36,12 @@
 //! belongs on a trait: a read that only tests need lives in the tests' support
 //! (`tests/api/support/inspect.rs`).
 
+pub mod admin;
 mod analyses;
 mod audit;
 mod batch;
 mod callers;
+pub mod changes;
 mod jobs;
 mod postgres;
 mod rows;
@@ -150,7 +153,8 @@ pub async fn connect(
 /// them.
 #[async_trait]
 pub trait Store:
-    CallerStore
+    admin::AdminStore
+    + CallerStore
     + SessionStore
     + TurnStore
     + JobStore
@@ -170,6 +174,13 @@ pub trait Store:
     /// process owning it (a SQLite file: one writer connection, one journal).
     fn shared(&self) -> bool {
         true
+    }
+
+    /// Starts reporting changed callers and sessions to `sink` (see [`changes`]); called once,
+    /// at startup. The default cannot, so nothing read from the store is cached.
+    fn watch_changes(&self, sink: changes::ChangeSink) -> changes::Watch {
+        let _ = sink;
+        changes::Watch::Unsupported
     }
 
     /// Cheap round trip proving the database answers (readiness).

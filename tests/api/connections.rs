@@ -406,6 +406,7 @@ async fn healthz_keep_alive(stream: &mut TcpStream) {
 async fn silent_and_slow_heads_are_closed_after_the_header_timeout() {
     let app = TestApp::spawn_with(Backend::Sqlite, |settings| {
         settings.server.header_read_timeout_ms = 300;
+        settings.server.admin_key = redial::config::Secret::new("admin");
     })
     .await;
     let limit = Duration::from_millis(300) + SLACK;
@@ -423,6 +424,7 @@ async fn silent_and_slow_heads_are_closed_after_the_header_timeout() {
     let metrics = app
         .client
         .get(app.url("/metrics"))
+        .bearer_auth("admin")
         .send()
         .await
         .unwrap()

@@ -62,6 +62,7 @@ async fn probes_metrics_and_unknown_routes_answer_in_json(backend: Backend) {
     let missing = app
         .client
         .get(app.url("/nope"))
+        .bearer_auth("admin")
         .header("x-request-id", "req-123")
         .send()
         .await
@@ -77,6 +78,7 @@ async fn probes_metrics_and_unknown_routes_answer_in_json(backend: Backend) {
     let wrong_method = app
         .client
         .get(app.url("/v1/chat/completions"))
+        .bearer_auth(crate::support::app::API_KEY)
         .send()
         .await
         .unwrap();

@@ -26,12 +26,16 @@ const RETELL_KEY: &str = "key_test_webhook";
 const CALL_ID: &str = "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6";
 const MODEL: &str = "analyst";
 
+/// The admin key the processes accept (for `/metrics`).
+const ADMIN_KEY: &str = "jobs-admin-key";
+
 /// A config for a child redial on `db` with a `lease_secs` lease, which validation accepts with
 /// a one-second connection timeout.
 fn write_config(dir: &Path, db: &TestDb, upstream: &MockUpstream, lease_secs: u64) -> String {
     let path = dir.join("redial.toml");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\napi_keys = [\"{API_KEY}\"]\nshutdown_grace_secs = 5\n\
+         admin_keys = [\"ops:{ADMIN_KEY}\"]\n\
          [database]\nurl = \"{}\"\nconnect_timeout_secs = 1\n\
          [upstream]\nbase_url = \"{}\"\napi_key = \"k\"\n\
          [analysis]\nmodel = \"{MODEL}\"\nlease_secs = {lease_secs}\npoll_interval_ms = 100\n\
@@ -167,7 +171,10 @@ async fn fail_lock_waits_fast(url: &str) {
 
 /// The sum of a counter's series whose labels contain `labels`, from the app's `/metrics`.
 async fn counter(server: &Server, name: &str, labels: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
+    let text = reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
         .await
         .unwrap()
         .text()

@@ -6,11 +6,13 @@
     reason = "a test fails by panicking"
 )]
 
+mod admin;
 mod chat;
 mod connections;
 mod disk;
 mod fillers;
 mod http;
+mod instances;
 mod job_payloads;
 mod jobs;
 mod limits;

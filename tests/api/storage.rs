@@ -8,6 +8,7 @@ mod disk;
 mod jobs;
 mod pools;
 mod resume;
+mod retention;
 mod sessions;
 mod transient;
 mod turns;

@@ -394,6 +394,7 @@ impl BacklogMonitor {
 async fn scrape_backlog(client: &reqwest::Client, url: &str) -> Option<u64> {
     let response = client
         .get(url)
+        .bearer_auth(crate::suite::ADMIN_KEY)
         .timeout(Duration::from_secs(5))
         .send()
         .await

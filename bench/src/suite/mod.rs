@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 pub use machine::{Machine, ProcessMemory, process_memory};
-pub use redial::{API_KEY, RedialProcess, RedialSettings, resolve_binary};
+pub use redial::{ADMIN_KEY, API_KEY, RedialProcess, RedialSettings, resolve_binary};
 pub use report::markdown;
 pub use scenarios::{Role, Scenario, smoke, standard};
 pub use store::{PreparedStore, StoreKind, redact};

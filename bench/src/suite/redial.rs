@@ -18,6 +18,8 @@ use super::machine::{ProcessMemory, process_memory};
 
 /// The bearer token the suite configures redial with and sends.
 pub const API_KEY: &str = "bench-key";
+/// The admin key (named `bench`) the benchmarked redial accepts for `/metrics`.
+pub const ADMIN_KEY: &str = "bench-admin-key";
 /// How long redial may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long redial may take to exit after SIGTERM before it is killed.
@@ -210,10 +212,11 @@ fn config_toml(settings: &RedialSettings, port: u16) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         toml,
-        "[server]\nlisten = {}\napi_keys = [{}]\n\n[database]\nurl = {}\njournal_dir = {}\n\n\
-         [upstream]\nbase_url = {}\napi_key = \"mock\"\n",
+        "[server]\nlisten = {}\napi_keys = [{}]\nadmin_keys = [{}]\n\n[database]\nurl = {}\n\
+         journal_dir = {}\n\n[upstream]\nbase_url = {}\napi_key = \"mock\"\n",
         quote(&format!("127.0.0.1:{port}")),
         quote(API_KEY),
+        quote(&format!("bench:{ADMIN_KEY}")),
         quote(&settings.database_url),
         quote(&journal.display().to_string()),
         quote(&settings.upstream_base_url),
@@ -310,7 +313,8 @@ mod tests {
         let toml = config_toml(&settings, 4242);
         assert_eq!(
             toml,
-            "[server]\nlisten = \"127.0.0.1:4242\"\napi_keys = [\"bench-key\"]\n\n\
+            "[server]\nlisten = \"127.0.0.1:4242\"\napi_keys = [\"bench-key\"]\n\
+             admin_keys = [\"bench:bench-admin-key\"]\n\n\
              [database]\nurl = \"sqlite:///tmp/a \\\"b\\\"/bench.db\"\n\
              journal_dir = \"./journal-sqlite\"\n\n\
              [upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"mock\"\n\n\

@@ -9,9 +9,11 @@
 //! `for no key update` (which leaves foreign-key checks of concurrent inserts unblocked); the job
 //! queue uses `for update skip locked`.
 
+mod admin;
 mod analyses;
 mod audit;
 mod callers;
+mod changes;
 mod jobs;
 mod sessions;
 mod turns;
@@ -28,6 +30,7 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use super::changes::{ChangeSink, Watch};
 use super::rows;
 // Every bound string and JSON value goes through these (see `storage::text`).
 use super::text::{answers, json, opt_text, strings, text};
@@ -122,6 +125,10 @@ impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    fn watch_changes(&self, sink: ChangeSink) -> Watch {
+        Watch::Task(Box::pin(changes::listen(self.pool.clone(), sink)))
     }
 
     #[tracing::instrument(name = "store.ping", skip_all, fields(backend = "postgres"))]

@@ -62,6 +62,10 @@ impl AnalysisStore for SqliteStore {
             }
         }
         tx.commit().await?;
+        if new {
+            self.changes
+                .publish(caller_update.map(|update| update.caller_id));
+        }
         tracing::Span::current().record("new", new);
         Ok(if new {
             Recorded::New(analysis.analysis_id)

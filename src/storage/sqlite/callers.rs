@@ -63,7 +63,8 @@ impl CallerStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let mut caller = Caller::try_from(row.ok_or(StoreError::NotFound)?)?;
-        if rules::apply_caller_patch(&mut caller, patch, now) {
+        let changed = rules::apply_caller_patch(&mut caller, patch, now);
+        if changed {
             sqlx::query(
                 "update caller set name = $2, language = $3, notes = $4, updated_at = $5 \
                  where caller_id = $1",
@@ -77,6 +78,9 @@ impl CallerStore for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        if changed {
+            self.changes.publish([caller_id]);
+        }
         Ok(caller)
     }
 }

@@ -15,6 +15,7 @@
 //! lock cannot be upgraded. `sqlite::memory:` keeps one connection serving both roles: the
 //! database lives only as long as that connection.
 
+mod admin;
 mod analyses;
 mod audit;
 mod callers;
@@ -37,6 +38,7 @@ use sqlx::{Connection, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use super::changes::{Change, ChangeSink, Changes, Watch};
 use super::rows;
 use super::{ConnectOptions, Store, StoreError, StoreResult};
 
@@ -111,6 +113,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Query-only connections for the pure reads.
     reader: SqlitePool,
+    /// Where this store reports its changes to callers and sessions (it is their only writer).
+    changes: Changes,
 }
 
 impl SqliteStore {
@@ -147,6 +151,7 @@ impl SqliteStore {
             return Ok(Self {
                 reader: writer.clone(),
                 writer,
+                changes: Changes::default(),
             });
         }
         // The writer creates the file and switches it to WAL (a persistent setting) before
@@ -165,7 +170,11 @@ impl SqliteStore {
             .max_connections(options.max_connections.max(1))
             .connect_with(connect.pragma("query_only", "ON"))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            changes: Changes::default(),
+        })
     }
 }
 
@@ -177,6 +186,14 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn watch_changes(&self, sink: ChangeSink) -> Watch {
+        if !self.changes.set(sink) {
+            return Watch::Unsupported;
+        }
+        self.changes.notify(Change::Watching);
+        Watch::Inline
     }
 
     #[tracing::instrument(name = "store.migrate", skip_all, fields(backend = "sqlite"))]

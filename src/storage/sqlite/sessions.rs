@@ -113,6 +113,10 @@ impl SessionStore for SqliteStore {
         }
         let (session, created) = create_session_in(&mut tx, &new).await?;
         tx.commit().await?;
+        // The new session and its caller's counts are nothing a cached memory shows; a closed
+        // previous call is.
+        self.changes
+            .publish(start.close_previous.as_ref().map(|(previous, _)| *previous));
         tracing::Span::current().record("created", created);
         Ok(StartedCall {
             session,
@@ -205,6 +209,7 @@ impl SessionStore for SqliteStore {
             session = read_session(&mut tx, session_id).await?;
         }
         tx.commit().await?;
+        self.changes.publish([session_id]);
         Ok(session)
     }
 
@@ -263,6 +268,9 @@ impl SessionStore for SqliteStore {
             save_state(&mut tx, &session, now).await?;
         }
         tx.commit().await?;
+        if changed {
+            self.changes.publish([session_id]);
+        }
         tracing::Span::current().record("changed", changed);
         Ok(AnswerOutcome { session, changed })
     }
@@ -280,6 +288,7 @@ impl SessionStore for SqliteStore {
         let mut tx = begin_write(&self.writer).await?;
         let session = close_session_in(&mut tx, session_id, close).await?;
         tx.commit().await?;
+        self.changes.publish([session_id]);
         Ok(session)
     }
 }

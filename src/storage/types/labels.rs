@@ -40,6 +40,14 @@ pub enum AuditActor {
     Tool,
     /// The post-call analysis worker (`worker:analysis`).
     AnalysisWorker,
+    /// A platform's call-ended webhook, processed by a worker (`webhook:<platform>`).
+    Webhook(Platform),
+    /// The admin API, acting with the admin key of this name (`admin:<name>`).
+    Admin(String),
+    /// A `redial calls` / `redial callers` command run by this user (`cli:<user>`).
+    Cli(String),
+    /// The retention sweeper (`retention`).
+    Retention,
     /// Text this build does not know, as stored.
     Other(String),
 }
@@ -50,6 +58,10 @@ impl fmt::Display for AuditActor {
             Self::Engine(platform) => write!(f, "engine:{platform}"),
             Self::Tool => f.write_str("engine:tool"),
             Self::AnalysisWorker => f.write_str("worker:analysis"),
+            Self::Webhook(platform) => write!(f, "webhook:{platform}"),
+            Self::Admin(name) => write!(f, "admin:{name}"),
+            Self::Cli(user) => write!(f, "cli:{user}"),
+            Self::Retention => f.write_str("retention"),
             Self::Other(text) => f.write_str(text),
         }
     }
@@ -57,14 +69,29 @@ impl fmt::Display for AuditActor {
 
 impl From<String> for AuditActor {
     fn from(text: String) -> Self {
-        let platform = text
-            .strip_prefix("engine:")
-            .and_then(|name| name.parse::<Platform>().ok());
-        match (text.as_str(), platform) {
-            ("engine:tool", _) => Self::Tool,
-            ("worker:analysis", _) => Self::AnalysisWorker,
-            (_, Some(platform)) => Self::Engine(platform),
-            (_, None) => Self::Other(text),
+        let platform = |prefix: &str| {
+            text.strip_prefix(prefix)
+                .and_then(|name| name.parse::<Platform>().ok())
+        };
+        // A name after `admin:` or `cli:`; empty is not one (it reads as `Other`).
+        let name = |prefix: &str| text.strip_prefix(prefix).filter(|n| !n.is_empty());
+        if let Some(platform) = platform("engine:") {
+            return Self::Engine(platform);
+        }
+        if let Some(platform) = platform("webhook:") {
+            return Self::Webhook(platform);
+        }
+        if let Some(admin) = name("admin:") {
+            return Self::Admin(admin.to_owned());
+        }
+        if let Some(user) = name("cli:") {
+            return Self::Cli(user.to_owned());
+        }
+        match text.as_str() {
+            "engine:tool" => Self::Tool,
+            "worker:analysis" => Self::AnalysisWorker,
+            "retention" => Self::Retention,
+            _ => Self::Other(text),
         }
     }
 }
@@ -78,8 +105,16 @@ pub enum AuditAction {
     Read,
     /// Created (`create`): a call's first turn stored the caller.
     Create,
-    /// Changed (`update`): a tool or an analysis wrote to the profile or the call's answers.
+    /// Changed (`update`): a tool, a webhook or an analysis wrote to the profile or the call.
     Update,
+    /// Exported (`export`): everything held about the caller, by an operator.
+    Export,
+    /// Erased (`erase`): the tombstone of an erasure, whose details keep a keyed hash of the
+    /// number, never the number.
+    Erase,
+    /// A retention sweep deleted what was past its window (`retention_sweep`; one summary entry
+    /// per sweep, the counts in its details).
+    RetentionSweep,
     /// Text this build does not know, as stored.
     Other(String),
 }
@@ -90,6 +125,9 @@ impl fmt::Display for AuditAction {
             Self::Read => "read",
             Self::Create => "create",
             Self::Update => "update",
+            Self::Export => "export",
+            Self::Erase => "erase",
+            Self::RetentionSweep => "retention_sweep",
             Self::Other(text) => text,
         })
     }
@@ -101,6 +139,9 @@ impl From<String> for AuditAction {
             "read" => Self::Read,
             "create" => Self::Create,
             "update" => Self::Update,
+            "export" => Self::Export,
+            "erase" => Self::Erase,
+            "retention_sweep" => Self::RetentionSweep,
             _ => Self::Other(text),
         }
     }
@@ -160,6 +201,10 @@ mod tests {
             ("engine:generic", AuditActor::Engine(Platform::Generic)),
             ("engine:tool", AuditActor::Tool),
             ("worker:analysis", AuditActor::AnalysisWorker),
+            ("webhook:vapi", AuditActor::Webhook(Platform::Vapi)),
+            ("admin:ops", AuditActor::Admin("ops".into())),
+            ("cli:root", AuditActor::Cli("root".into())),
+            ("retention", AuditActor::Retention),
         ] {
             assert_eq!(AuditActor::from(text.to_owned()), actor);
             assert_eq!(actor.to_string(), text);
@@ -168,6 +213,9 @@ mod tests {
             ("read", AuditAction::Read),
             ("create", AuditAction::Create),
             ("update", AuditAction::Update),
+            ("export", AuditAction::Export),
+            ("erase", AuditAction::Erase),
+            ("retention_sweep", AuditAction::RetentionSweep),
         ] {
             assert_eq!(AuditAction::from(text.to_owned()), action);
             assert_eq!(action.to_string(), text);
@@ -190,6 +238,10 @@ mod tests {
             "engine:",
             "engine:skype",
             "admin",
+            "admin:",
+            "cli:",
+            "webhook:skype",
+            "Retention",
             "Engine:vapi",
             "",
             "a\0b",
@@ -198,7 +250,7 @@ mod tests {
             assert_eq!(actor, AuditActor::Other(text.to_owned()));
             assert_eq!(actor.to_string(), text);
         }
-        for text in ["export", "erase", "READ", " read"] {
+        for text in ["exported", "delete", "READ", " read", "retention-sweep"] {
             let action = AuditAction::from(text.to_owned());
             assert_eq!(action, AuditAction::Other(text.to_owned()));
             assert_eq!(action.to_string(), text);
