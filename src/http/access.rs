@@ -76,6 +76,8 @@ pub const ROUTES: &[(PathMatch, KeyClass)] = &[
         PathMatch::Exact("/v1/chat/completions/chat/completions"),
         KeyClass::Platform,
     ),
+    (PathMatch::Under("/v1/models"), KeyClass::Platform),
+    (PathMatch::Exact("/models"), KeyClass::Platform),
     (
         PathMatch::Under("/retell/llm-websocket"),
         KeyClass::RetellUrl,
@@ -175,6 +177,7 @@ mod tests {
         assert_eq!(class_of("/readyz"), KeyClass::Public);
         assert_eq!(class_of("/healthz/x"), KeyClass::Admin);
         assert_eq!(class_of("/v1/chat/completions"), KeyClass::Platform);
+        assert_eq!(class_of("/v1/models/claude/haiku"), KeyClass::Platform);
         assert_eq!(class_of("/retell/llm-websocket/k/c"), KeyClass::RetellUrl);
         assert_eq!(class_of("/webhooks/vapi"), KeyClass::WebhookSignature);
         assert_eq!(class_of("/webhooksx"), KeyClass::Admin);

@@ -5,8 +5,8 @@
 
 use futures_util::{SinkExt, StreamExt};
 use redial::config::{
-    AssistantSettings, FieldSettings, PriceSettings, ProviderKind, ProviderSettings, Secret,
-    Settings,
+    AdminKey, AssistantSettings, FieldSettings, PriceSettings, ProviderKind, ProviderSettings,
+    Secret, Settings,
 };
 use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
@@ -497,6 +497,7 @@ async fn a_second_turn_to_anthropic_reads_the_static_prefix_from_the_cache(backe
 
 async fn usage_comes_back_to_clients_that_ask_and_shows_in_metrics(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| {
+        settings.server.admin_keys = vec![AdminKey::new("ops", "admin-key")];
         settings.prices.insert(
             "gpt-test".into(),
             PriceSettings {
@@ -541,6 +542,7 @@ async fn usage_comes_back_to_clients_that_ask_and_shows_in_metrics(backend: Back
     let metrics = app
         .client
         .get(app.url("/metrics"))
+        .bearer_auth("admin-key")
         .send()
         .await
         .unwrap()

@@ -90,52 +90,50 @@ pub(crate) fn invalid(headers: &axum::http::HeaderMap, request: &Value) -> Optio
 }
 
 /// The context of a reply: token counts (with the cache modelled in `seen`, the hashes of the
-/// prefixes cached so far) and the model.
+/// prefixes cached so far) and the model. The cached prefix is the tools and the system blocks
+/// up to the last one marked `cache_control` (where redial marks them); it is hashed without
+/// the marks. Tokens are estimated at four bytes each, as the OpenAI endpoint does.
 pub(crate) fn context(
     request: &Value,
+    body_len: usize,
     seen: &mut HashSet<[u8; 32]>,
     first_call_id: u64,
 ) -> MessagesContext {
-    let mut total = 0u64;
-    let mut cached_prefix: Option<(u64, Sha256)> = None;
+    let total = (body_len as u64).div_ceil(4);
     let mut hasher = Sha256::new();
-    let parts = request["tools"]
+    let mut prefix_bytes = 0usize;
+    let mut marked = false;
+    let blocks = request["tools"]
         .as_array()
         .into_iter()
         .flatten()
-        .chain(request["system"].as_array().into_iter().flatten())
-        .chain(
-            request["messages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|m| match &m["content"] {
-                    Value::Array(blocks) => blocks.iter().collect::<Vec<_>>(),
-                    other => vec![other],
-                }),
-        );
-    for part in parts {
-        let mut unmarked = part.clone();
-        if let Some(map) = unmarked.as_object_mut() {
-            map.remove("cache_control");
-        }
-        let text = unmarked.to_string();
-        hasher.update(text.as_bytes());
-        total += (text.len() as u64).div_ceil(4);
-        if part.get("cache_control").is_some() {
-            cached_prefix = Some((total, hasher.clone()));
+        .chain(request["system"].as_array().into_iter().flatten());
+    let mut pending = Vec::new();
+    for block in blocks {
+        pending.push(block);
+        if block.get("cache_control").is_some() {
+            for part in pending.drain(..) {
+                let mut unmarked = part.clone();
+                if let Some(map) = unmarked.as_object_mut() {
+                    map.remove("cache_control");
+                }
+                let text = unmarked.to_string();
+                prefix_bytes += text.len();
+                hasher.update(text.as_bytes());
+            }
+            marked = true;
         }
     }
-    let (cache_read, cache_write) = match cached_prefix {
-        Some((tokens, hasher)) => {
-            let key: [u8; 32] = hasher.finalize().into();
-            if seen.insert(key) {
-                (0, tokens)
-            } else {
-                (tokens, 0)
-            }
+    let prefix = (prefix_bytes as u64).div_ceil(4).min(total);
+    let (cache_read, cache_write) = if marked {
+        let key: [u8; 32] = hasher.finalize().into();
+        if seen.insert(key) {
+            (0, prefix)
+        } else {
+            (prefix, 0)
         }
-        None => (0, 0),
+    } else {
+        (0, 0)
     };
     MessagesContext {
         model: request["model"].as_str().unwrap_or_default().to_owned(),

@@ -209,8 +209,12 @@ async fn messages(
                 _ => 0,
             };
             let first_call_id = state.next_call_id.fetch_add(calls, Ordering::Relaxed);
-            let ctx =
-                anthropic::context(&request, &mut lock(&state.cached_prefixes), first_call_id);
+            let ctx = anthropic::context(
+                &request,
+                body.len(),
+                &mut lock(&state.cached_prefixes),
+                first_call_id,
+            );
             if request["stream"].as_bool() == Some(true) {
                 sse_response(anthropic::stream_plan(&behavior, &ctx))
             } else {
