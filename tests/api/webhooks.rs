@@ -637,7 +637,22 @@ async fn a_platform_without_webhooks_is_not_found_and_nothing_is_stored(backend:
     // The same body at its platform's route is taken (and warms the call's session).
     let response = post_raw(&app, "/webhooks/retell", body, &[]).await;
     assert_eq!(response.status(), 200);
-    let (session, _) = app.stored_call(Platform::Retell, call_id).await;
+    // The session is warmed in the background after the acknowledgement: wait for it.
+    let mut stored = None;
+    for _ in 0..500 {
+        app.settle().await;
+        stored = app
+            .db
+            .store
+            .load_call(Platform::Retell, call_id)
+            .await
+            .unwrap();
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (session, _) = stored.expect("the retell call's session is warmed");
     assert_eq!(session.status, SessionStatus::Active);
     app.teardown().await;
 }
