@@ -491,8 +491,10 @@ impl Report {
     }
 
     /// The outage added at most 100 ms to the time to first token (90th percentile against the
-    /// 90th before it): no turn waits for the database. (The slowest turn is printed, not
-    /// asserted: on a shared machine one turn can be held up by anything.)
+    /// 90th before it), and at most one turn in a thousand took as long as the write budget
+    /// (`database.write_timeout_ms`, 1 s): no turn waits for the database. A turn that waited on
+    /// a write would make every turn of the outage that slow; one or two stragglers are the
+    /// machine (the whole suite shares two cores), so the slowest turn is printed, not asserted.
     fn assert_first_token_unaffected(&self) {
         let normal = percentile(&self.ttfts[&(Phase::Normal as u8)], 0.9);
         let outage_turns = &self.ttfts[&(Phase::Outage as u8)];
@@ -511,9 +513,14 @@ impl Report {
             outage <= normal + Duration::from_millis(100),
             "first token p90 {outage:?} during the outage vs {normal:?} before"
         );
+        let waited = outage_turns
+            .iter()
+            .filter(|t| **t >= Duration::from_secs(1))
+            .count();
         assert!(
-            slowest < Duration::from_secs(1),
-            "a turn waited {slowest:?}"
+            waited * 1000 <= outage_turns.len(),
+            "{waited} of {} turns waited 1 s or more (slowest {slowest:?})",
+            outage_turns.len()
         );
     }
 
