@@ -198,15 +198,13 @@ impl AdminStore for PostgresStore {
     }
 
     async fn delete_turns_before(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
-        let done = sqlx::query(
+        self.sweep_batch(
             "delete from turn where seq in \
              (select seq from turn where created_at < $1 order by seq limit $2)",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     async fn scrub_transcripts_before(
@@ -236,16 +234,14 @@ impl AdminStore for PostgresStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        let done = sqlx::query(
+        self.sweep_batch(
             "delete from webhook_event where event_id in \
              (select event_id from webhook_event where received_at < $1 \
               order by received_at limit $2)",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     async fn delete_finished_jobs_before(
@@ -253,16 +249,14 @@ impl AdminStore for PostgresStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        let done = sqlx::query(
+        self.sweep_batch(
             "delete from job where job_id in \
              (select job_id from job where status in ('done', 'failed') and updated_at < $1 \
               order by updated_at limit $2)",
+            before,
+            limit,
         )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     async fn inactive_callers(
@@ -280,6 +274,18 @@ impl AdminStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         convert_all(rows)
+    }
+}
+
+impl PostgresStore {
+    /// One retention batch: `sql` deletes at most `$2` rows older than `$1`.
+    async fn sweep_batch(&self, sql: &str, before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        let done = sqlx::query(sql)
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 

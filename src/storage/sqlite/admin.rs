@@ -222,16 +222,13 @@ impl AdminStore for SqliteStore {
     }
 
     async fn delete_turns_before(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
-        secure_delete(&self.writer).await?;
-        let done = sqlx::query(
+        self.sweep_batch(
             "delete from turn where seq in \
              (select seq from turn where created_at < ?1 order by seq limit ?2)",
+            before,
+            limit,
         )
-        .bind(ms(before))
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     async fn scrub_transcripts_before(
@@ -265,17 +262,14 @@ impl AdminStore for SqliteStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        secure_delete(&self.writer).await?;
-        let done = sqlx::query(
+        self.sweep_batch(
             "delete from webhook_event where event_id in \
              (select event_id from webhook_event where received_at < ?1 \
               order by received_at limit ?2)",
+            before,
+            limit,
         )
-        .bind(ms(before))
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     async fn delete_finished_jobs_before(
@@ -283,17 +277,14 @@ impl AdminStore for SqliteStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        secure_delete(&self.writer).await?;
-        let done = sqlx::query(
+        self.sweep_batch(
             "delete from job where job_id in \
              (select job_id from job where status in ('done', 'failed') and updated_at < ?1 \
               order by updated_at limit ?2)",
+            before,
+            limit,
         )
-        .bind(ms(before))
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     async fn inactive_callers(
@@ -321,6 +312,20 @@ async fn secure_delete(writer: &sqlx::SqlitePool) -> StoreResult<()> {
         .execute(writer)
         .await?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// One retention batch: `sql` deletes at most `?2` rows older than `?1`, with
+    /// `secure_delete` on so the freed pages are overwritten.
+    async fn sweep_batch(&self, sql: &str, before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        secure_delete(&self.writer).await?;
+        let done = sqlx::query(sql)
+            .bind(ms(before))
+            .bind(i64::from(limit))
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 /// Every step of an erasure but the tombstone, inside its transaction. Returns the counts and
