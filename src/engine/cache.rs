@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::platforms::Platform;
 use crate::storage::changes::Change;
-use crate::storage::{CallSession, Caller};
+use crate::storage::{CallSession, CallStart, Caller, StartedCall};
 
 /// How many recent notices are remembered for refusing stale offers; a ticket older than all of
 /// them cannot be checked and its offer is refused.
@@ -51,6 +51,10 @@ pub(crate) struct Cached {
     pub session: CallSession,
     /// Its caller, when known.
     pub caller: Option<Caller>,
+    /// The call's start, when its first turn was answered here and the writer has not yet
+    /// stored it (see [`CallCache::started`]): `session` is then the session as it will be
+    /// stored.
+    pub start: Option<CallStart>,
 }
 
 #[derive(Debug)]
@@ -173,9 +177,54 @@ impl CallCache {
         if !self.enabled() {
             return false;
         }
+        let mut inner = self.lock();
+        self.put_locked(&mut inner, ticket, cached, max_assistant)
+    }
+
+    /// A call's start, held by its entry, was stored by the writer as `started` (read after
+    /// `ticket`, taken before the writer's transaction began): the entry now holds the stored
+    /// session, and the caller the start upserted when it held none. It is dropped instead when
+    /// the call's stored session is not the one it held (another request created the call's
+    /// session first) or a notice about either arrived since `ticket`. An entry holding no
+    /// start, or another one, is left as it is.
+    pub(crate) fn started(&self, ticket: Ticket, pending: Uuid, started: &StartedCall) {
+        if !self.enabled() {
+            return;
+        }
+        let session = &started.session;
+        let key = (session.platform, session.call_key.clone());
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.get(&key) else {
+            return;
+        };
+        let held = entry.cached.start.as_ref().map(|s| s.session.session_id);
+        if held != Some(pending) {
+            return;
+        }
+        if session.session_id != pending {
+            inner.remove(&key);
+            return;
+        }
+        let cached = Cached {
+            session: session.clone(),
+            caller: (entry.cached.caller.clone()).or_else(|| started.caller.clone()),
+            start: None,
+        };
+        let max_assistant = entry.max_assistant;
+        if !self.put_locked(&mut inner, ticket, cached, max_assistant) {
+            inner.remove(&key);
+        }
+    }
+
+    fn put_locked(
+        &self,
+        inner: &mut Inner,
+        ticket: Ticket,
+        cached: Cached,
+        max_assistant: usize,
+    ) -> bool {
         let session_id = cached.session.session_id;
         let caller_id = cached.caller.as_ref().map(|c| c.caller_id);
-        let mut inner = self.lock();
         let since = ticket.0;
         let forgotten = inner.dropped_upto > since;
         let changed = inner
@@ -300,7 +349,14 @@ fn size_of(cached: &Cached) -> usize {
             + c.notes.iter().map(|n| n.len() + 24).sum::<usize>()
             + std::mem::size_of::<Caller>()
     });
-    std::mem::size_of::<Entry>() + answers + text + caller + 128
+    // A start held copies the session's text and answers (and the phone).
+    let start = cached.start.as_ref().map_or(0, |start| {
+        std::mem::size_of::<CallStart>()
+            + answers
+            + text
+            + start.phone.as_deref().map_or(0, str::len)
+    });
+    std::mem::size_of::<Entry>() + answers + text + caller + start + 128
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use super::{Engine, script};
 use crate::journal::{Op, WriteError, Written};
 use crate::platforms::Identity;
 use crate::storage::{
-    Answers, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStatus, StoreError,
+    Answers, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStatus, StartedCall,
+    StoreError,
 };
 
 /// The session of the current call and its caller.
@@ -33,24 +34,20 @@ pub struct CallContext {
     pub identified: bool,
     /// Whether this context's writes created the session.
     pub created: bool,
+    /// Taken from the call cache: nothing was read from the database.
+    pub cached: bool,
     /// Built without the database (it was unreachable): the session is new as far as this
     /// context knows, and what the call stored before is not in it.
     pub offline: bool,
     /// The caller's number, when identified.
     pub phone: Option<String>,
-    pending: Option<Pending>,
+    /// A first turn's writes, not done yet: the call's start (its caller, the abandoned call it
+    /// resumes, its new session), written by [`ensure_stored`] or with the turn
+    /// ([`deferred_start`]).
+    pending: Option<CallStart>,
     /// Taken before this context was read: what the cache needs to tell whether it is still
     /// current when offered (`None`: not to be cached).
     ticket: Option<Ticket>,
-}
-
-/// A first turn's writes, not yet done.
-#[derive(Debug, Clone)]
-struct Pending {
-    new: NewSession,
-    phone: Option<String>,
-    /// An abandoned `active` call this one resumes, to mark `dropped`.
-    drop_previous: Option<(Uuid, DateTime<Utc>)>,
 }
 
 /// Whether the call cache may serve or take this call now: a call with a key, and nothing in
@@ -83,9 +80,12 @@ pub(crate) async fn load_for_turn(
             caller: cached.caller,
             identified: identity.caller.is_some(),
             created: false,
+            cached: true,
             offline: false,
             phone: identity.caller.clone(),
-            pending: None,
+            // A first turn's context, its start not yet acknowledged by the writer: kept, so
+            // that whatever writes next makes sure the session exists (idempotently).
+            pending: cached.start,
             ticket: Some(ticket),
         });
     }
@@ -93,9 +93,11 @@ pub(crate) async fn load_for_turn(
     load(engine, identity, model).await
 }
 
-/// Offers a stored context to the call cache for the call's next turn here, whose history may
-/// hold at most `max_assistant` assistant messages for it to be current. Contexts built offline,
-/// not stored yet, or read while the journal holds writes are not kept.
+/// Offers a context to the call cache for the call's next turn here, whose history may hold at
+/// most `max_assistant` assistant messages for it to be current. A first turn's context is kept
+/// with its start, not yet stored (the writer stores it with the turn and then tells the cache:
+/// [`super::cache::CallCache::started`]). Contexts built offline or read while the journal holds
+/// writes are not kept.
 pub(crate) fn remember(
     engine: &Engine,
     identity: &Identity,
@@ -103,12 +105,13 @@ pub(crate) fn remember(
     max_assistant: usize,
 ) {
     let Some(ticket) = context.ticket else { return };
-    if context.offline || context.pending.is_some() || !cacheable(engine, identity) {
+    if context.offline || !cacheable(engine, identity) {
         return;
     }
     let cached = Cached {
         session: context.session.clone(),
         caller: context.caller.clone(),
+        start: context.pending.clone(),
     };
     engine.cache.put(ticket, cached, max_assistant);
 }
@@ -138,6 +141,7 @@ pub(crate) async fn load(
             caller,
             identified,
             created: false,
+            cached: false,
             offline: false,
             phone: identity.caller.clone(),
             pending: None,
@@ -171,19 +175,21 @@ pub(crate) async fn load(
         now,
     );
     let session = unstored(&new, caller.as_ref());
-    let drop_previous = resumed
+    let close_previous = resumed
         .filter(|s| s.status == SessionStatus::Active)
-        .map(|s| (s.session_id, s.last_activity_at));
-    let pending = Pending {
-        new,
+        .map(|s| (s.session_id, dropped(s.last_activity_at)));
+    let pending = CallStart {
+        session: new,
         phone: identity.caller.clone(),
-        drop_previous,
+        close_previous,
+        now,
     };
     Ok(CallContext {
         session,
         caller,
         identified,
         created: false,
+        cached: false,
         offline: false,
         phone: identity.caller.clone(),
         pending: Some(pending),
@@ -204,16 +210,18 @@ pub(crate) fn offline(engine: &Engine, identity: &Identity, model: Option<&str>)
     }
     let session = unstored(&new, None);
     // When the call's start is in the journal already, there is nothing more to write for it.
-    let pending = journaled.is_none().then(|| Pending {
-        new,
+    let pending = journaled.is_none().then(|| CallStart {
+        session: new,
         phone: identity.caller.clone(),
-        drop_previous: None,
+        close_previous: None,
+        now: Utc::now(),
     });
     CallContext {
         session,
         caller: None,
         identified: identity.caller.is_some(),
         created: false,
+        cached: false,
         offline: true,
         phone: identity.caller.clone(),
         pending,
@@ -228,25 +236,11 @@ pub(crate) async fn ensure_stored(
     engine: &Engine,
     context: &mut CallContext,
 ) -> Result<(), WriteError> {
-    let Some(pending) = context.pending.clone() else {
+    let Some(mut start) = context.pending.clone() else {
         return Ok(());
     };
-    let close_previous = pending.drop_previous.map(|(previous, last_activity)| {
-        let close = CloseSession {
-            status: SessionStatus::Dropped,
-            ended_reason: Some("went silent; resumed by a new call".into()),
-            ended_at: last_activity,
-            details: serde_json::json!({}),
-        };
-        (previous, close)
-    });
     // One transaction: the caller, the abandoned call it resumes, the new session.
-    let start = CallStart {
-        session: pending.new,
-        phone: pending.phone,
-        close_previous,
-        now: Utc::now(),
-    };
+    start.now = Utc::now();
     let written = engine
         .journal
         .write_for(context.offline, engine.store.start_call(&start), || {
@@ -263,9 +257,7 @@ pub(crate) async fn ensure_stored(
         context.pending = None;
         return Ok(());
     };
-    if started.created && started.session.resumes_session_id.is_some() {
-        metrics::counter!("redial_resumed_calls_total").increment(1);
-    }
+    count_resumed(&started);
     if context.caller.is_none() {
         context.caller = started.caller;
     }
@@ -274,6 +266,40 @@ pub(crate) async fn ensure_stored(
     context.offline = false;
     context.pending = None;
     Ok(())
+}
+
+/// The start a first turn's write carries to the writer, which stores it with the turn in its
+/// batch (see [`TurnStore::save_batch`]) instead of in a transaction of its own before it: `None`
+/// when the session is stored already, or when the start is to be written now, by
+/// [`ensure_stored`] (a context built offline, or the journal in use: the outage path journals
+/// the start itself, in order).
+///
+/// [`TurnStore::save_batch`]: crate::storage::TurnStore::save_batch
+pub(crate) fn deferred_start(engine: &Engine, context: &CallContext) -> Option<CallStart> {
+    let journaling = engine.journal.failing() || engine.journal.backlog() > 0;
+    if context.offline || journaling {
+        return None;
+    }
+    let mut start = context.pending.clone()?;
+    start.now = Utc::now();
+    Some(start)
+}
+
+/// Counts a call that a start resumed.
+pub(crate) fn count_resumed(started: &StartedCall) {
+    if started.created && started.session.resumes_session_id.is_some() {
+        metrics::counter!("redial_resumed_calls_total").increment(1);
+    }
+}
+
+/// How an abandoned call a new one resumes is closed.
+fn dropped(last_activity: DateTime<Utc>) -> CloseSession {
+    CloseSession {
+        status: SessionStatus::Dropped,
+        ended_reason: Some("went silent; resumed by a new call".into()),
+        ended_at: last_activity,
+        details: serde_json::json!({}),
+    }
 }
 
 /// Reads and, for a new call, stores the context at once (webhooks, workers, greetings). The

@@ -119,6 +119,8 @@ pub struct UpstreamFailure {
 pub struct TurnTimings {
     /// Memory read (load or create session and caller).
     pub memory: OnceLock<Duration>,
+    /// Whether the memory came from the call cache (nothing read from the database).
+    pub memory_cached: OnceLock<bool>,
     /// Prompt build.
     pub prompt: OnceLock<Duration>,
     /// From the start of the turn to the upstream's first token.
@@ -259,6 +261,7 @@ impl Engine {
         let writer = writer::WriteQueue::spawn(
             Arc::clone(&store),
             journal.clone(),
+            cache.clone(),
             shutdown,
             settings.database.write_queue_capacity,
             settings.database.write_batch_max,

@@ -1,7 +1,8 @@
 //! Persisting a turn after its last event was sent: off the caller's critical path, never
-//! cancelled by a client disconnect, idempotent. A call's first turn stores its caller and
-//! session here (retried briefly, as the writer retries); the turn itself goes to the write-behind queue
-//! ([`super::writer`]), which writes it with other calls' turns in one transaction.
+//! cancelled by a client disconnect, idempotent. The turn goes to the write-behind queue
+//! ([`super::writer`]), which writes it with other calls' turns in one transaction; a call's
+//! first turn takes the call's start (its caller and session) along, into the same transaction.
+//! Only while the database is away is the start written (journaled) here first, in order.
 
 use chrono::Utc;
 use serde_json::json;
@@ -17,7 +18,8 @@ use crate::journal::{Op, WriteError, Written};
 use crate::openai::{ChatMessage, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
 use crate::storage::{
-    AuditAction, AuditActor, NewAudit, NewTurn, NewUsage, StoreError, TurnRole, TurnWrite,
+    AuditAction, AuditActor, CallStart, NewAudit, NewTurn, NewUsage, StoreError, TurnRole,
+    TurnWrite,
 };
 use crate::upstream::Usage;
 
@@ -100,8 +102,8 @@ impl Finished {
     }
 }
 
-/// Stores a finished turn: makes sure the call's session exists (or is journaled), then hands
-/// the turn to the writer through `slot` (or, when the queue was closed, writes it directly).
+/// Stores a finished turn: hands it to the writer through `slot` (or, when the queue was closed,
+/// writes it directly), with the call's start when it is the call's first.
 /// Only a write the database rejects for good, or one neither it nor the journal can take, is
 /// lost; that is logged and counted.
 pub(crate) async fn persist(
@@ -119,21 +121,29 @@ pub(crate) async fn persist(
             return;
         }
     };
-    // The call's next turn here reads this context instead of the database.
+    // The call's next turn here reads this context instead of the database (a first turn's
+    // with its start, until the writer has stored it).
     memory::remember(engine, identity, &ctx, finished.next_assistant);
-    let write = turn_write(identity, &ctx, finished);
+    let write = turn_write(
+        identity,
+        &ctx,
+        finished,
+        memory::deferred_start(engine, &ctx),
+    );
     match slot {
         Some(slot) => slot.write(write),
         None => {
-            let store = engine.store.as_ref();
-            writer::write_direct(store, &engine.journal, std::slice::from_ref(&write)).await;
+            let (store, journal) = (engine.store.as_ref(), &engine.journal);
+            let batch = std::slice::from_ref(&write);
+            writer::write_direct(store, journal, &engine.cache, batch).await;
         }
     }
 }
 
-/// The call's stored context — read again when the turn ran without memory, or built offline
-/// while the database is away — with its caller and session written (or journaled) when this
-/// is the call's first turn.
+/// The call's context — read again when the turn ran without memory, or built offline while the
+/// database is away. A first turn's start goes to the writer with the turn
+/// ([`memory::deferred_start`]); when it cannot (offline, or the journal in use), it is written
+/// (or journaled) here, first.
 async fn prepare(
     engine: &Engine,
     identity: &Identity,
@@ -144,7 +154,9 @@ async fn prepare(
         Some(ctx) => ctx,
         None => reload(engine, identity, model).await?,
     };
-    memory::ensure_stored(engine, &mut ctx).await?;
+    if memory::deferred_start(engine, &ctx).is_none() {
+        memory::ensure_stored(engine, &mut ctx).await?;
+    }
     Ok(ctx)
 }
 
@@ -166,18 +178,26 @@ async fn reload(
     }
 }
 
-/// The turns, the session's activity and model, and the audit entry, for one transaction.
-fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> TurnWrite {
+/// The turns, the session's activity and model, and the audit entry, for one transaction; with
+/// the call's `start` on its first turn.
+fn turn_write(
+    identity: &Identity,
+    ctx: &CallContext,
+    finished: Finished,
+    start: Option<CallStart>,
+) -> TurnWrite {
     let session_id = ctx.session.session_id;
-    let audit = ctx
-        .caller
-        .iter()
-        .map(|caller| NewAudit {
+    // A start names a caller to upsert: the entry's caller is then the one the start stores
+    // (filled in by the store), and it is a create unless the session turns out adopted.
+    let starts_caller = start.as_ref().is_some_and(|s| s.phone.is_some());
+    let caller_id = ctx.caller.as_ref().map(|c| c.caller_id);
+    let audit = (caller_id.is_some() || starts_caller)
+        .then(|| NewAudit {
             entry_key: Some(Uuid::now_v7()),
-            caller_id: Some(caller.caller_id),
+            caller_id,
             session_id: Some(session_id),
             actor: AuditActor::Engine(identity.platform),
-            action: if ctx.created {
+            action: if ctx.created || start.is_some() {
                 AuditAction::Create
             } else {
                 AuditAction::Read
@@ -186,6 +206,7 @@ fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> Tur
             details: json!({"memory_used": true}),
             created_at: Utc::now(),
         })
+        .into_iter()
         .collect();
     TurnWrite {
         session_id,
@@ -193,6 +214,7 @@ fn turn_write(identity: &Identity, ctx: &CallContext, finished: Finished) -> Tur
         model: finished.model,
         audit,
         usage: finished.usage,
+        start,
     }
 }
 
@@ -222,6 +244,7 @@ pub(crate) async fn opening(
         model: None,
         audit: Vec::new(),
         usage: Vec::new(),
+        start: None,
     };
     let written = engine
         .journal

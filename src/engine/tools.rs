@@ -350,6 +350,7 @@ async fn audit(
         model: None,
         audit: vec![entry],
         usage: Vec::new(),
+        start: None,
     };
     engine.writer.submit(engine.store.as_ref(), write).await;
 }

@@ -63,6 +63,9 @@ async fn converse(
 ) -> (Identity, Option<CallContext>, persist::Finished) {
     let mut context = read_memory(engine, &request).await;
     let _ = timings.memory.set(started.elapsed());
+    let _ = timings
+        .memory_cached
+        .set(context.as_ref().is_some_and(|c| c.cached));
     metrics::histogram!("redial_memory_read_seconds").record(started.elapsed().as_secs_f64());
 
     let prompt_started = Instant::now();

@@ -15,7 +15,16 @@
 //! turns holding a place still hand their write in and the writer drains everything before it
 //! exits; a turn that finds the queue closed writes directly ([`write_direct`]).
 //!
+//! A call's first write joins the batch too: a first turn's write carries the call's start
+//! ([`TurnWrite::start`]: its caller, the abandoned call it resumes, its session), stored with the
+//! turns in the batch's one transaction ([`TurnStore::save_batch`]) instead of in one of its own
+//! before them. Until then the call cache holds the first turn's context with its start, so
+//! the call's next turn here reads nothing even when it arrives first; once stored, the writer
+//! tells the cache what was stored ([`CallCache::started`]).
+//!
 //! [`TurnStore::save_turns`]: crate::storage::TurnStore::save_turns
+//! [`TurnStore::save_batch`]: crate::storage::TurnStore::save_batch
+//! [`TurnWrite::start`]: crate::storage::TurnWrite::start
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -26,6 +35,8 @@ use tokio::sync::mpsc::{self, OwnedPermit, Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cache::CallCache;
+use super::memory;
 use crate::journal::{Journal, Op, WriteError, Written};
 use crate::storage::{Store, StoreError, TurnWrite};
 
@@ -46,6 +57,8 @@ pub(crate) struct WriteQueue {
     full_warning: Arc<Throttle>,
     /// Where writes go while the database is away.
     journal: Journal,
+    /// Told what a batch's call starts stored.
+    cache: CallCache,
 }
 
 /// Lets something happen at most once per [`Throttle::EVERY`].
@@ -100,6 +113,7 @@ impl WriteQueue {
     pub(crate) fn spawn(
         store: Arc<dyn Store>,
         journal: Journal,
+        cache: CallCache,
         shutdown: CancellationToken,
         capacity: usize,
         batch_max: usize,
@@ -111,6 +125,7 @@ impl WriteQueue {
         writer.spawn(run(
             store,
             journal.clone(),
+            cache.clone(),
             rx,
             shutdown,
             batch_max.max(1),
@@ -124,6 +139,7 @@ impl WriteQueue {
             writer,
             full_warning: Arc::new(Throttle::new()),
             journal,
+            cache,
         }
     }
 
@@ -154,7 +170,8 @@ impl WriteQueue {
     pub(crate) async fn submit(&self, store: &dyn Store, write: TurnWrite) {
         self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::error::SendError(write)) = self.tx.send(write).await {
-            write_direct(store, &self.journal, std::slice::from_ref(&write)).await;
+            let batch = std::slice::from_ref(&write);
+            write_direct(store, &self.journal, &self.cache, batch).await;
             self.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -172,9 +189,14 @@ impl WriteQueue {
 
 /// The writer: takes what is waiting, waits up to `linger` for more (up to `batch_max` in all)
 /// and stores the batch in one transaction.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the writer task's parts, each handed over once at spawn"
+)]
 async fn run(
     store: Arc<dyn Store>,
     journal: Journal,
+    cache: CallCache,
     mut rx: Receiver<TurnWrite>,
     shutdown: CancellationToken,
     batch_max: usize,
@@ -211,7 +233,7 @@ async fn run(
         let received = batch.len();
         metrics::histogram!("redial_write_batch_size").record(received as f64);
         metrics::gauge!("redial_write_queue_depth").set(rx.len() as f64);
-        write_direct(&*store, &journal, &batch).await;
+        write_direct(&*store, &journal, &cache, &batch).await;
         pending.fetch_sub(received, Ordering::SeqCst);
         batch.clear();
     }
@@ -223,10 +245,15 @@ async fn run(
 /// and counted in `redial_persist_failures_total`. When neither the database nor the journal can
 /// take the batch (the journal disabled or its disk failing too), it is held and tried again
 /// with backoff: a write is never dropped because the database is away.
-pub(crate) async fn write_direct(store: &dyn Store, journal: &Journal, batch: &[TurnWrite]) {
+pub(crate) async fn write_direct(
+    store: &dyn Store,
+    journal: &Journal,
+    cache: &CallCache,
+    batch: &[TurnWrite],
+) {
     let mut delay = HOLD_RETRY_MIN;
     loop {
-        match store_batch(store, journal, batch).await {
+        match store_batch(store, journal, cache, batch).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::error!(error = %e, writes = batch.len(), ?delay, "turns can be neither stored nor journaled; holding them and trying again");
@@ -242,34 +269,53 @@ pub(crate) async fn write_direct(store: &dyn Store, journal: &Journal, batch: &[
 async fn store_batch(
     store: &dyn Store,
     journal: &Journal,
+    cache: &CallCache,
     batch: &[TurnWrite],
 ) -> Result<(), WriteError> {
     let writes = resolved(journal, batch);
+    // Before the transaction: a notice from now on keeps what it reads out of the cache.
+    let ticket = cache.ticket();
     let written = journal
-        .write(store.save_turns(&writes), || {
-            writes.iter().cloned().map(Op::Turns).collect()
-        })
+        .write(store.save_batch(&writes), || journaled(&writes))
         .await;
     match written {
         Ok(Written::Stored(results)) => {
-            for (write, result) in batch.iter().zip(results) {
-                if result.is_none() {
+            for (write, saved) in batch.iter().zip(results) {
+                if saved.inserted.is_none() {
                     lost(write, &StoreError::NotFound);
+                }
+                if let (Some(start), Some(started)) = (&write.start, &saved.started) {
+                    memory::count_resumed(started);
+                    cache.started(ticket, start.session.session_id, started);
                 }
             }
             Ok(())
         }
-        Ok(Written::Journaled) => Ok(()),
+        Ok(Written::Journaled) => {
+            for start in writes.iter().filter_map(|w| w.start.as_ref()) {
+                // As a journaled start_call: later turns of the call reuse its session id, and
+                // the cache holds nothing of it (journaled writes are not reported as changes).
+                let session = &start.session;
+                let call_key = session.call_key.as_str();
+                journal.note_journaled_start(session.platform, call_key, session.session_id);
+                cache.forget(session.platform, call_key);
+            }
+            Ok(())
+        }
         Err(WriteError::Rejected(e)) if batch.len() > 1 => {
             tracing::warn!(error = %e, writes = batch.len(), "a batch of turns failed; storing them one by one");
             for write in batch {
-                Box::pin(store_batch(store, journal, std::slice::from_ref(write))).await?;
+                let one = std::slice::from_ref(write);
+                Box::pin(store_batch(store, journal, cache, one)).await?;
             }
             Ok(())
         }
         Err(WriteError::Rejected(e)) => {
             if let Some(write) = batch.first() {
                 lost(write, &e);
+                if let Some(start) = &write.start {
+                    cache.forget(start.session.platform, &start.session.call_key);
+                }
             }
             Ok(())
         }
@@ -286,6 +332,19 @@ fn resolved<'a>(journal: &Journal, batch: &'a [TurnWrite]) -> Cow<'a, [TurnWrite
     }
     let writes = batch.iter().cloned();
     Cow::Owned(writes.map(|write| journal.resolve_write(write)).collect())
+}
+
+/// The journal records of a batch: each start as the call's first write, before its turns.
+fn journaled(writes: &[TurnWrite]) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(writes.len());
+    for write in writes {
+        let mut write = write.clone();
+        if let Some(start) = write.start.take() {
+            ops.push(Op::StartCall(start));
+        }
+        ops.push(Op::Turns(write));
+    }
+    ops
 }
 
 fn lost(write: &TurnWrite, error: &StoreError) {

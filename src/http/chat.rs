@@ -399,7 +399,13 @@ fn set_common_headers(response: &mut Response, timing: &str) {
 fn server_timing(timings: &TurnTimings, started: Instant, total: Option<Duration>) -> String {
     let mut parts = Vec::with_capacity(4);
     if let Some(d) = timings.memory.get() {
-        parts.push(format!("mem;dur={:.3};desc=\"memory read\"", ms(*d)));
+        // Which memory a turn used: the call cache (nothing read from the database) or not.
+        let desc = if timings.memory_cached.get() == Some(&true) {
+            "memory read: call cache"
+        } else {
+            "memory read"
+        };
+        parts.push(format!("mem;dur={:.3};desc=\"{desc}\"", ms(*d)));
     }
     if let Some(d) = timings.prompt.get() {
         parts.push(format!("prompt;dur={:.3};desc=\"prompt build\"", ms(*d)));

@@ -5,6 +5,10 @@
 //! [`ROWS_PER_STATEMENT`]) reporting each inserted row to [`Batch::inserted`], applies
 //! [`Batch::touches`] in one update, appends [`Batch::audit`] and commits; [`Batch::results`]
 //! is then the answer.
+//!
+//! A batch whose items start their calls ([`TurnWrite::start`]) first applies [`starts`] in
+//! the same transaction, then saves the items as [`Started::apply`] maps them onto the stored
+//! sessions.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -13,7 +17,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::text::text;
-use super::{NewAudit, NewTurn, NewUsage, TurnWrite};
+use super::{AuditAction, CallStart, NewAudit, NewTurn, NewUsage, StartedCall, TurnWrite};
+use crate::platforms::Platform;
 
 /// Rows per multi-row insert: at most 8 parameters each, under SQLite's 32,766 and Postgres'
 /// 65,535 per statement.
@@ -138,5 +143,109 @@ impl<'a> Batch<'a> {
             .zip(self.inserted)
             .map(|(w, n)| self.found.contains(&w.session_id).then_some(n))
             .collect()
+    }
+}
+
+/// A call: platform and call key.
+type CallKey<'a> = (Platform, &'a str);
+
+fn call_of(start: &CallStart) -> CallKey<'_> {
+    (start.session.platform, start.session.call_key.as_str())
+}
+
+/// The distinct calls the batch starts, one start each (the first in batch order), in the order
+/// to apply them: by phone, so that the batches of several instances lock callers in one order.
+pub(crate) fn starts(writes: &[TurnWrite]) -> Vec<&CallStart> {
+    let mut starts: Vec<&CallStart> = writes.iter().filter_map(|w| w.start.as_ref()).collect();
+    // Stable: within one call, batch order is kept, and dedup keeps the first.
+    let order = |s: &CallStart| {
+        (
+            s.phone.clone(),
+            s.session.platform.as_str(),
+            s.session.call_key.clone(),
+        )
+    };
+    starts.sort_by_cached_key(|s| order(s));
+    starts.dedup_by(|a, b| call_of(a) == call_of(b));
+    starts
+}
+
+/// What a batch's starts stored, per call.
+#[derive(Debug, Default)]
+pub(crate) struct Started<'a>(HashMap<CallKey<'a>, StartedCall>);
+
+impl<'a> Started<'a> {
+    /// Records what `start` (one of [`starts`]) stored.
+    pub(crate) fn record(&mut self, start: &'a CallStart, started: StartedCall) {
+        self.0.insert(call_of(start), started);
+    }
+
+    /// The batch to save after the starts: every item written under a started call's new
+    /// session id moved to the session stored for the call (another request's, when it created
+    /// it first), and the audit entries of the items with a start completed (the started caller
+    /// when they name none; a read, not a create, when the session was adopted). Also, per item,
+    /// what its start stored (`created` as seen by that item).
+    pub(crate) fn apply(
+        &self,
+        writes: &'a [TurnWrite],
+    ) -> (Cow<'a, [TurnWrite]>, Vec<Option<StartedCall>>) {
+        let mut moved: HashMap<Uuid, Uuid> = HashMap::new();
+        let mut per_item = Vec::with_capacity(writes.len());
+        for write in writes {
+            let started = write.start.as_ref().and_then(|start| {
+                let stored = self.0.get(&call_of(start))?;
+                let pending = start.session.session_id;
+                if stored.session.session_id != pending {
+                    moved.insert(pending, stored.session.session_id);
+                }
+                let mut started = stored.clone();
+                started.created = stored.created && stored.session.session_id == pending;
+                Some(started)
+            });
+            per_item.push(started);
+        }
+        let needs_audit = |(write, started): (&TurnWrite, &Option<StartedCall>)| {
+            started.as_ref().is_some_and(|s| {
+                write.audit.iter().any(|e| {
+                    (e.caller_id.is_none() && s.caller.is_some())
+                        || (e.action == AuditAction::Create && !s.created)
+                })
+            })
+        };
+        let touched = |write: &TurnWrite| {
+            moved.contains_key(&write.session_id)
+                || write
+                    .audit
+                    .iter()
+                    .any(|e| e.session_id.is_some_and(|id| moved.contains_key(&id)))
+        };
+        if !writes.iter().any(touched) && !writes.iter().zip(&per_item).any(needs_audit) {
+            return (Cow::Borrowed(writes), per_item);
+        }
+        let fixed = writes
+            .iter()
+            .zip(&per_item)
+            .map(|(write, started)| {
+                let mut write = write.clone();
+                let to = |id: Uuid| moved.get(&id).copied().unwrap_or(id);
+                write.session_id = moved
+                    .get(&write.session_id)
+                    .copied()
+                    .unwrap_or(write.session_id);
+                for entry in &mut write.audit {
+                    entry.session_id = entry.session_id.map(to);
+                    if let Some(started) = started {
+                        if entry.caller_id.is_none() {
+                            entry.caller_id = started.caller.as_ref().map(|c| c.caller_id);
+                        }
+                        if entry.action == AuditAction::Create && !started.created {
+                            entry.action = AuditAction::Read;
+                        }
+                    }
+                }
+                write
+            })
+            .collect();
+        (Cow::Owned(fixed), per_item)
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{ModelUsage, NewTurn, StoreError, StoreResult, Turn, TurnWrite};
+use super::{ModelUsage, NewTurn, Saved, StoreError, StoreResult, Turn, TurnWrite};
 
 /// A session's log of what was said, append-only.
 #[async_trait]
@@ -20,6 +20,7 @@ pub trait TurnStore: Send + Sync {
             model: None,
             audit: Vec::new(),
             usage: Vec::new(),
+            start: None,
         };
         match self.save_turns(std::slice::from_ref(&write)).await?.first() {
             Some(Some(inserted)) => Ok(*inserted),
@@ -51,7 +52,30 @@ pub trait TurnStore: Send + Sync {
     /// order, so concurrent batches of several instances cannot deadlock one another.
     ///
     /// [`AuditStore::append_audit`]: super::AuditStore::append_audit
-    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>>;
+    async fn save_turns(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
+        let saved = self.save_batch(batch).await?;
+        Ok(saved.into_iter().map(|s| s.inserted).collect())
+    }
+
+    /// [`TurnStore::save_turns`] for a batch whose items may also start their call (a call's
+    /// first turn: its caller and session are written with it, in the same transaction, not in
+    /// one of their own).
+    ///
+    /// An item with a `start` first does what [`SessionStore::start_call`] does for it — upserts
+    /// the caller, closes the abandoned call it resumes, creates the session unless the call has
+    /// one, counts the call on its caller — and then is saved as above, into the call's stored
+    /// session: when another request created the call's session first, that session is adopted,
+    /// and every item of the batch written under the new session's id goes to it. Starts of one
+    /// call in the batch are applied once. An item with a start records its audit entries against
+    /// the started caller when they name none, and as a read, not a create, when the session
+    /// was adopted.
+    ///
+    /// A start the database rejects fails the batch (the writer then saves its items one by
+    /// one, so only that item is lost). Returns, per item, what was inserted and, for items with
+    /// a start, what the start stored.
+    ///
+    /// [`SessionStore::start_call`]: super::SessionStore::start_call
+    async fn save_batch(&self, batch: &[TurnWrite]) -> StoreResult<Vec<Saved>>;
 
     /// The session's turns, oldest first: by `created_at` (when each was said, so a turn
     /// written late — replayed from the outage journal, or persisted after a slower earlier

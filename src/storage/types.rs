@@ -339,6 +339,20 @@ pub struct TurnWrite {
     /// skipped). Journals written before usage was recorded have none.
     #[serde(default)]
     pub usage: Vec<NewUsage>,
+    /// The call's first write, when the turn is its first: stored before the turns, in the same
+    /// transaction (see [`super::TurnStore::save_batch`]). `session_id` is its new session's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<CallStart>,
+}
+
+/// What [`super::TurnStore::save_batch`] did with one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// How many of its turns were inserted; `None` when its session does not exist (nothing of
+    /// the item is stored).
+    pub inserted: Option<u64>,
+    /// For an item that started its call, what the start stored.
+    pub started: Option<StartedCall>,
 }
 
 /// Tokens one model used in one turn.

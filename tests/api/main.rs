@@ -7,6 +7,7 @@
 )]
 
 mod admin;
+mod cache;
 mod chat;
 mod connections;
 mod disk;

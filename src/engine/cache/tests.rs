@@ -42,6 +42,44 @@ fn cached(call_key: &str, caller_id: Option<Uuid>) -> Cached {
             last_seen_at: now,
             updated_at: now,
         }),
+        start: None,
+    }
+}
+
+/// A first turn's entry: the session as it will be stored, with its start.
+fn starting(call_key: &str, phone: Option<&str>) -> Cached {
+    let mut entry = cached(call_key, None);
+    let session = &entry.session;
+    entry.start = Some(CallStart {
+        session: crate::storage::NewSession {
+            session_id: session.session_id,
+            platform: session.platform,
+            call_key: session.call_key.clone(),
+            caller_id: None,
+            assistant_id: session.assistant_id.clone(),
+            attempt: 1,
+            resumes_session_id: None,
+            answers: Default::default(),
+            status: session.status,
+            model: None,
+            started_at: session.started_at,
+        },
+        phone: phone.map(str::to_owned),
+        close_previous: None,
+        now: Utc::now(),
+    });
+    entry
+}
+
+/// What the writer stored for `entry`'s start: its session (or another one), with a caller.
+fn stored(entry: &Cached, session_id: Uuid, caller_id: Option<Uuid>) -> StartedCall {
+    let mut session = entry.session.clone();
+    session.session_id = session_id;
+    session.caller_id = caller_id;
+    StartedCall {
+        caller: cached("x", caller_id).caller,
+        session,
+        created: true,
     }
 }
 
@@ -168,4 +206,73 @@ fn a_forgotten_call_is_read_again() {
     cache.forget(Platform::Vapi, "c1");
     assert!(cache.get(Platform::Vapi, "c1", 0).is_none());
     assert_eq!(cache.usage(), (0, 0));
+}
+
+#[test]
+fn a_first_turn_is_served_with_its_start_until_the_writer_stores_it() {
+    let cache = watching(10, 1 << 20);
+    let entry = starting("c1", Some("+14155550123"));
+    let pending = entry.session.session_id;
+    assert!(cache.put(cache.ticket(), entry.clone(), 1));
+    let (served, _) = cache
+        .get(Platform::Vapi, "c1", 1)
+        .expect("served before it is stored");
+    assert!(
+        served.start.is_some(),
+        "the next turn must still make sure the call is stored"
+    );
+
+    let ticket = cache.ticket();
+    let caller_id = Uuid::now_v7();
+    cache.started(ticket, pending, &stored(&entry, pending, Some(caller_id)));
+    let (served, _) = cache
+        .get(Platform::Vapi, "c1", 1)
+        .expect("kept once stored");
+    assert!(served.start.is_none());
+    assert_eq!(served.session.session_id, pending);
+    assert_eq!(served.caller.map(|c| c.caller_id), Some(caller_id));
+    // The caller it now holds is watched like any other.
+    cache.notice(Change::Row(caller_id));
+    assert!(cache.get(Platform::Vapi, "c1", 1).is_none());
+}
+
+#[test]
+fn a_start_that_adopted_another_session_drops_the_entry() {
+    let cache = watching(10, 1 << 20);
+    let entry = starting("c1", None);
+    let pending = entry.session.session_id;
+    assert!(cache.put(cache.ticket(), entry.clone(), 1));
+    let ticket = cache.ticket();
+    cache.started(ticket, pending, &stored(&entry, Uuid::now_v7(), None));
+    assert!(cache.get(Platform::Vapi, "c1", 1).is_none());
+}
+
+#[test]
+fn a_start_stored_after_a_notice_about_its_caller_drops_the_entry() {
+    let cache = watching(10, 1 << 20);
+    let entry = starting("c1", Some("+14155550123"));
+    let pending = entry.session.session_id;
+    assert!(cache.put(cache.ticket(), entry.clone(), 1));
+    let ticket = cache.ticket();
+    let caller_id = Uuid::now_v7();
+    // The caller changed after the writer's transaction began: what it read may be older.
+    cache.notice(Change::Row(caller_id));
+    cache.started(ticket, pending, &stored(&entry, pending, Some(caller_id)));
+    assert!(cache.get(Platform::Vapi, "c1", 1).is_none());
+}
+
+#[test]
+fn an_entry_holding_another_start_or_none_is_left_alone() {
+    let cache = watching(10, 1 << 20);
+    let entry = cached("c1", None);
+    let session_id = entry.session.session_id;
+    assert!(cache.put(cache.ticket(), entry, 1));
+    let other = starting("c1", None);
+    cache.started(
+        cache.ticket(),
+        session_id,
+        &stored(&other, Uuid::now_v7(), None),
+    );
+    let (served, _) = cache.get(Platform::Vapi, "c1", 1).expect("left alone");
+    assert_eq!(served.session.session_id, session_id);
 }

@@ -2,6 +2,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::*;
+use crate::engine::cache::CallCache;
 use crate::platforms::Platform;
 use crate::storage::{
     Answers, CallStart, ConnectOptions, NewSession, NewTurn, SessionStatus, SessionStore,
@@ -55,6 +56,7 @@ fn write(session_id: Uuid, key: &str) -> TurnWrite {
         model: None,
         audit: Vec::new(),
         usage: Vec::new(),
+        start: None,
     }
 }
 
@@ -74,6 +76,7 @@ async fn shutdown_drains_reserved_writes_and_later_writes_go_straight_to_the_sto
     let queue = WriteQueue::spawn(
         Arc::clone(&store),
         no_journal(),
+        CallCache::new(0, 0),
         shutdown.clone(),
         4,
         2,
@@ -123,6 +126,7 @@ async fn writes_queued_together_are_stored_in_order() {
     let queue = WriteQueue::spawn(
         Arc::clone(&store),
         no_journal(),
+        CallCache::new(0, 0),
         shutdown.clone(),
         16,
         4,

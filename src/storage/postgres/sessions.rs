@@ -87,6 +87,34 @@ pub(super) async fn create_session_in(
     Ok((CallSession::try_from(row)?, created))
 }
 
+/// [`SessionStore::start_call`] inside the caller's write transaction (a batch's, say).
+pub(super) async fn start_call_in(
+    tx: &mut PgConnection,
+    start: &CallStart,
+) -> StoreResult<StartedCall> {
+    let mut new = start.session.clone();
+    let caller = match &start.phone {
+        Some(phone) => {
+            let caller = callers::upsert_caller_in(&mut *tx, phone, start.now).await?;
+            new.caller_id = Some(caller.caller_id);
+            Some(caller)
+        }
+        None => None,
+    };
+    if let Some((previous, close)) = &start.close_previous {
+        match close_session_in(&mut *tx, *previous, close).await {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (session, created) = create_session_in(tx, &new).await?;
+    Ok(StartedCall {
+        session,
+        caller,
+        created,
+    })
+}
+
 #[async_trait]
 impl SessionStore for PostgresStore {
     #[tracing::instrument(
@@ -97,29 +125,10 @@ impl SessionStore for PostgresStore {
     )]
     async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
         let mut tx = self.pool.begin().await?;
-        let mut new = start.session.clone();
-        let caller = match &start.phone {
-            Some(phone) => {
-                let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
-                new.caller_id = Some(caller.caller_id);
-                Some(caller)
-            }
-            None => None,
-        };
-        if let Some((previous, close)) = &start.close_previous {
-            match close_session_in(&mut tx, *previous, close).await {
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let (session, created) = create_session_in(&mut tx, &new).await?;
+        let started = start_call_in(&mut tx, start).await?;
         tx.commit().await?;
-        tracing::Span::current().record("created", created);
-        Ok(StartedCall {
-            session,
-            caller,
-            created,
-        })
+        tracing::Span::current().record("created", started.created);
+        Ok(started)
     }
 
     #[tracing::instrument(

@@ -7,24 +7,32 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{PostgresStore, TurnRow, audit, text};
-use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
+use super::{PostgresStore, TurnRow, audit, sessions, text};
+use crate::storage::batch::{self, Batch, ROWS_PER_STATEMENT, Started};
 use crate::storage::rows::convert_all;
 use crate::storage::turns::{model_usage, tokens};
-use crate::storage::{ModelUsage, StoreResult, Turn, TurnStore, TurnWrite};
+use crate::storage::{ModelUsage, Saved, StoreResult, Turn, TurnStore, TurnWrite};
 
 #[async_trait]
 impl TurnStore for PostgresStore {
     #[tracing::instrument(
-        name = "store.save_turns",
+        name = "store.save_batch",
         skip_all,
         fields(backend = "postgres", items = writes.len(), inserted = tracing::field::Empty)
     )]
-    async fn save_turns(&self, writes: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
+    async fn save_batch(&self, writes: &[TurnWrite]) -> StoreResult<Vec<Saved>> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        // A call's first turn brings its start: stored first, in this transaction.
+        let starts = batch::starts(writes);
+        let mut started = Started::default();
+        for start in &starts {
+            started.record(start, sessions::start_call_in(&mut tx, start).await?);
+        }
+        let (writes, per_item) = started.apply(writes);
+        let writes: &[TurnWrite] = &writes;
         // Locked in id order, so batches of several instances never wait on each other in a cycle.
         let found: HashSet<Uuid> = sqlx::query_scalar(
             "select session_id from call_session where session_id = any($1) \
@@ -107,7 +115,11 @@ impl TurnStore for PostgresStore {
         tx.commit().await?;
         let results = batch.results();
         tracing::Span::current().record("inserted", results.iter().flatten().sum::<u64>());
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .zip(per_item)
+            .map(|(inserted, started)| Saved { inserted, started })
+            .collect())
     }
 
     #[tracing::instrument(

@@ -86,6 +86,34 @@ pub(super) async fn create_session_in(
     Ok((CallSession::try_from(row)?, created))
 }
 
+/// [`SessionStore::start_call`] inside the caller's write transaction (a batch's, say).
+pub(super) async fn start_call_in(
+    tx: &mut SqliteConnection,
+    start: &CallStart,
+) -> StoreResult<StartedCall> {
+    let mut new = start.session.clone();
+    let caller = match &start.phone {
+        Some(phone) => {
+            let caller = callers::upsert_caller_in(&mut *tx, phone, start.now).await?;
+            new.caller_id = Some(caller.caller_id);
+            Some(caller)
+        }
+        None => None,
+    };
+    if let Some((previous, close)) = &start.close_previous {
+        match close_session_in(&mut *tx, *previous, close).await {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (session, created) = create_session_in(tx, &new).await?;
+    Ok(StartedCall {
+        session,
+        caller,
+        created,
+    })
+}
+
 #[async_trait]
 impl SessionStore for SqliteStore {
     #[tracing::instrument(
@@ -96,33 +124,14 @@ impl SessionStore for SqliteStore {
     )]
     async fn start_call(&self, start: &CallStart) -> StoreResult<StartedCall> {
         let mut tx = begin_write(&self.writer).await?;
-        let mut new = start.session.clone();
-        let caller = match &start.phone {
-            Some(phone) => {
-                let caller = callers::upsert_caller_in(&mut tx, phone, start.now).await?;
-                new.caller_id = Some(caller.caller_id);
-                Some(caller)
-            }
-            None => None,
-        };
-        if let Some((previous, close)) = &start.close_previous {
-            match close_session_in(&mut tx, *previous, close).await {
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let (session, created) = create_session_in(&mut tx, &new).await?;
+        let started = start_call_in(&mut tx, start).await?;
         tx.commit().await?;
         // The new session and its caller's counts are nothing a cached memory shows; a closed
         // previous call is.
         self.changes
             .publish(start.close_previous.as_ref().map(|(previous, _)| *previous));
-        tracing::Span::current().record("created", created);
-        Ok(StartedCall {
-            session,
-            caller,
-            created,
-        })
+        tracing::Span::current().record("created", started.created);
+        Ok(started)
     }
 
     #[tracing::instrument(

@@ -7,27 +7,35 @@ use chrono::DateTime;
 use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use super::{SqliteStore, TurnRow, audit, begin_write, id, ms};
-use crate::storage::batch::{Batch, ROWS_PER_STATEMENT};
+use super::{SqliteStore, TurnRow, audit, begin_write, id, ms, sessions};
+use crate::storage::batch::{self, Batch, ROWS_PER_STATEMENT, Started};
 use crate::storage::rows::convert_all;
 use crate::storage::text::{opt_text, text};
 use crate::storage::turns::{model_usage, tokens};
-use crate::storage::{ModelUsage, StoreResult, Turn, TurnStore, TurnWrite};
+use crate::storage::{ModelUsage, Saved, StoreResult, Turn, TurnStore, TurnWrite};
 
 #[async_trait]
 impl TurnStore for SqliteStore {
     #[tracing::instrument(
-        name = "store.save_turns",
+        name = "store.save_batch",
         skip_all,
         fields(backend = "sqlite", items = writes.len(), inserted = tracing::field::Empty)
     )]
-    async fn save_turns(&self, writes: &[TurnWrite]) -> StoreResult<Vec<Option<u64>>> {
+    async fn save_batch(&self, writes: &[TurnWrite]) -> StoreResult<Vec<Saved>> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
         // A handful of statements for the whole batch, whatever its size: each statement is a round
         // trip to the connection's thread.
         let mut tx = begin_write(&self.writer).await?;
+        // A call's first turn brings its start: stored first, in this transaction.
+        let starts = batch::starts(writes);
+        let mut started = Started::default();
+        for start in &starts {
+            started.record(start, sessions::start_call_in(&mut tx, start).await?);
+        }
+        let (writes, per_item) = started.apply(writes);
+        let writes: &[TurnWrite] = &writes;
         let mut found = HashSet::new();
         for chunk in Batch::session_ids(writes).chunks(ROWS_PER_STATEMENT) {
             let mut select = QueryBuilder::<Sqlite>::new(
@@ -115,9 +123,16 @@ impl TurnStore for SqliteStore {
         }
         audit::insert_audit(&mut tx, &batch.audit()).await?;
         tx.commit().await?;
+        // As start_call: a closed previous call is a change a cached memory shows.
+        let closed = starts.iter().filter_map(|s| s.close_previous.as_ref());
+        self.changes.publish(closed.map(|(previous, _)| *previous));
         let results = batch.results();
         tracing::Span::current().record("inserted", results.iter().flatten().sum::<u64>());
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .zip(per_item)
+            .map(|(inserted, started)| Saved { inserted, started })
+            .collect())
     }
 
     #[tracing::instrument(

@@ -2,7 +2,7 @@
 
 use super::*;
 use redial::platforms::Platform;
-use redial::storage::{AuditAction, AuditActor, NewAudit, Turn, TurnWrite};
+use redial::storage::{AuditAction, AuditActor, CallStart, NewAudit, Saved, Turn, TurnWrite};
 
 on_both_backends!(
     append_turns_stores_turns_in_order_and_advances_last_activity,
@@ -17,6 +17,11 @@ on_both_backends!(
     an_empty_batch_stores_nothing,
     a_batch_larger_than_one_statement_is_stored_whole,
     concurrent_batches_over_the_same_sessions_in_opposite_orders_all_commit,
+    a_batch_starts_its_calls_with_their_turns_in_one_transaction,
+    starts_of_one_call_in_a_batch_are_applied_once_and_its_items_share_the_stored_session,
+    a_start_for_a_call_already_stored_adopts_its_session_and_audits_a_read,
+    two_new_calls_of_one_caller_in_a_batch_are_counted_in_turn,
+    a_start_in_a_batch_closes_the_abandoned_call_it_resumes,
 );
 
 async fn append_turns_stores_turns_in_order_and_advances_last_activity(store: Arc<dyn Store>) {
@@ -314,6 +319,7 @@ async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_ski
             model: Some("gpt-one".to_owned()),
             audit: vec![turn_audit(caller, first.session_id, at(2))],
             usage: Vec::new(),
+            start: None,
         },
         TurnWrite {
             session_id: unknown,
@@ -321,6 +327,7 @@ async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_ski
             model: Some("gpt-unknown".to_owned()),
             audit: vec![turn_audit(caller, unknown, at(3))],
             usage: Vec::new(),
+            start: None,
         },
         TurnWrite {
             session_id: second.session_id,
@@ -328,6 +335,7 @@ async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_ski
             model: None,
             audit: vec![turn_audit(caller, second.session_id, at(4))],
             usage: Vec::new(),
+            start: None,
         },
         // The first session's next turn, queued behind the others; "a2" is already in the
         // batch, so only "a3" is new.
@@ -337,6 +345,7 @@ async fn save_turns_stores_a_batch_of_several_sessions_as_saves_in_order_and_ski
             model: Some("gpt-two".to_owned()),
             audit: vec![],
             usage: Vec::new(),
+            start: None,
         },
     ];
 
@@ -390,6 +399,7 @@ async fn a_key_repeated_within_a_batch_is_stored_once_for_its_first_item(store: 
         model: None,
         audit: vec![],
         usage: Vec::new(),
+        start: None,
     };
 
     // Act
@@ -432,6 +442,7 @@ async fn a_batch_larger_than_one_statement_is_stored_whole(store: Arc<dyn Store>
         model: None,
         audit: vec![],
         usage: Vec::new(),
+        start: None,
     };
 
     // Act
@@ -469,6 +480,7 @@ async fn concurrent_batches_over_the_same_sessions_in_opposite_orders_all_commit
                         model: None,
                         audit: vec![],
                         usage: Vec::new(),
+                        start: None,
                     })
                     .collect();
                 store.save_turns(&batch).await?;
@@ -514,4 +526,274 @@ fn to_new(turn: &Turn) -> NewTurn {
         partial: turn.partial,
         created_at: turn.created_at,
     }
+}
+
+/// A call's first turn as the engine hands it to the writer: its start (a new session for
+/// `call_key`, the caller by `phone`) and its turns, audited as a create naming no caller yet.
+fn first_turn(call_key: &str, phone: Option<&str>, keys: &[&str], now: DateTime<Utc>) -> TurnWrite {
+    let session = new_session(call_key, None, now);
+    let session_id = session.session_id;
+    TurnWrite {
+        session_id,
+        turns: keys.iter().map(|k| user_turn(k, k, now)).collect(),
+        model: Some("gpt-test".to_owned()),
+        audit: phone
+            .map(|_| NewAudit {
+                caller_id: None,
+                action: AuditAction::Create,
+                ..turn_audit(Uuid::nil(), session_id, now)
+            })
+            .into_iter()
+            .collect(),
+        usage: Vec::new(),
+        start: Some(CallStart {
+            session,
+            phone: phone.map(str::to_owned),
+            close_previous: None,
+            now,
+        }),
+    }
+}
+
+fn started_of(saved: &Saved) -> &redial::storage::StartedCall {
+    saved
+        .started
+        .as_ref()
+        .expect("an item with a start reports it")
+}
+
+async fn a_batch_starts_its_calls_with_their_turns_in_one_transaction(store: Arc<dyn Store>) {
+    // Arrange
+    let batch = [
+        first_turn("call-1", Some(PHONE), &["a1", "a2"], at(1)),
+        first_turn("call-2", Some(OTHER_PHONE), &["b1"], at(2)),
+        first_turn("call-3", None, &["c1"], at(3)),
+    ];
+
+    // Act
+    let saved = store.save_batch(&batch).await.expect("save batch");
+
+    // Assert
+    assert_eq!(saved.len(), 3);
+    for (item, saved) in batch.iter().zip(&saved) {
+        let started = started_of(saved);
+        assert!(started.created);
+        assert_eq!(started.session.session_id, item.session_id);
+        let (session, caller) = store
+            .load_call(
+                Platform::Vapi,
+                &item.start.as_ref().unwrap().session.call_key,
+            )
+            .await
+            .expect("load")
+            .expect("the call's session is stored");
+        assert_eq!(session.session_id, item.session_id);
+        assert_eq!(session.model.as_deref(), Some("gpt-test"));
+        let keys: Vec<String> = store
+            .list_turns(item.session_id)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.idempotency_key)
+            .collect();
+        let expected: Vec<String> = item
+            .turns
+            .iter()
+            .map(|t| t.idempotency_key.clone())
+            .collect();
+        assert_eq!(keys, expected);
+        match &item.start.as_ref().unwrap().phone {
+            Some(phone) => {
+                let caller = caller.expect("the caller is stored");
+                assert_eq!(&caller.phone, phone);
+                assert_eq!(caller.call_count, 1);
+                assert_eq!(
+                    started.caller.as_ref().map(|c| c.caller_id),
+                    Some(caller.caller_id)
+                );
+                let audit = store.list_audit(caller.caller_id, 10).await.expect("audit");
+                assert_eq!(audit.len(), 1, "{audit:?}");
+                assert_eq!(audit[0].action, AuditAction::Create);
+                assert_eq!(audit[0].session_id, Some(item.session_id));
+            }
+            None => assert!(caller.is_none() && started.caller.is_none()),
+        }
+    }
+    assert_eq!(
+        saved.iter().map(|s| s.inserted).collect::<Vec<_>>(),
+        [Some(2), Some(1), Some(1)]
+    );
+}
+
+async fn starts_of_one_call_in_a_batch_are_applied_once_and_its_items_share_the_stored_session(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: the call's second turn was answered before its first was stored, from a read
+    // that found no session (so under a session id of its own).
+    let first = first_turn("call-1", Some(PHONE), &["m0"], at(1));
+    let second = first_turn("call-1", Some(PHONE), &["m0", "m2"], at(2));
+
+    // Act
+    let saved = store
+        .save_batch(&[first.clone(), second.clone()])
+        .await
+        .expect("save batch");
+
+    // Assert
+    assert!(started_of(&saved[0]).created);
+    assert!(!started_of(&saved[1]).created, "the call was started once");
+    assert_eq!(started_of(&saved[1]).session.session_id, first.session_id);
+    assert_eq!(
+        saved.iter().map(|s| s.inserted).collect::<Vec<_>>(),
+        [Some(1), Some(1)]
+    );
+    let keys: Vec<String> = store
+        .list_turns(first.session_id)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.idempotency_key)
+        .collect();
+    assert_eq!(keys, ["m0", "m2"]);
+    assert!(
+        store
+            .get_session(second.session_id)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let caller = store
+        .get_caller_by_phone(PHONE)
+        .await
+        .expect("caller")
+        .expect("stored");
+    assert_eq!(caller.call_count, 1, "one call, counted once");
+    let audit = store.list_audit(caller.caller_id, 10).await.expect("audit");
+    let mut actions: Vec<AuditAction> = audit.iter().map(|e| e.action.clone()).collect();
+    actions.sort_by_key(|a| format!("{a:?}"));
+    assert_eq!(actions, [AuditAction::Create, AuditAction::Read]);
+    assert!(audit.iter().all(|e| e.session_id == Some(first.session_id)));
+}
+
+async fn a_start_for_a_call_already_stored_adopts_its_session_and_audits_a_read(
+    store: Arc<dyn Store>,
+) {
+    // Arrange: another request (a webhook, another instance) started the call first.
+    let earlier = first_turn("call-1", Some(PHONE), &[], at(0));
+    let stored = store
+        .start_call(earlier.start.as_ref().unwrap())
+        .await
+        .expect("start");
+    let late = first_turn("call-1", Some(PHONE), &["t1"], at(1));
+
+    // Act
+    let saved = store
+        .save_batch(std::slice::from_ref(&late))
+        .await
+        .expect("save");
+
+    // Assert
+    let started = started_of(&saved[0]);
+    assert!(!started.created);
+    assert_eq!(started.session.session_id, stored.session.session_id);
+    assert_eq!(saved[0].inserted, Some(1));
+    let keys: Vec<String> = store
+        .list_turns(stored.session.session_id)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.idempotency_key)
+        .collect();
+    assert_eq!(keys, ["t1"]);
+    assert!(
+        store
+            .get_session(late.session_id)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let caller_id = stored.caller.expect("caller").caller_id;
+    let caller = store
+        .get_caller(caller_id)
+        .await
+        .expect("get")
+        .expect("caller");
+    assert_eq!(caller.call_count, 1);
+    let audit = store.list_audit(caller_id, 10).await.expect("audit");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].action, AuditAction::Read);
+    assert_eq!(audit[0].session_id, Some(stored.session.session_id));
+}
+
+async fn two_new_calls_of_one_caller_in_a_batch_are_counted_in_turn(store: Arc<dyn Store>) {
+    // Act
+    let batch = [
+        first_turn("call-1", Some(PHONE), &["a1"], at(1)),
+        first_turn("call-2", Some(PHONE), &["b1"], at(2)),
+    ];
+    let saved = store.save_batch(&batch).await.expect("save");
+
+    // Assert
+    assert!(saved.iter().all(|s| started_of(s).created));
+    let caller = store
+        .get_caller_by_phone(PHONE)
+        .await
+        .expect("caller")
+        .expect("stored");
+    assert_eq!(caller.call_count, 2);
+    assert_eq!(caller.last_call_at, Some(at(2)));
+    let mut prior: Vec<i64> = Vec::new();
+    for item in &batch {
+        let session = store
+            .get_session(item.session_id)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(session.caller_id, Some(caller.caller_id));
+        prior.push(session.prior_calls);
+    }
+    prior.sort_unstable();
+    assert_eq!(prior, [0, 1], "each call snapshots the calls before it");
+}
+
+async fn a_start_in_a_batch_closes_the_abandoned_call_it_resumes(store: Arc<dyn Store>) {
+    // Arrange
+    let (caller_id, abandoned) = caller_with_session(store.as_ref(), "call-0", at(0)).await;
+    let mut resuming = first_turn("call-1", Some(PHONE), &["r1"], at(60));
+    let start = resuming.start.as_mut().unwrap();
+    start.session.attempt = 2;
+    start.session.resumes_session_id = Some(abandoned.session_id);
+    start.close_previous = Some((
+        abandoned.session_id,
+        CloseSession {
+            status: SessionStatus::Dropped,
+            ended_reason: Some("went silent; resumed by a new call".to_owned()),
+            ended_at: at(5),
+            details: json!({}),
+        },
+    ));
+
+    // Act
+    let saved = store
+        .save_batch(std::slice::from_ref(&resuming))
+        .await
+        .expect("save");
+
+    // Assert
+    assert!(started_of(&saved[0]).created);
+    let closed = store
+        .get_session(abandoned.session_id)
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(closed.status, SessionStatus::Dropped);
+    assert_eq!(closed.ended_at, Some(at(5)));
+    let new = store
+        .get_session(resuming.session_id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(new.resumes_session_id, Some(abandoned.session_id));
+    assert_eq!(new.caller_id, Some(caller_id));
+    assert_eq!(new.prior_calls, 1);
 }

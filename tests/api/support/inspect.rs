@@ -149,6 +149,7 @@ impl Inspect for dyn Store + '_ {
             model: model.map(str::to_owned),
             audit: audit.to_vec(),
             usage: Vec::new(),
+            start: None,
         };
         match self
             .save_turns(std::slice::from_ref(&write))
