@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use super::cache::CallCache;
 use super::memory;
 use crate::journal::{Journal, Op, WriteError, Written};
-use crate::storage::{Store, StoreError, TurnWrite};
+use crate::storage::{AuditAction, CallStart, Store, StoreError, TurnWrite};
 
 /// First and longest wait before trying again a batch that neither the database nor the journal
 /// could take.
@@ -311,13 +311,17 @@ async fn store_batch(
             Ok(())
         }
         Err(WriteError::Rejected(e)) => {
-            if let Some(write) = batch.first() {
-                lost(write, &e);
-                if let Some(start) = &write.start {
-                    cache.forget(start.session.platform, &start.session.call_key);
+            let Some(write) = batch.first() else {
+                return Ok(());
+            };
+            match &write.start {
+                // The start and the turns are tried apart, so only what is rejected is lost.
+                Some(start) => store_apart(store, journal, cache, write, start).await,
+                None => {
+                    lost(write, &e);
+                    Ok(())
                 }
             }
-            Ok(())
         }
         Err(e @ WriteError::Unavailable { .. }) => Err(e),
     }
@@ -332,6 +336,60 @@ fn resolved<'a>(journal: &Journal, batch: &'a [TurnWrite]) -> Cow<'a, [TurnWrite
     }
     let writes = batch.iter().cloned();
     Cow::Owned(writes.map(|write| journal.resolve_write(write)).collect())
+}
+
+/// A call's first write that the database rejected whole: its start alone (as
+/// [`SessionStore::start_call`]), then its turns into the stored session, each lost alone if
+/// rejected. The call's cache entry is dropped (its next turn reads the database).
+///
+/// [`SessionStore::start_call`]: crate::storage::SessionStore::start_call
+async fn store_apart(
+    store: &dyn Store,
+    journal: &Journal,
+    cache: &CallCache,
+    write: &TurnWrite,
+    start: &CallStart,
+) -> Result<(), WriteError> {
+    let session = &start.session;
+    cache.forget(session.platform, &session.call_key);
+    let written = journal
+        .write(store.start_call(start), || {
+            vec![Op::StartCall(start.clone())]
+        })
+        .await;
+    let mut rest = write.clone();
+    rest.start = None;
+    match written {
+        Ok(Written::Stored(started)) => {
+            memory::count_resumed(&started);
+            rest.session_id = started.session.session_id;
+            for entry in &mut rest.audit {
+                entry.session_id = Some(started.session.session_id);
+                if entry.caller_id.is_none() {
+                    entry.caller_id = started.caller.as_ref().map(|c| c.caller_id);
+                }
+                if !started.created && entry.action == AuditAction::Create {
+                    entry.action = AuditAction::Read;
+                }
+            }
+        }
+        Ok(Written::Journaled) => {
+            let call_key = session.call_key.as_str();
+            journal.note_journaled_start(session.platform, call_key, session.session_id);
+        }
+        Err(WriteError::Rejected(e)) => {
+            lost(write, &e);
+            return Ok(());
+        }
+        Err(e @ WriteError::Unavailable { .. }) => return Err(e),
+    }
+    Box::pin(store_batch(
+        store,
+        journal,
+        cache,
+        std::slice::from_ref(&rest),
+    ))
+    .await
 }
 
 /// The journal records of a batch: each start as the call's first write, before its turns.

@@ -1,16 +1,22 @@
 //! Call sessions on Postgres.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
 use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::{
-    PostgresStore, SessionRow, SessionWithCallerRow, answers, callers, json, opt_text, text,
+    CallerRow, PostgresStore, SessionRow, SessionWithCallerRow, answers, callers, json, opt_text,
+    text,
 };
 use crate::platforms::Platform;
-use crate::storage::rows::{missing_parent, select_session_with_caller, session_columns};
+use crate::storage::rows::{
+    caller_columns, missing_parent, select_session_with_caller, session_columns,
+};
 use crate::storage::{
     AnswerOutcome, CallSession, CallStart, Caller, CloseSession, NewSession, SessionStore,
     StartedCall, StoreError, StoreResult, rules,
@@ -113,6 +119,203 @@ pub(super) async fn start_call_in(
         caller,
         created,
     })
+}
+
+/// Rows per multi-row session insert: 13 parameters each, under Postgres' 65,535 per statement.
+const SESSIONS_PER_STATEMENT: usize = 4_000;
+
+/// [`start_call_in`] for a batch's starts (distinct calls), set-based: one upsert of their
+/// callers, one insert of their sessions, one update counting the calls, whatever their number
+/// (plus one read of the sessions adopted, when another request created any first). A start that
+/// closes an abandoned call, or whose caller starts another call in the batch, is applied on its
+/// own, after the others, as [`start_call_in`] (both are rare; the second keeps each call's
+/// snapshot of the calls before it). Returns what each start stored, in `starts` order.
+pub(super) async fn start_calls_in(
+    tx: &mut PgConnection,
+    starts: &[&CallStart],
+) -> StoreResult<Vec<StartedCall>> {
+    let mut callers_of: HashMap<Cow<'_, str>, usize> = HashMap::new();
+    for start in starts {
+        if let Some(phone) = &start.phone {
+            *callers_of.entry(text(phone)).or_default() += 1;
+        }
+    }
+    let alone = |start: &CallStart| {
+        start.close_previous.is_none()
+            && start
+                .phone
+                .as_deref()
+                .is_none_or(|phone| callers_of.get(&text(phone)).copied() == Some(1))
+    };
+    let (together, apart): (Vec<usize>, Vec<usize>) =
+        (0..starts.len()).partition(|&i| alone(starts[i]));
+    let mut started: Vec<Option<StartedCall>> = vec![None; starts.len()];
+
+    if !together.is_empty() {
+        // The callers, each once (phones in order, as every batch locks them).
+        let phones: Vec<(Cow<'_, str>, DateTime<Utc>)> = together
+            .iter()
+            .filter_map(|&i| Some((text(starts[i].phone.as_deref()?), starts[i].now)))
+            .collect();
+        let mut callers: HashMap<String, Caller> = HashMap::new();
+        if !phones.is_empty() {
+            let rows: Vec<CallerRow> = sqlx::query_as(concat!(
+                "insert into caller (caller_id, phone, first_seen_at, last_seen_at, updated_at) \
+                 select id, phone, at, at, at \
+                 from unnest($1::uuid[], $2::text[], $3::timestamptz[]) as t(id, phone, at) \
+                 on conflict (phone) do update \
+                 set last_seen_at = excluded.last_seen_at, updated_at = excluded.updated_at \
+                 returning ",
+                caller_columns!()
+            ))
+            .bind(phones.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+            .bind(phones.iter().map(|(p, _)| p.as_ref()).collect::<Vec<_>>())
+            .bind(phones.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let caller = Caller::try_from(row)?;
+                callers.insert(caller.phone.clone(), caller);
+            }
+        }
+        let caller_of = |start: &CallStart| {
+            let phone = start.phone.as_deref()?;
+            callers.get(text(phone).as_ref())
+        };
+
+        // The sessions; those of calls already stored are left as they are.
+        let mut inserted: HashMap<Uuid, CallSession> = HashMap::new();
+        for chunk in together.chunks(SESSIONS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "insert into call_session (session_id, platform, call_key, caller_id, \
+                 assistant_id, status, attempt, resumes_session_id, answers, prior_calls, \
+                 prior_call_at, model, started_at, last_activity_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, &i| {
+                let new = &starts[i].session;
+                let caller = caller_of(starts[i]);
+                row.push_bind(new.session_id)
+                    .push_bind(new.platform.as_str())
+                    .push_bind(text(&new.call_key).into_owned())
+                    .push_bind(caller.map(|c| c.caller_id))
+                    .push_bind(text(&new.assistant_id).into_owned())
+                    .push_bind(new.status.as_str())
+                    .push_bind(new.attempt)
+                    .push_bind(new.resumes_session_id)
+                    .push_bind(Json(answers(&new.answers).into_owned()))
+                    .push_bind(caller.map_or(0, |c| c.call_count))
+                    .push_bind(caller.and_then(|c| c.last_call_at))
+                    .push_bind(opt_text(new.model.as_deref()).map(Cow::into_owned))
+                    .push_bind(new.started_at)
+                    .push_bind(new.started_at)
+                    .push_bind(new.started_at);
+            });
+            insert.push(concat!(
+                " on conflict (platform, call_key) do nothing returning ",
+                session_columns!()
+            ));
+            let rows: Vec<SessionRow> = insert
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(missing_parent)?;
+            for row in rows {
+                let session = CallSession::try_from(row)?;
+                inserted.insert(session.session_id, session);
+            }
+        }
+
+        // Each new call counted on its caller (callers are distinct here).
+        let counted: Vec<(Uuid, DateTime<Utc>)> = together
+            .iter()
+            .filter(|&&i| inserted.contains_key(&starts[i].session.session_id))
+            .filter_map(|&i| {
+                Some((
+                    caller_of(starts[i])?.caller_id,
+                    starts[i].session.started_at,
+                ))
+            })
+            .collect();
+        if !counted.is_empty() {
+            sqlx::query(
+                "update caller c set call_count = c.call_count + 1, \
+                 last_call_at = greatest(c.last_call_at, t.at), \
+                 updated_at = greatest(c.updated_at, t.at) \
+                 from unnest($1::uuid[], $2::timestamptz[]) as t(caller_id, at) \
+                 where c.caller_id = t.caller_id",
+            )
+            .bind(counted.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(counted.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        // Calls whose session another request created first: theirs is adopted.
+        let adopted: Vec<usize> = together
+            .iter()
+            .copied()
+            .filter(|&i| !inserted.contains_key(&starts[i].session.session_id))
+            .collect();
+        let mut stored: HashMap<(String, String), CallSession> = HashMap::new();
+        if !adopted.is_empty() {
+            let rows: Vec<SessionRow> = sqlx::query_as(concat!(
+                "select ",
+                session_columns!(),
+                " from call_session where (platform, call_key) in \
+                 (select * from unnest($1::text[], $2::text[]))"
+            ))
+            .bind(
+                adopted
+                    .iter()
+                    .map(|&i| starts[i].session.platform.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                adopted
+                    .iter()
+                    .map(|&i| text(&starts[i].session.call_key).into_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let session = CallSession::try_from(row)?;
+                stored.insert(
+                    (
+                        session.platform.as_str().to_owned(),
+                        session.call_key.clone(),
+                    ),
+                    session,
+                );
+            }
+        }
+        for &i in &together {
+            let new = &starts[i].session;
+            let caller = caller_of(starts[i]).cloned();
+            let (session, created) = match inserted.remove(&new.session_id) {
+                Some(session) => (session, true),
+                None => {
+                    let key = (
+                        new.platform.as_str().to_owned(),
+                        text(&new.call_key).into_owned(),
+                    );
+                    let session = stored.remove(&key).ok_or_else(|| {
+                        StoreError::Conflict("session vanished during creation".into())
+                    })?;
+                    (session, false)
+                }
+            };
+            started[i] = Some(StartedCall {
+                session,
+                caller,
+                created,
+            });
+        }
+    }
+    for i in apart {
+        started[i] = Some(start_call_in(tx, starts[i]).await?);
+    }
+    Ok(started.into_iter().flatten().collect())
 }
 
 #[async_trait]

@@ -28,8 +28,9 @@ impl TurnStore for PostgresStore {
         // A call's first turn brings its start: stored first, in this transaction.
         let starts = batch::starts(writes);
         let mut started = Started::default();
-        for start in &starts {
-            started.record(start, sessions::start_call_in(&mut tx, start).await?);
+        let stored = sessions::start_calls_in(&mut tx, &starts).await?;
+        for (start, stored) in starts.iter().zip(stored) {
+            started.record(start, stored);
         }
         let (writes, per_item) = started.apply(writes);
         let writes: &[TurnWrite] = &writes;
