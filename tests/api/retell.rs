@@ -864,3 +864,48 @@ async fn a_socket_closed_after_end_call_is_ended_not_dropped(backend: Backend) {
     );
     app.teardown().await;
 }
+
+/// A Retell call is warmed by its `call_details` (the greeting reads and keeps the call's
+/// memory), so its first response reads nothing from the database: a change made behind the
+/// cache's back (Postgres triggers off: no notice) after the greeting is not in the first
+/// prompt. (Postgres only: a SQLite store reports every write it makes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres at TEST_DATABASE_URL: run scripts/test.sh"]
+async fn the_first_response_of_a_call_warmed_by_its_details_reads_nothing() {
+    use sqlx::Connection as _;
+    let app = spawn(Backend::Postgres).await;
+    seed_caller(&app, MARIA, "Maria").await;
+    let mut call = Retell::connect(&app, "call-warm").await;
+    let greeting = call.details("call-warm", MARIA).await;
+    assert_eq!(greeting, "Hi Maria, this is Ava. How can I help?");
+    // The greeting was chosen from the stored call: it is warmed.
+    app.stored_call(Platform::Retell, "call-warm").await;
+
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("set session_replication_role = replica")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("update caller set name = 'Hidden' where phone = $1")
+        .bind(MARIA)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    app.upstream
+        .push("gpt-test", Behavior::text(["What is the loan for?"]));
+    call.request(
+        "response_required",
+        1,
+        &[("agent", greeting.as_str()), ("user", "I need a loan.")],
+    )
+    .await;
+    call.reply(1).await.assert_well_formed(1);
+    let summary = &messages(&app, 0)[1].1;
+    assert!(
+        summary.contains("\"Maria\"") && !summary.contains("Hidden"),
+        "the first response read the database instead of the warmed memory: {summary}"
+    );
+    call.close().await;
+    app.teardown().await;
+}
