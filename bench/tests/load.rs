@@ -218,7 +218,10 @@ async fn the_messages_api_is_timed_at_the_first_text_delta_and_its_stop() {
     // What the mock received is a valid Messages request (it answers 400 otherwise).
     let request = &mock.requests()[0];
     assert_eq!(request["messages"][0]["role"], "user", "{request}");
-    assert!(request["system"].is_string(), "{request}");
+    assert!(
+        request["system"][0]["cache_control"].is_object(),
+        "{request}"
+    );
     let headers = &mock.request_headers()[0];
     let header = |name: &str| headers.iter().any(|(n, v)| n == name && !v.is_empty());
     assert!(

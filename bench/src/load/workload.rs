@@ -128,7 +128,8 @@ impl Workload {
     }
 
     /// The turn as an Anthropic Messages request, as redial would send it upstream: the system
-    /// prompt apart, and a user opening before the greeting (the API wants a user turn first).
+    /// prompt apart and marked cacheable (so the mock does its prompt-cache work for the
+    /// baseline too), and a user opening before the greeting (the API wants a user turn first).
     fn messages_body(&self, conversation: &Conversation) -> Bytes {
         let mut messages = vec![json!({"role": "user", "content": CALL_OPENING})];
         messages.extend(history(conversation.turn).into_iter().skip(1));
@@ -137,7 +138,8 @@ impl Workload {
             "stream": true,
             "temperature": 0.5,
             "max_tokens": 250,
-            "system": SYSTEM_PROMPT,
+            "system": [{"type": "text", "text": SYSTEM_PROMPT,
+                        "cache_control": {"type": "ephemeral"}}],
             "messages": messages,
         });
         Bytes::from(body.to_string())
@@ -253,7 +255,11 @@ mod tests {
         // The same turn as a Messages request: the system prompt apart, a user turn first.
         let messages: Value =
             serde_json::from_slice(&workload.body(Api::Anthropic, &second)).expect("json");
-        assert_eq!(messages["system"], body["messages"][0]["content"]);
+        assert_eq!(
+            messages["system"][0]["text"],
+            body["messages"][0]["content"]
+        );
+        assert_eq!(messages["system"][0]["cache_control"]["type"], "ephemeral");
         assert_eq!(messages["messages"][0]["role"], "user");
         assert_eq!(messages["messages"][1], body["messages"][1]);
         assert_eq!(messages["messages"][4], body["messages"][4]);
