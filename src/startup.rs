@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
+use crate::engine::has_configured_model;
 use crate::journal::Journal;
 use crate::server::{self, ServeOptions, limits};
 use crate::state::AppState;
@@ -27,7 +28,7 @@ impl Application {
     /// listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         for warning in config_warnings(&settings) {
-            tracing::warn!(key = warning.key, "{}", warning.message);
+            tracing::warn!(key = warning.key.as_str(), "{}", warning.message);
         }
         let soft = limits::raise_fd_limit().map(|l| l.soft);
         let max_connections = limits::max_connections(&settings, soft);
@@ -134,19 +135,19 @@ async fn release_waiting_jobs(store: &dyn Store) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigWarning {
     /// The key to look at.
-    pub key: &'static str,
+    pub key: String,
     /// What will go wrong, and what to set.
     pub message: String,
 }
 
-/// The silent misconfigurations: no upstream key, no model for Retell (it names none), and
-/// webhooks whose calls may have no model to analyse them with.
+/// The silent misconfigurations: no upstream key, no model for Retell (it names none) or for an
+/// assistant, and webhooks whose calls may have no model to analyse them with.
 pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
     let upstream = &settings.upstream;
     let mut warnings = Vec::new();
     if upstream.api_key.is_empty() {
         warnings.push(ConfigWarning {
-            key: "upstream.api_key",
+            key: "upstream.api_key".into(),
             message: format!(
                 "no upstream key is set (upstream.api_key, REDIAL_UPSTREAM__API_KEY or \
                  OPENAI_API_KEY): turns go to {} without one, which a hosted provider refuses \
@@ -155,16 +156,7 @@ pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
             ),
         });
     }
-    let retell_model =
-        !upstream.model.is_empty() || upstream.fallback_models.iter().any(|m| !m.is_empty());
-    if !retell_model {
-        warnings.push(ConfigWarning {
-            key: "upstream.model",
-            message: "upstream.model is empty: Retell names no model, so every Retell call is \
-                      refused (503 at the WebSocket upgrade); set upstream.model to serve Retell"
-                .into(),
-        });
-    }
+    warnings.extend(model_warnings(settings));
     let webhooks = &settings.webhooks;
     let webhooks_on = settings.server.dev_mode()
         || !webhooks.vapi_secret.is_empty()
@@ -176,7 +168,7 @@ pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
         && upstream.model.is_empty()
     {
         warnings.push(ConfigWarning {
-            key: "analysis.model",
+            key: "analysis.model".into(),
             message: "analysis.model and upstream.model are both empty: a call's post-call \
                       analysis can only use the model its turns asked for, so a webhook for a \
                       call redial did not answer has no model to analyse it with (its job waits \
@@ -186,12 +178,51 @@ pub fn config_warnings(settings: &Settings) -> Vec<ConfigWarning> {
     }
     if !settings.server.all_admin_keys().is_empty() && settings.server.erasure_key.is_empty() {
         warnings.push(ConfigWarning {
-            key: "server.erasure_key",
+            key: "server.erasure_key".into(),
             message: "admin keys are set but server.erasure_key is empty: erasure requests \
                       (DELETE /admin/v1/callers/{phone}, redial callers erase) are refused until \
                       it is set"
                 .into(),
         });
+    }
+    warnings
+}
+
+/// Assistants that have no model when a request names none. A chat request names one (a 400
+/// when it does not), Retell never does: its calls of such an agent are refused.
+fn model_warnings(settings: &Settings) -> Vec<ConfigWarning> {
+    let upstream = &settings.upstream;
+    let mut warnings = Vec::new();
+    let any = settings
+        .assistants
+        .iter()
+        .any(|a| has_configured_model(upstream, a));
+    if !has_configured_model(upstream, settings.assistant("")) {
+        let message = if any {
+            "upstream.model is empty: Retell names no model, so the Retell calls of agents \
+             without an [[assistants]] entry that sets `model` are refused (the socket is closed \
+             with 1011 once call_details name the agent); set upstream.model to serve them"
+        } else {
+            "upstream.model is empty: Retell names no model, so every Retell call is refused \
+             (503 at the WebSocket upgrade); set upstream.model to serve Retell"
+        };
+        warnings.push(ConfigWarning {
+            key: "upstream.model".into(),
+            message: message.into(),
+        });
+    }
+    for (i, assistant) in settings.assistants.iter().enumerate() {
+        if any && !has_configured_model(upstream, assistant) {
+            warnings.push(ConfigWarning {
+                key: format!("assistants[{i}].model"),
+                message: format!(
+                    "assistant {:?} has no model (its own `model` and `fallback_models` and \
+                     upstream's are empty): its Retell calls are refused (the socket is closed \
+                     with 1011), and a chat request for it must name `model` (else 400)",
+                    assistant.id
+                ),
+            });
+        }
     }
     warnings
 }

@@ -57,10 +57,14 @@ pub struct MockArgs {
 /// `redial-bench load`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Chat-completions URL.
+    /// Chat-completions URL (a Messages URL, `…/v1/messages`, with `--api anthropic`).
     #[arg(long, default_value = "http://127.0.0.1:8080/v1/chat/completions")]
     pub url: String,
-    /// Bearer token.
+    /// The API of `--url`: `openai` (Chat Completions, what redial serves) or `anthropic`
+    /// (Messages: e.g. the mock's endpoint, for a direct baseline).
+    #[arg(long, value_enum, default_value = "openai")]
+    pub api: redial_bench::load::Api,
+    /// Bearer token (`x-api-key` with `--api anthropic`).
     #[arg(long, env = "REDIAL_BENCH_API_KEY")]
     pub api_key: Option<String>,
     /// Closed loop: this many concurrent streams.

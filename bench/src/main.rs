@@ -79,6 +79,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
             url: args.url,
             api_key: args.api_key,
             timeout: seconds(args.timeout_secs)?,
+            api: args.api,
         },
         mode,
         duration: seconds(args.duration_secs)?,

@@ -1,5 +1,7 @@
 //! A small incremental Server-Sent Events parser and a classifier for OpenAI
-//! `chat.completion.chunk` payloads, shared by the load generator and the tests.
+//! `chat.completion.chunk` payloads, shared by the load generator and the tests; and a
+//! classifier for Anthropic Messages stream events (which the load generator reads with the
+//! `eventsource-stream` parser).
 //!
 //! Only `data:` fields matter to chat completions: comment lines (`: ping`) and other fields are
 //! ignored, multi-line data is joined with `\n`, and a blank line ends an event.
@@ -149,6 +151,51 @@ pub fn classify(data: &str) -> Payload {
     })
 }
 
+/// How an Anthropic Messages stream event reads (by its `event:` name and `data`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessagesEvent {
+    /// A `content_block_delta` whose `text_delta` has non-empty text.
+    Text,
+    /// `message_stop`: the stream is complete.
+    Stop,
+    /// An in-stream `error` (e.g. `overloaded_error`).
+    Error,
+    /// Anything else (`message_start`, `ping`, an empty or tool-input delta, …).
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WireBlockDelta<'a> {
+    #[serde(borrow)]
+    delta: WireTextDelta<'a>,
+}
+
+#[derive(Deserialize)]
+struct WireTextDelta<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// Classifies one Messages stream event.
+pub fn classify_messages(event: &str, data: &str) -> MessagesEvent {
+    match event {
+        "message_stop" => MessagesEvent::Stop,
+        "error" => MessagesEvent::Error,
+        "content_block_delta" => match serde_json::from_str::<WireBlockDelta<'_>>(data) {
+            Ok(WireBlockDelta { delta })
+                if delta.kind == "text_delta"
+                    && delta.text.as_deref().is_some_and(|t| !t.is_empty()) =>
+            {
+                MessagesEvent::Text
+            }
+            _ => MessagesEvent::Other,
+        },
+        _ => MessagesEvent::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +235,33 @@ mod tests {
         );
         assert_eq!(classify("[DONE]"), Payload::Done);
         assert_eq!(classify("nope"), Payload::Other);
+    }
+
+    #[test]
+    fn messages_events_are_classified_by_name_and_delta() {
+        let delta =
+            |delta: &str| format!(r#"{{"type":"content_block_delta","index":0,"delta":{delta}}}"#);
+        let text = delta(r#"{"type":"text_delta","text":"Hi \"there\""}"#);
+        let empty = delta(r#"{"type":"text_delta","text":""}"#);
+        let json = delta(r#"{"type":"input_json_delta","partial_json":"{\"a\""}"#);
+        assert_eq!(
+            classify_messages("content_block_delta", &text),
+            MessagesEvent::Text
+        );
+        assert_eq!(
+            classify_messages("content_block_delta", &empty),
+            MessagesEvent::Other
+        );
+        assert_eq!(
+            classify_messages("content_block_delta", &json),
+            MessagesEvent::Other
+        );
+        assert_eq!(classify_messages("message_stop", "{}"), MessagesEvent::Stop);
+        assert_eq!(classify_messages("error", "{}"), MessagesEvent::Error);
+        assert_eq!(classify_messages("ping", "{}"), MessagesEvent::Other);
+        assert_eq!(
+            classify_messages("content_block_delta", "nope"),
+            MessagesEvent::Other
+        );
     }
 }

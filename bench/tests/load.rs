@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redial_bench::load::{self, LoadConfig, LoadMode, LoadReport, Target, WorkloadSpec};
+use redial_bench::load::{self, Api, LoadConfig, LoadMode, LoadReport, Target, WorkloadSpec};
 use redial_bench::mock::{Behavior, MockConfig, MockUpstream};
 
 fn config(mock: &MockUpstream, mode: LoadMode, millis: u64) -> LoadConfig {
@@ -12,6 +12,7 @@ fn config(mock: &MockUpstream, mode: LoadMode, millis: u64) -> LoadConfig {
             url: format!("{}/chat/completions", mock.base_url()),
             api_key: Some("k".to_owned()),
             timeout: Duration::from_secs(5),
+            api: Api::Openai,
         },
         mode,
         duration: Duration::from_millis(millis),
@@ -189,4 +190,50 @@ async fn paced_streams_measure_gaps_and_count_stalls() {
     );
     assert!(report.gap.max_ms >= 110.0, "{:?}", report.gap);
     assert_eq!(report.stall_threshold_ms, Some(45.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messages_api_is_timed_at_the_first_text_delta_and_its_stop() {
+    let ttft = Duration::from_millis(30);
+    let mock = MockUpstream::start(MockConfig {
+        ttft,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let mut config = config(&mock, LoadMode::Closed { concurrency: 2 }, 300);
+    config.target.url = format!("{}/messages", mock.base_url());
+    config.target.api = Api::Anthropic;
+
+    let report = run(config).await;
+
+    assert!(report.counts.ok >= 4, "{report:#?}");
+    assert_eq!(report.counts.errors(), 0, "{report:#?}");
+    assert_eq!(report.ttft.count, report.counts.ok);
+    assert_eq!(report.done.count, report.counts.ok);
+    // message_start comes at once; the first text only after the mock's TTFT.
+    assert!(report.ttft.p50_ms >= 29.0, "{report:#?}");
+    assert!(report.ttft.p50_ms <= report.done.p50_ms);
+    assert_eq!(report.gap.count, report.counts.ok * 4, "5 text deltas");
+    // What the mock received is a valid Messages request (it answers 400 otherwise).
+    let request = &mock.requests()[0];
+    assert_eq!(request["messages"][0]["role"], "user", "{request}");
+    assert!(
+        request["system"][0]["cache_control"].is_object(),
+        "{request}"
+    );
+    let headers = &mock.request_headers()[0];
+    let header = |name: &str| headers.iter().any(|(n, v)| n == name && !v.is_empty());
+    assert!(
+        header("anthropic-version") && header("x-api-key"),
+        "{headers:?}"
+    );
+
+    // An error status or an in-stream error is a failed request.
+    mock.push("*", Behavior::error(529, "overloaded"));
+    let mut config = self::config(&mock, LoadMode::Closed { concurrency: 1 }, 50);
+    config.target.url = format!("{}/messages", mock.base_url());
+    config.target.api = Api::Anthropic;
+    let report = run(config).await;
+    assert!(report.counts.errors() >= 1, "{report:#?}");
 }

@@ -9,8 +9,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Actor, Admin, AdminError, subject};
+use crate::config::Settings;
+use crate::engine::usage::{call_cost, model_cost};
 use crate::storage::admin::{CallCursor, CallFilter, StoredWebhookEvent};
-use crate::storage::{Analysis, Answers, AuditAction, AuditEntry, CallSession, Caller, Turn};
+use crate::storage::{
+    Analysis, Answers, AuditAction, AuditEntry, CallSession, Caller, ModelUsage, Turn,
+};
 
 /// Largest page of calls or access-log entries.
 pub const MAX_PAGE: u32 = 1000;
@@ -138,8 +142,59 @@ pub struct CallDetail {
     /// The resumption chain.
     pub resumption: Resumption,
     /// Cost, duration and LLM token counts where a platform reported them; `null` when none
-    /// did (redial does not count upstream tokens itself).
+    /// did.
     pub usage: Option<Value>,
+    /// The tokens redial's own upstream requests used, per model, and their cost.
+    pub upstream_usage: UpstreamUsage,
+}
+
+/// The tokens a call's turns used upstream, as redial counted them, per model.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamUsage {
+    /// One entry per model that answered, by model name.
+    pub models: Vec<ModelUsageView>,
+    /// The call's cost in US dollars: `null` unless every model has a `[prices]` entry (and
+    /// when no usage is recorded).
+    pub cost_usd: Option<f64>,
+}
+
+/// One model's share of a call's upstream usage.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelUsageView {
+    /// The model as configured (`provider/model` or a bare name).
+    pub model: String,
+    /// Upstream replies the model gave (one per answered request).
+    pub turns: u64,
+    /// Input tokens, cached ones included.
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cached_tokens: u64,
+    /// The cost in US dollars, when the model has a `[prices]` entry.
+    pub cost_usd: Option<f64>,
+}
+
+impl UpstreamUsage {
+    /// A call's usage as [`crate::storage::TurnStore::call_usage`] sums it, priced with
+    /// `settings.prices`.
+    pub fn new(settings: &Settings, usage: Vec<ModelUsage>) -> Self {
+        let cost_usd = (!usage.is_empty())
+            .then(|| call_cost(settings, &usage))
+            .flatten();
+        let models = usage
+            .into_iter()
+            .map(|u| ModelUsageView {
+                cost_usd: model_cost(settings, &u),
+                model: u.model,
+                turns: u.turns,
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cached_tokens: u.cached_tokens,
+            })
+            .collect();
+        Self { models, cost_usd }
+    }
 }
 
 /// A caller and a page of their calls.
@@ -292,6 +347,8 @@ impl Admin<'_> {
         let webhook_events: Vec<WebhookView> = events.into_iter().map(Into::into).collect();
         let resumption = self.resumption(&session).await?;
         let usage = usage(&session, &webhook_events);
+        let upstream_usage =
+            UpstreamUsage::new(self.settings, store.call_usage(session.session_id).await?);
         Ok(CallDetail {
             answers: session.answers.clone(),
             session,
@@ -301,6 +358,7 @@ impl Admin<'_> {
             webhook_events,
             resumption,
             usage,
+            upstream_usage,
         })
     }
 

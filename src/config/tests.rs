@@ -571,6 +571,74 @@ fn bad_providers_and_prices_are_refused_naming_the_key() {
 }
 
 #[test]
+fn configured_models_must_name_a_configured_provider_and_a_model() {
+    let claude = "[[providers]]\nname = \"claude\"\nkind = \"anthropic\"\n";
+    let assistant = |keys: &str| format!("{claude}[[assistants]]\nid = \"agent_7\"\n{keys}\n");
+    for (text, key, says) in [
+        (
+            assistant("model = \"claud/claude-haiku\""),
+            "assistants[0].model",
+            "names the provider \"claud\", which is not configured ([[providers]]: claude)",
+        ),
+        (
+            assistant("fallback_models = [\"gpt-4o\", \"gemini/flash\"]"),
+            "assistants[0].fallback_models[1]",
+            "\"gemini/flash\" (assistant \"agent_7\") names the provider \"gemini\"",
+        ),
+        (
+            assistant("escalation_model = \"claude/\""),
+            "assistants[0].escalation_model",
+            "names no model after the provider \"claude\"",
+        ),
+        (
+            assistant("fallback_models = [\"\"]"),
+            "assistants[0].fallback_models[0]",
+            "is empty (assistant \"agent_7\")",
+        ),
+        (
+            assistant("model = \" gpt-4o\""),
+            "assistants[0].model",
+            "must not be blank",
+        ),
+        (
+            format!("{claude}[upstream]\nmodel = \"meta-llama/llama-3\"\n"),
+            "upstream.model",
+            "`upstream/meta-llama/llama-3`",
+        ),
+        (
+            format!("{claude}[analysis]\nmodel = \"anthropic/claude\"\n"),
+            "analysis.model",
+            "not configured",
+        ),
+        (
+            "[[providers]]\nname = \"upstream\"\nkind = \"openai\"\n".to_owned(),
+            "providers[0].name",
+            "reserved",
+        ),
+    ] {
+        let f = file(&text);
+        let error = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("`{key}`")) && error.contains(says),
+            "{text}: {error}"
+        );
+    }
+    // Routed models load: a provider's, upstream's own prefix, and without [[providers]] any
+    // `org/model` name (it goes to [upstream] as it is).
+    for text in [
+        assistant(
+            "model = \"claude/claude-haiku\"\nfallback_models = [\"upstream/meta-llama/llama-3\", \"gpt-4o\"]",
+        ),
+        "[upstream]\nmodel = \"meta-llama/llama-3\"\nfallback_models = [\"openai/gpt-4o\"]\n"
+            .to_owned(),
+    ] {
+        let f = file(&text);
+        let loaded = load(Some(f.path()), env(&[]), &[]);
+        assert!(loaded.is_ok(), "{text}: {:?}", loaded.err());
+    }
+}
+
+#[test]
 fn a_config_with_several_problems_reports_them_section_by_section() {
     // One problem per section, in the order `validate` checks the sections.
     let problems = [

@@ -5,6 +5,8 @@
 //! [`validate`]; each stops at its first problem, so a config with several reports the first
 //! of them in that order.
 
+use crate::upstream::DEFAULT_PROVIDER;
+
 use super::{
     AnalysisSettings, AssistantSettings, ConfigError, DatabaseSettings, LimitSettings,
     MemorySettings, NAME_PLACEHOLDER, Secret, ServerSettings, Settings, UpstreamSettings,
@@ -49,6 +51,7 @@ pub(super) fn validate(
     analysis(&settings.analysis, &settings.database, &check)?;
     assistants(&settings.assistants, &check)?;
     providers(settings, &check)?;
+    models(settings, &check)?;
     limits(&settings.limits, &check)?;
     operator(settings, &check)
 }
@@ -76,6 +79,15 @@ fn providers(settings: &Settings, check: &Check<'_>) -> Checked {
         }
         if !names.insert(provider.name.as_str()) {
             return check.fail(&at("name"), format!("{:?} is listed twice", provider.name));
+        }
+        if provider.name == DEFAULT_PROVIDER {
+            return check.fail(
+                &at("name"),
+                format!(
+                    "{DEFAULT_PROVIDER:?} is reserved: it names the [upstream] section \
+                     (`{DEFAULT_PROVIDER}/model` sends a model to it as it is)"
+                ),
+            );
         }
         if !provider.base_url.is_empty() {
             let url = reqwest::Url::parse(&provider.base_url);
@@ -119,6 +131,112 @@ fn providers(settings: &Settings, check: &Check<'_>) -> Checked {
                 "prices must be finite and not negative",
             );
         }
+    }
+    Ok(())
+}
+
+/// Every model the configuration names can be sent somewhere: `upstream.model`, its fallbacks
+/// and escalation model, each assistant's `model`, `fallback_models` and `escalation_model`, and
+/// `analysis.model`. With `[[providers]]` configured, a `name/model` must name one of them (or
+/// `upstream/`, which sends the rest to `[upstream]` as it is); without any, every model goes
+/// to `[upstream]` as it is (OpenRouter's and vLLM's `org/model` names included). Not blank,
+/// and something after the provider's `name/`. (An assistant with no model at all is a
+/// warning, not an error: the request may name one; see `startup::config_warnings`.)
+fn models(settings: &Settings, check: &Check<'_>) -> Checked {
+    let upstream = &settings.upstream;
+    let section = [
+        ("upstream.model", &upstream.model),
+        ("upstream.escalation_model", &upstream.escalation_model),
+        ("analysis.model", &settings.analysis.model),
+    ];
+    for (key, name) in section {
+        model(settings, key, name, None, check)?;
+    }
+    fallbacks(
+        settings,
+        "upstream.",
+        &upstream.fallback_models,
+        None,
+        check,
+    )?;
+    for (i, assistant) in settings.assistants.iter().enumerate() {
+        let id = Some(assistant.id.as_str());
+        let at = |key: &str| format!("assistants[{i}].{key}");
+        model(settings, &at("model"), &assistant.model, id, check)?;
+        let escalation = &assistant.escalation_model;
+        model(settings, &at("escalation_model"), escalation, id, check)?;
+        fallbacks(settings, &at(""), &assistant.fallback_models, id, check)?;
+    }
+    Ok(())
+}
+
+/// Each model of a `fallback_models` list (`owner`: `upstream.` or `assistants[i].`) is set
+/// and goes somewhere.
+fn fallbacks(
+    settings: &Settings,
+    owner: &str,
+    list: &[String],
+    assistant: Option<&str>,
+    check: &Check<'_>,
+) -> Checked {
+    for (j, name) in list.iter().enumerate() {
+        let key = format!("{owner}fallback_models[{j}]");
+        if name.is_empty() {
+            let whose = whose(assistant);
+            return check.fail(&key, format!("is empty{whose}: list only models"));
+        }
+        model(settings, &key, name, assistant, check)?;
+    }
+    Ok(())
+}
+
+/// ` (assistant "id")` for a key of an assistant, else nothing.
+fn whose(assistant: Option<&str>) -> String {
+    assistant
+        .map(|id| format!(" (assistant {id:?})"))
+        .unwrap_or_default()
+}
+
+/// One configured model (empty = not set): not blank, and a `name/` prefix that routes it.
+fn model(
+    settings: &Settings,
+    key: &str,
+    name: &str,
+    assistant: Option<&str>,
+    check: &Check<'_>,
+) -> Checked {
+    if name.is_empty() {
+        return Ok(());
+    }
+    let whose = whose(assistant);
+    if name.trim() != name || name.contains(char::is_control) {
+        return check.fail(
+            key,
+            format!("{name:?}{whose} must not be blank or begin or end with spaces"),
+        );
+    }
+    let Some((prefix, rest)) = name.split_once('/') else {
+        return Ok(());
+    };
+    let providers = &settings.providers;
+    let known = prefix == DEFAULT_PROVIDER || providers.iter().any(|p| p.name == prefix);
+    if known && rest.is_empty() {
+        return check.fail(
+            key,
+            format!("{name:?}{whose} names no model after the provider {prefix:?}"),
+        );
+    }
+    if !known && !providers.is_empty() {
+        let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+        return check.fail(
+            key,
+            format!(
+                "{name:?}{whose} names the provider {prefix:?}, which is not configured \
+                 ([[providers]]: {}); write `name/model` with one of them, or \
+                 `{DEFAULT_PROVIDER}/{name}` to send {name:?} to [upstream] as it is",
+                names.join(", ")
+            ),
+        );
     }
     Ok(())
 }

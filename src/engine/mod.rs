@@ -42,6 +42,7 @@ use crate::upstream::{LlmClient, Params, Tool, ToolCallDelta, Usage};
 
 pub use live::{Hold, LiveCalls, LiveGuard};
 pub use memory::CallContext;
+pub use prompt::has_configured_model;
 pub use tool_calls::ToolCalls;
 
 /// One turn to run.

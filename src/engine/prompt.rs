@@ -43,6 +43,13 @@ pub(crate) fn fallbacks<'a>(
     }
 }
 
+/// Whether a turn of `assistant` has a model to ask when the request names none (Retell never
+/// does): the assistant's `model` or `upstream.model`, or one of its fallbacks.
+pub fn has_configured_model(upstream: &UpstreamSettings, assistant: &AssistantSettings) -> bool {
+    !primary(upstream, assistant, None, false).is_empty()
+        || fallbacks(upstream, assistant).iter().any(|m| !m.is_empty())
+}
+
 /// Model candidates in order: the primary, then the fallbacks (without repeats).
 pub(crate) fn candidates(primary: &str, fallbacks: &[String]) -> Vec<String> {
     let mut out = vec![primary.to_owned()];
@@ -96,5 +103,32 @@ mod tests {
         upstream.model.clear();
         assistant.model.clear();
         assert_eq!(primary(&upstream, &assistant, Some("req"), false), "req");
+    }
+
+    #[test]
+    fn a_model_is_configured_by_the_assistant_or_upstream_or_a_fallback() {
+        let mut upstream = UpstreamSettings::default();
+        let mut assistant = AssistantSettings {
+            escalation_model: "strong".into(),
+            fallback_models: vec![String::new()],
+            ..AssistantSettings::default()
+        };
+        assert!(
+            !has_configured_model(&upstream, &assistant),
+            "an escalation model answers only resumed calls"
+        );
+        upstream.fallback_models = vec!["up-fb".into()];
+        assert!(
+            !has_configured_model(&upstream, &assistant),
+            "the assistant's own (empty) list replaces upstream's"
+        );
+        assistant.fallback_models.clear();
+        assert!(has_configured_model(&upstream, &assistant));
+        upstream.fallback_models.clear();
+        assistant.model = "claude/haiku".into();
+        assert!(has_configured_model(&upstream, &assistant));
+        assistant.model.clear();
+        upstream.model = "gpt".into();
+        assert!(has_configured_model(&upstream, &assistant));
     }
 }

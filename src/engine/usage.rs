@@ -25,16 +25,21 @@ pub fn cost(settings: &Settings, model: &str, usage: Usage) -> Option<f64> {
     })
 }
 
+/// The cost in US dollars of one model's share of a call, when the model has a price.
+pub fn model_cost(settings: &Settings, usage: &ModelUsage) -> Option<f64> {
+    let tokens = Usage {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cached_tokens: usage.cached_tokens,
+    };
+    cost(settings, &usage.model, tokens)
+}
+
 /// The cost in US dollars of a call's usage; `None` unless every model it used has a price.
 pub fn call_cost(settings: &Settings, usage: &[ModelUsage]) -> Option<f64> {
-    usage.iter().try_fold(0.0, |total, u| {
-        let usage = Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            cached_tokens: u.cached_tokens,
-        };
-        cost(settings, &u.model, usage).map(|c| total + c)
-    })
+    usage
+        .iter()
+        .try_fold(0.0, |total, u| model_cost(settings, u).map(|c| total + c))
 }
 
 /// Counts one reply's tokens (`redial_upstream_tokens_total{model,kind}`) and cost

@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::RawBody;
-use crate::engine::{ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure};
+use crate::engine::{
+    ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure,
+    has_configured_model,
+};
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, ChunkBuilder, FinishReason, completion};
 use crate::platforms;
@@ -167,7 +170,8 @@ fn validate(state: &AppState, request: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A model must come from the request or the configuration (the assistant's or upstream's).
+/// A model must come from the request or the configuration (the assistant's or upstream's
+/// model, or a fallback).
 fn require_model(
     state: &AppState,
     request: &ChatRequest,
@@ -177,8 +181,8 @@ fn require_model(
         .model
         .as_deref()
         .is_some_and(|m| !m.trim().is_empty());
-    let configured = !state.settings.upstream.model.is_empty()
-        || !state.settings.assistant(assistant_id).model.is_empty();
+    let settings = &state.settings;
+    let configured = has_configured_model(&settings.upstream, settings.assistant(assistant_id));
     if !has_model && !configured {
         return Err(ApiError::invalid_param(
             "model",

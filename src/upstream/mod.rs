@@ -120,7 +120,8 @@ struct Provider {
     stream_usage: bool,
 }
 
-/// The provider name of models without a configured prefix: the `[upstream]` section.
+/// The provider name of the `[upstream]` section: of models without a configured prefix, and
+/// the prefix that sends a model to it as it is (`upstream/meta-llama/…`). Reserved.
 pub const DEFAULT_PROVIDER: &str = "upstream";
 
 /// Client for every configured provider: one pooled HTTP client (TCP_NODELAY, rustls), the
@@ -182,11 +183,13 @@ impl LlmClient {
         })
     }
 
-    /// The provider and the provider's own model name for a model as configured or requested.
+    /// The provider and the provider's own model name for a model as configured or requested:
+    /// `name/model` goes to the provider called `name` (`upstream/model` to `[upstream]`), any
+    /// other model to `[upstream]` as it is.
     fn resolve<'m>(&self, model: &'m str) -> (&Provider, &'m str) {
         if let Some((prefix, rest)) = model.split_once('/')
             && !rest.is_empty()
-            && let Some(provider) = self.providers[1..].iter().find(|p| p.name == prefix)
+            && let Some(provider) = self.providers.iter().find(|p| p.name == prefix)
         {
             return (provider, rest);
         }
@@ -421,5 +424,38 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderKind;
+
+    #[test]
+    fn a_prefix_picks_its_provider_and_upstream_takes_the_rest_as_it_is() {
+        let mut settings = Settings::default();
+        settings.providers.push(ProviderSettings {
+            name: "claude".into(),
+            kind: ProviderKind::Anthropic,
+            base_url: String::new(),
+            api_key: Default::default(),
+            headers: Default::default(),
+            max_tokens: 1024,
+            stream_usage: true,
+        });
+        let client = LlmClient::new(&settings).unwrap();
+        let resolved = |model| {
+            let (provider, name) = client.resolve(model);
+            (provider.name.as_str(), name)
+        };
+        assert_eq!(resolved("claude/haiku"), ("claude", "haiku"));
+        assert_eq!(resolved("gpt-4o"), (DEFAULT_PROVIDER, "gpt-4o"));
+        assert_eq!(resolved("meta-llama/x"), (DEFAULT_PROVIDER, "meta-llama/x"));
+        assert_eq!(
+            resolved("upstream/claude/haiku"),
+            (DEFAULT_PROVIDER, "claude/haiku")
+        );
+        assert_eq!(resolved("claude/"), (DEFAULT_PROVIDER, "claude/"));
     }
 }

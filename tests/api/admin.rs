@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redial::config::{AdminKey, AssistantSettings, FieldSettings, Secret, Settings};
+use redial::config::{AdminKey, AssistantSettings, FieldSettings, PriceSettings, Secret, Settings};
 use redial::platforms::Platform;
 use redial::storage::{AnalysisSource, AuditAction, AuditActor};
 use redial_bench::mock::Behavior;
@@ -23,6 +23,7 @@ app_tests!(
     bad_admin_input_gets_a_4xx_in_the_error_shape,
     a_router_added_without_a_table_entry_is_not_public,
     the_cli_shows_exports_and_erases_and_is_audited,
+    a_call_shows_the_upstream_usage_per_model_and_its_cost,
 );
 
 /// The admin key the test apps accept, named `ops`.
@@ -718,4 +719,129 @@ async fn the_cli_shows_exports_and_erases_and_is_audited(backend: Backend) {
             .is_none()
     );
     app.teardown().await;
+}
+
+/// `[prices."<model>"]` of `dollars` per million input and twice that per million output tokens.
+fn price(settings: &mut Settings, model: &str, dollars: f64) {
+    let price = PriceSettings {
+        input_per_mtok: dollars,
+        output_per_mtok: 2.0 * dollars,
+        cached_input_per_mtok: None,
+    };
+    settings.prices.insert(model.into(), price);
+}
+
+async fn a_call_shows_the_upstream_usage_per_model_and_its_cost(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        operator_settings(s);
+        s.upstream.fallback_models = vec!["gpt-backup".into()];
+        price(s, "gpt-test", 1_000.0);
+    })
+    .await;
+    // Turn 1: gpt-test answers (5 tokens). Turn 2: gpt-test fails, gpt-backup answers (3).
+    let first = vapi_body("call-u", NUMBER, "Hi");
+    assert!(read_sse(app.chat(&first).await).await.done);
+    app.upstream.push("gpt-test", Behavior::error(500, "down"));
+    app.upstream
+        .push("gpt-backup", Behavior::text(["a", "b", "c"]));
+    let mut second = first.clone();
+    second["messages"].as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": "Hello"}),
+        json!({"role": "user", "content": "More"}),
+    ]);
+    assert!(read_sse(app.chat(&second).await).await.done);
+    // A call whose upstream never answered has no usage.
+    app.upstream.push("gpt-test", Behavior::error(500, "down"));
+    app.upstream
+        .push("gpt-backup", Behavior::error(500, "down"));
+    let silent = vapi_body("call-silent", "+14155550123", "Hi");
+    assert!(read_sse(app.chat(&silent).await).await.done);
+    app.settle().await;
+    let (session, _) = app.stored_call(Platform::Vapi, "call-u").await;
+    let path = format!("/admin/v1/calls/{}", session.session_id);
+
+    let (status, call) = admin_get(&app, &path).await;
+    assert_eq!(status, 200, "{call}");
+    let usage = &call["upstream_usage"];
+    let models = usage["models"].as_array().unwrap();
+    let names: Vec<_> = models.iter().map(|m| (&m["model"], &m["turns"])).collect();
+    assert_eq!(
+        names,
+        [
+            (&json!("gpt-backup"), &json!(1)),
+            (&json!("gpt-test"), &json!(1))
+        ],
+        "{usage}"
+    );
+    assert_eq!(models[0]["completion_tokens"], 3, "{usage}");
+    assert_eq!(models[1]["completion_tokens"], 5, "{usage}");
+    assert_eq!(models[1]["cached_tokens"], 0, "{usage}");
+    let tokens = |m: &Value, key: &str| m[key].as_f64().unwrap();
+    let cost = |m: &Value, dollars: f64| {
+        (tokens(m, "prompt_tokens") + 2.0 * tokens(m, "completion_tokens")) * dollars / 1e6
+    };
+    assert!(tokens(&models[1], "prompt_tokens") > 0.0, "{usage}");
+    let test_cost = cost(&models[1], 1_000.0);
+    assert!(
+        (models[1]["cost_usd"].as_f64().unwrap() - test_cost).abs() < 1e-9,
+        "{usage}"
+    );
+    assert!(
+        models[0]["cost_usd"].is_null(),
+        "gpt-backup has no price: {usage}"
+    );
+    assert!(
+        usage["cost_usd"].is_null(),
+        "not every model has a price: {usage}"
+    );
+    assert!(
+        call["usage"].is_null(),
+        "no platform reported usage: {call}"
+    );
+    // The OpenAPI document names exactly these fields (schemathesis rarely meets a stored call).
+    keys_as_documented(&call, "CallDetail");
+    keys_as_documented(usage, "UpstreamUsage");
+    keys_as_documented(&models[1], "ModelUsage");
+
+    // With a price for every model the call has a cost, in the detail and in the export.
+    let app = app.restart_with(|s| price(s, "gpt-backup", 10.0)).await;
+    let (_, call) = admin_get(&app, &path).await;
+    let usage = &call["upstream_usage"];
+    let backup_cost = cost(&usage["models"][0], 10.0);
+    assert!((usage["models"][0]["cost_usd"].as_f64().unwrap() - backup_cost).abs() < 1e-9);
+    let total = usage["cost_usd"].as_f64().unwrap();
+    assert!((total - (test_cost + backup_cost)).abs() < 1e-9, "{usage}");
+    let (status, export) = admin_get(&app, "/admin/v1/callers/212-555-0147/export").await;
+    assert_eq!(status, 200, "{export}");
+    assert_eq!(export["calls"][0]["upstream_usage"], *usage);
+
+    let (silent, _) = app.stored_call(Platform::Vapi, "call-silent").await;
+    let (_, call) = admin_get(&app, &format!("/admin/v1/calls/{}", silent.session_id)).await;
+    assert_eq!(
+        call["upstream_usage"],
+        json!({"models": [], "cost_usd": null}),
+        "{call}"
+    );
+    app.teardown().await;
+}
+
+/// `value` has exactly the properties, all required, of `schema` in docs/admin-openapi.json.
+fn keys_as_documented(value: &Value, schema: &str) {
+    let document: Value =
+        serde_json::from_str(include_str!("../../docs/admin-openapi.json")).unwrap();
+    let schema = &document["components"]["schemas"][schema];
+    let mut documented: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+    let mut required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    let mut shown: Vec<&String> = value.as_object().unwrap().keys().collect();
+    documented.sort();
+    required.sort_unstable();
+    shown.sort();
+    assert_eq!(shown, documented, "{value}");
+    assert_eq!(required, documented, "every field is required");
+    assert_eq!(schema["additionalProperties"], false);
 }

@@ -123,6 +123,51 @@ async fn check_config_reports_the_silent_misconfigurations() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
     assert!(!stdout.contains("# warning"), "{stdout}");
+
+    // One agent has a model, another and unlisted ones have none: each is named.
+    let agents = "[server]\napi_keys = [\"k\"]\n[upstream]\napi_key = \"sk\"\n\
+                  [[assistants]]\nid = \"agent_1\"\nmodel = \"gpt-4o-mini\"\n\
+                  [[assistants]]\nid = \"agent_2\"\n";
+    std::fs::write(&path, agents).unwrap();
+    let output = command(dir.path())
+        .args(["check-config", "--config", &path.display().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    let warning = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("# warning ({key}):")))
+            .unwrap_or_else(|| panic!("no warning about {key}: {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        warning("assistants[1].model").contains("\"agent_2\""),
+        "{stdout}"
+    );
+    assert!(warning("upstream.model").contains("1011"), "{stdout}");
+    assert!(!stdout.contains("assistants[0]"), "{stdout}");
+
+    // A model whose provider is not configured is an error naming the assistant and the key.
+    let misspelt = "[server]\napi_keys = [\"k\"]\n[upstream]\napi_key = \"sk\"\n\
+                    [[providers]]\nname = \"claude\"\nkind = \"anthropic\"\n\
+                    [[assistants]]\nid = \"agent_1\"\nmodel = \"claud/claude-haiku\"\n";
+    std::fs::write(&path, misspelt).unwrap();
+    let output = command(dir.path())
+        .args(["check-config", "--config", &path.display().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("`assistants[0].model`")
+            && stderr.contains("\"agent_1\"")
+            && stderr.contains("\"claud\""),
+        "{stderr}"
+    );
 }
 
 const VAPI_SECRET: &str = "vapi-secret";

@@ -30,6 +30,7 @@ app_tests!(
     a_socket_closed_without_end_call_is_dropped_after_the_grace_and_a_redial_resumes_it,
     a_reconnect_within_the_grace_continues_the_call,
     a_socket_closed_after_end_call_is_ended_not_dropped,
+    a_call_whose_agent_has_no_model_is_refused_and_the_others_are_served,
 );
 
 const MARIA: &str = "+14155550123";
@@ -907,5 +908,80 @@ async fn the_first_response_of_a_call_warmed_by_its_details_reads_nothing() {
         "the first response read the database instead of the warmed memory: {summary}"
     );
     call.close().await;
+    app.teardown().await;
+}
+
+async fn a_call_whose_agent_has_no_model_is_refused_and_the_others_are_served(backend: Backend) {
+    // Only agent_1 has a model: agent_2 and agents without an entry have none.
+    let app = TestApp::spawn_with(backend, |s| {
+        retell_settings(s);
+        s.upstream.model.clear();
+        s.assistants[0].model = "gpt-test".into();
+        s.assistants.push(AssistantSettings {
+            id: "agent_2".into(),
+            greeting: "Hello from agent 2.".into(),
+            ..AssistantSettings::default()
+        });
+    })
+    .await;
+    /// Reads until the server closes the socket; the close code, reason and frames read first.
+    async fn closed(call: &mut Retell) -> (u16, String, Vec<Value>) {
+        let mut frames = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), call.ws.next())
+                .await
+                .expect("the socket closes within 10 s");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string(), frames);
+                }
+                Some(Ok(Message::Text(text))) => {
+                    frames.push(serde_json::from_str(text.as_str()).unwrap());
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+    let details = |call_id: &str, agent: &str| {
+        json!({"interaction_type": "call_details", "call": {
+            "call_type": "phone_call", "call_id": call_id, "agent_id": agent,
+            "from_number": MARIA, "to_number": "+14155550100", "direction": "inbound",
+            "call_status": "registered", "metadata": {}}})
+    };
+
+    // agent_2: refused once call_details name it, before the greeting.
+    let mut call = Retell::connect(&app, "call-nomodel").await;
+    call.send(&details("call-nomodel", "agent_2")).await;
+    let (code, reason, frames) = closed(&mut call).await;
+    assert_eq!(code, 1011);
+    assert!(reason.contains("no model"), "{reason}");
+    assert!(frames.is_empty(), "nothing is said: {frames:?}");
+
+    // An agent without an entry, asked before call_details: refused, nothing generated.
+    let mut call = Retell::connect(&app, "call-unlisted").await;
+    call.request("response_required", 1, &[("user", "Hello?")])
+        .await;
+    let (code, _, frames) = closed(&mut call).await;
+    assert_eq!(code, 1011);
+    assert!(frames.is_empty(), "{frames:?}");
+
+    // agent_1 has its model: served as usual.
+    let mut call = Retell::connect(&app, "call-served").await;
+    call.send(&details("call-served", "agent_1")).await;
+    assert_eq!(call.begin().await, GREETING_UNKNOWN);
+    call.request("response_required", 1, &[("user", "Hello?")])
+        .await;
+    call.reply(1).await.assert_well_formed(1);
+    call.close().await;
+    app.settle().await;
+
+    let sent = app.upstream.requests();
+    assert_eq!(sent.len(), 1, "only the served call went upstream");
+    assert_eq!(sent[0]["model"], "gpt-test");
+    for refused in ["call-nomodel", "call-unlisted"] {
+        let stored = app.db.store.load_call(Platform::Retell, refused).await;
+        assert!(stored.unwrap().is_none(), "{refused} stored nothing");
+    }
     app.teardown().await;
 }

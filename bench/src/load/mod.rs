@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use probe::{Failure, Outcome, Target};
+pub use probe::{ANTHROPIC_VERSION, Api, Failure, Outcome, Target};
 pub use stats::{Counts, Percentiles};
 pub use workload::{Conversation, Workload, WorkloadSpec};
 
@@ -99,7 +99,7 @@ pub struct LoadReport {
     pub max_in_flight: u64,
     /// Time to first content token.
     pub ttft: Percentiles,
-    /// Time to `[DONE]`.
+    /// Time to `[DONE]` (`message_stop` for the Messages API).
     pub done: Percentiles,
     /// Gaps between consecutive content chunks.
     pub gap: Percentiles,
@@ -153,7 +153,7 @@ impl Run {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         self.max_in_flight.fetch_max(in_flight, Ordering::Relaxed);
         let conversation = self.workload.checkout();
-        let body = self.workload.body(&conversation);
+        let body = self.workload.body(self.config.target.api, &conversation);
         let threshold = self.config.stall_threshold();
         let target = &self.config.target;
         let outcome = probe::send(&self.client, target, body, start, threshold).await;

@@ -1,24 +1,45 @@
-//! Sends one streaming chat completion and times it: first content token, `[DONE]`, and the gaps
-//! between content chunks.
+//! Sends one streaming request and times it: first content token, the end of the stream, and the
+//! gaps between content chunks. An OpenAI Chat Completions stream is read with the crate's own
+//! SSE parser (content in `delta.content`, ended by `[DONE]`); an Anthropic Messages stream with
+//! `eventsource-stream` (content in `text_delta`s, ended by `message_stop`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventsource_stream::{EventStreamError, Eventsource as _};
 use futures_util::StreamExt as _;
 use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::sse::{Payload, SseParser, classify};
+use crate::sse::{MessagesEvent, Payload, SseParser, classify, classify_messages};
+
+/// The `anthropic-version` header a Messages request carries.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The streaming API a target speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// OpenAI Chat Completions (`POST …/chat/completions`), what redial serves.
+    #[default]
+    Openai,
+    /// Anthropic Messages (`POST …/messages`): the mock's Anthropic endpoint, for the direct
+    /// baseline of the runs where redial speaks Anthropic upstream.
+    Anthropic,
+}
 
 /// Where and how requests are sent.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// Full chat-completions URL, e.g. `http://127.0.0.1:8080/v1/chat/completions`.
+    /// Full URL, e.g. `http://127.0.0.1:8080/v1/chat/completions` (or `…/v1/messages`).
     pub url: String,
-    /// Sent as `Authorization: Bearer <key>` when set.
+    /// Sent as `Authorization: Bearer <key>` (OpenAI) or `x-api-key` (Anthropic) when set.
     pub api_key: Option<String>,
     /// Limit on one whole request, body included.
     pub timeout: Duration,
+    /// The API of `url`: how the request is authenticated and the stream read.
+    pub api: Api,
 }
 
 /// Why a request did not succeed.
@@ -32,7 +53,7 @@ pub enum Failure {
     Status(u16),
     /// The body broke off with a transport error.
     Body,
-    /// The body ended without `[DONE]`.
+    /// The body ended without `[DONE]` (`message_stop`), or with an in-stream `error` event.
     NoDone,
     /// `[DONE]` came but no chunk carried content.
     NoContent,
@@ -45,7 +66,7 @@ pub enum Failure {
 pub struct Outcome {
     /// Time to the first chunk whose `delta.content` is a non-empty string.
     pub ttft: Option<Duration>,
-    /// Time to `data: [DONE]`.
+    /// Time to `data: [DONE]` (`message_stop`).
     pub done: Option<Duration>,
     /// Gaps between consecutive content chunks.
     pub gaps: Vec<Duration>,
@@ -82,8 +103,15 @@ pub(crate) async fn send(
         .header(CONTENT_TYPE, "application/json")
         .timeout(target.timeout)
         .body(body);
-    if let Some(key) = &target.api_key {
-        request = request.bearer_auth(key);
+    match (target.api, &target.api_key) {
+        (Api::Openai, Some(key)) => request = request.bearer_auth(key),
+        (Api::Openai, None) => {}
+        (Api::Anthropic, key) => {
+            request = request.header("anthropic-version", ANTHROPIC_VERSION);
+            if let Some(key) = key {
+                request = request.header("x-api-key", key);
+            }
+        }
     }
     let response = match request.send().await {
         Ok(response) => response,
@@ -100,7 +128,11 @@ pub(crate) async fn send(
         let _ = response.bytes().await;
         return Outcome::failed(Failure::Status(status));
     }
-    let mut outcome = read_stream(response, StreamTimer::new(start, stall_threshold)).await;
+    let timer = StreamTimer::new(start, stall_threshold);
+    let mut outcome = match target.api {
+        Api::Openai => read_stream(response, timer).await,
+        Api::Anthropic => read_messages(response, timer).await,
+    };
     outcome.gateway = gateway;
     outcome
 }
@@ -139,6 +171,28 @@ async fn read_stream(response: reqwest::Response, mut timer: StreamTimer) -> Out
     timer.finish()
 }
 
+/// Reads a Messages stream: each event by name, as `eventsource-stream` parses it.
+async fn read_messages(response: reqwest::Response, mut timer: StreamTimer) -> Outcome {
+    let mut events = response.bytes_stream().eventsource();
+    while let Some(item) = events.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(EventStreamError::Transport(error)) => {
+                return timer.fail(transport_failure(&error, Failure::Body));
+            }
+            Err(_) => return timer.fail(Failure::Body),
+        };
+        let arrived = Instant::now();
+        match classify_messages(&event.event, &event.data) {
+            MessagesEvent::Text => timer.on_content(arrived),
+            MessagesEvent::Stop => timer.on_done(arrived),
+            MessagesEvent::Error => return timer.fail(Failure::NoDone),
+            MessagesEvent::Other => {}
+        }
+    }
+    timer.finish()
+}
+
 fn transport_failure(error: &reqwest::Error, otherwise: Failure) -> Failure {
     if error.is_timeout() {
         Failure::Timeout
@@ -168,12 +222,14 @@ impl StreamTimer {
 
     fn on_event(&mut self, data: &str, arrived: Instant) {
         match classify(data) {
-            Payload::Done => {
-                self.outcome.done.get_or_insert(arrived - self.start);
-            }
+            Payload::Done => self.on_done(arrived),
             Payload::Chunk(chunk) if chunk.has_content => self.on_content(arrived),
             Payload::Chunk(_) | Payload::Other => {}
         }
+    }
+
+    fn on_done(&mut self, arrived: Instant) {
+        self.outcome.done.get_or_insert(arrived - self.start);
     }
 
     fn on_content(&mut self, arrived: Instant) {

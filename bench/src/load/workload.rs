@@ -1,4 +1,6 @@
-//! Vapi-shaped request bodies for many distinct callers and calls with multi-turn histories.
+//! Vapi-shaped request bodies for many distinct callers and calls with multi-turn histories
+//! (and, for a direct baseline against an Anthropic upstream, the same conversations as
+//! Messages requests).
 //!
 //! A [`Workload`] hands out conversations: a call id, a caller number and the next turn. A
 //! conversation is checked out for one request and checked back in when it completes, so the
@@ -14,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
+
+use super::Api;
 
 const SYSTEM_PROMPT: &str = "You are Ava, the phone assistant of Bayside Dental. Keep answers short \
      and friendly, confirm details back to the caller, and never invent appointment times.";
@@ -36,6 +40,8 @@ const ASSISTANT_LINES: [&str; 6] = [
 ];
 /// The assistant id every request carries.
 const ASSISTANT_ID: &str = "bench-assistant";
+/// The user turn before the greeting in a Messages request (redial's own opening line).
+const CALL_OPENING: &str = "(the call connects)";
 /// The number callers dial.
 const DIALED_NUMBER: &str = "+14155550100";
 
@@ -113,8 +119,34 @@ impl Workload {
         }
     }
 
-    /// The JSON body of the conversation's current turn.
-    pub fn body(&self, conversation: &Conversation) -> Bytes {
+    /// The JSON body of the conversation's current turn, for `api`.
+    pub fn body(&self, api: Api, conversation: &Conversation) -> Bytes {
+        match api {
+            Api::Openai => self.chat_body(conversation),
+            Api::Anthropic => self.messages_body(conversation),
+        }
+    }
+
+    /// The turn as an Anthropic Messages request, as redial would send it upstream: the system
+    /// prompt apart and marked cacheable (so the mock does its prompt-cache work for the
+    /// baseline too), and a user opening before the greeting (the API wants a user turn first).
+    fn messages_body(&self, conversation: &Conversation) -> Bytes {
+        let mut messages = vec![json!({"role": "user", "content": CALL_OPENING})];
+        messages.extend(history(conversation.turn).into_iter().skip(1));
+        let body = json!({
+            "model": self.spec.model,
+            "stream": true,
+            "temperature": 0.5,
+            "max_tokens": 250,
+            "system": [{"type": "text", "text": SYSTEM_PROMPT,
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": messages,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The turn as a Vapi chat-completions request.
+    fn chat_body(&self, conversation: &Conversation) -> Bytes {
         let customer = json!({"number": conversation.caller});
         let body = json!({
             "model": self.spec.model,
@@ -203,7 +235,8 @@ mod tests {
     fn a_call_is_sent_turn_by_turn_with_a_growing_history_then_replaced() {
         let workload = workload(10, 2);
         let first = workload.checkout();
-        let body: Value = serde_json::from_slice(&workload.body(&first)).expect("json");
+        let body: Value =
+            serde_json::from_slice(&workload.body(Api::Openai, &first)).expect("json");
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(3));
         assert_eq!(body["call"]["id"], json!(first.call_id));
         assert_eq!(body["customer"]["number"], "+14155550000");
@@ -215,9 +248,23 @@ mod tests {
             (second.call_id.as_str(), second.turn),
             (first.call_id.as_str(), 2)
         );
-        let body: Value = serde_json::from_slice(&workload.body(&second)).expect("json");
+        let body: Value =
+            serde_json::from_slice(&workload.body(Api::Openai, &second)).expect("json");
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(5));
         assert_eq!(body["messages"][4]["role"], "user");
+        // The same turn as a Messages request: the system prompt apart, a user turn first.
+        let messages: Value =
+            serde_json::from_slice(&workload.body(Api::Anthropic, &second)).expect("json");
+        assert_eq!(
+            messages["system"][0]["text"],
+            body["messages"][0]["content"]
+        );
+        assert_eq!(messages["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(messages["messages"][0]["role"], "user");
+        assert_eq!(messages["messages"][1], body["messages"][1]);
+        assert_eq!(messages["messages"][4], body["messages"][4]);
+        assert_eq!(messages["max_tokens"], 250);
+        assert!(messages.get("call").is_none());
         workload.checkin(second);
 
         let third = workload.checkout();

@@ -1,5 +1,8 @@
-//! The standard benchmark suite: every scenario direct to the mock upstream, then through redial
-//! on each store, with redial's memory sampled; targets judged; JSON and markdown written.
+//! The standard benchmark suite: every scenario direct to the mock upstream (once per upstream
+//! API: OpenAI Chat Completions, and Anthropic Messages when the suite runs redial against it),
+//! then through redial on each store, with redial's memory sampled; targets judged; JSON and
+//! markdown written. A run through redial is compared with the direct run of the same scenario
+//! and API.
 //!
 //! The mock runs in-process. For each store the suite creates a fresh database, starts
 //! `redial serve` against it and the mock, runs every scenario, reads redial's peak RSS, stops
@@ -24,8 +27,9 @@ pub use report::markdown;
 pub use scenarios::{Role, Scenario, smoke, standard};
 pub use store::{PreparedStore, StoreKind, redact};
 
-/// The upstream API redial speaks to the mock in a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The upstream API redial speaks to the mock in a run (and the direct baseline speaks to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// OpenAI Chat Completions (`[upstream]`): runs are labelled with the store alone.
     Openai,
@@ -43,6 +47,28 @@ impl ProviderKind {
         }
     }
 
+    /// The direct baseline's label: `direct`, or `direct+anthropic`.
+    pub fn direct_label(self) -> String {
+        match self {
+            Self::Openai => "direct".to_owned(),
+            Self::Anthropic => "direct+anthropic".to_owned(),
+        }
+    }
+
+    /// The mock's endpoint of this API under `base_url` (`…/v1`), and how to read it.
+    fn direct_target(self, base_url: &str) -> Target {
+        let (path, api) = match self {
+            Self::Openai => ("chat/completions", Api::Openai),
+            Self::Anthropic => ("messages", Api::Anthropic),
+        };
+        Target {
+            url: format!("{base_url}/{path}"),
+            api_key: None,
+            timeout: REQUEST_TIMEOUT,
+            api,
+        }
+    }
+
     /// The configuration that routes every turn to this API of the mock at `base_url`.
     fn config(self, base_url: &str) -> Option<String> {
         match self {
@@ -56,7 +82,7 @@ impl ProviderKind {
 }
 pub use targets::{Comparison, TargetResult};
 
-use crate::load::{self, LoadConfig, LoadReport, Target};
+use crate::load::{self, Api, LoadConfig, LoadReport, Target};
 use crate::mock::{MockConfig, MockUpstream};
 
 /// Per-request timeout during the suite.
@@ -104,7 +130,10 @@ pub struct RunRecord {
     pub role: Role,
     /// Direct or through redial.
     pub kind: TargetKind,
-    /// Store redial ran on (`None` for direct runs).
+    /// The upstream API: what the direct run spoke to the mock, or redial upstream.
+    pub provider: ProviderKind,
+    /// Store redial ran on, labelled as the run (`sqlite`, `sqlite+anthropic`; `None` for
+    /// direct runs).
     pub store: Option<String>,
     /// Highest redial `VmRSS` sampled during the run, bytes.
     pub rss_peak_bytes: Option<u64>,
@@ -124,11 +153,11 @@ pub struct CpuUse {
 }
 
 impl RunRecord {
-    /// `direct` or `redial/<store>`.
+    /// `direct`, `direct+anthropic` or `redial/<store>`.
     pub fn target_name(&self) -> String {
         match &self.store {
             Some(store) => format!("redial/{store}"),
-            None => "direct".to_owned(),
+            None => self.provider.direct_label(),
         }
     }
 }
@@ -186,7 +215,7 @@ pub async fn run(options: &SuiteOptions) -> anyhow::Result<SuiteResults> {
     let mock = MockUpstream::start_isolated(([127, 0, 0, 1], 0).into(), MockConfig::default())?;
     mock.set_recording(false);
     let mut results = SuiteResults::new(options.smoke, scenarios);
-    run_direct(&mock, &mut results).await?;
+    run_direct(&mock, &options.providers, &mut results).await?;
     if let Some(binary) = &binary {
         run_stores(options, binary, &mock, &mut results).await;
     }
@@ -211,18 +240,20 @@ impl SuiteResults {
     }
 }
 
-/// Every scenario straight to the mock: the baseline.
-async fn run_direct(mock: &MockUpstream, results: &mut SuiteResults) -> anyhow::Result<()> {
-    let direct = Target {
-        url: format!("{}/chat/completions", mock.base_url()),
-        api_key: None,
-        timeout: REQUEST_TIMEOUT,
-    };
-    for scenario in results.scenarios.clone() {
-        let (report, cpu) = run_scenario(mock, &scenario, &direct, "direct", None).await?;
-        results
-            .runs
-            .push(record(&scenario, None, None, cpu, report));
+/// Every scenario straight to the mock, once per upstream API: the baselines.
+async fn run_direct(
+    mock: &MockUpstream,
+    providers: &[ProviderKind],
+    results: &mut SuiteResults,
+) -> anyhow::Result<()> {
+    for &provider in providers {
+        let direct = provider.direct_target(&mock.base_url());
+        let label = provider.direct_label();
+        for scenario in results.scenarios.clone() {
+            let (report, cpu) = run_scenario(mock, &scenario, &direct, &label, None).await?;
+            let run = record(&scenario, provider, None, None, cpu, report);
+            results.runs.push(run);
+        }
     }
     Ok(())
 }
@@ -325,7 +356,7 @@ impl StoreRun<'_> {
             extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
         };
         let redial = RedialProcess::start(&settings, self.client).await?;
-        let outcome = self.run_scenarios(&redial, label, results).await;
+        let outcome = self.run_scenarios(&redial, label, provider, results).await;
         let memory_after = redial.memory().ok();
         let startup_ms = u64::try_from(redial.startup().as_millis()).unwrap_or(u64::MAX);
         let exit = redial.stop().await?;
@@ -343,12 +374,14 @@ impl StoreRun<'_> {
         &self,
         redial: &RedialProcess,
         store: &str,
+        provider: ProviderKind,
         results: &mut SuiteResults,
     ) -> anyhow::Result<()> {
         let target = Target {
             url: redial.chat_url(),
             api_key: Some(API_KEY.to_owned()),
             timeout: REQUEST_TIMEOUT,
+            api: Api::Openai,
         };
         let label = format!("redial/{store}");
         for scenario in self.scenarios {
@@ -356,9 +389,8 @@ impl StoreRun<'_> {
             let run = run_scenario(self.mock, scenario, &target, &label, Some(redial.pid())).await;
             let rss = sampler.finish();
             let (report, cpu) = run?;
-            results
-                .runs
-                .push(record(scenario, Some(store), rss, cpu, report));
+            let run = record(scenario, provider, Some(store), rss, cpu, report);
+            results.runs.push(run);
         }
         Ok(())
     }
@@ -405,6 +437,7 @@ async fn run_scenario(
 
 fn record(
     scenario: &Scenario,
+    provider: ProviderKind,
     store: Option<&str>,
     rss_peak_bytes: Option<u64>,
     cpu: CpuUse,
@@ -418,6 +451,7 @@ fn record(
         } else {
             TargetKind::Direct
         },
+        provider,
         store: store.map(str::to_owned),
         rss_peak_bytes,
         cpu,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::targets::Comparison;
+use super::targets::{Comparison, direct_run};
 use super::{RunRecord, SuiteResults, TargetKind, TargetResult};
 use crate::report::{Row, dash, megabytes, runs_table};
 
@@ -19,7 +19,9 @@ pub fn markdown(results: &SuiteResults) -> String {
     }
     doc.push_str("\n## Targets\n\n");
     doc.push_str(&targets_table(&results.targets));
-    doc.push_str("\n## Added by redial (redial percentile − direct percentile)\n\n");
+    doc.push_str(
+        "\n## Added by redial (redial percentile − direct percentile of the same upstream API)\n\n",
+    );
     doc.push_str(&added_table(&results.runs));
     doc.push_str("\n## All runs\n\n");
     doc.push_str(&all_runs(&results.runs));
@@ -85,10 +87,7 @@ fn added_table(runs: &[RunRecord]) -> String {
          |---|---|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for redial in runs.iter().filter(|r| r.kind == TargetKind::Redial) {
-        let Some(direct) = runs
-            .iter()
-            .find(|r| r.kind == TargetKind::Direct && r.scenario == redial.scenario)
-        else {
+        let Some(direct) = direct_run(runs, redial) else {
             continue;
         };
         let (r, d) = (&redial.report, &direct.report);

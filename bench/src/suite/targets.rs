@@ -1,8 +1,9 @@
 //! The performance targets and their evaluation against a suite's runs.
 //!
 //! "Added" latency is redial's percentile minus the direct-to-mock percentile of the same
-//! scenario (a difference of percentiles, not a percentile of differences: requests are not
-//! paired).
+//! scenario and upstream API (a difference of percentiles, not a percentile of differences:
+//! requests are not paired). A `<store>+anthropic` run is compared with the direct run against
+//! the mock's Messages endpoint.
 
 use serde::Serialize;
 
@@ -132,11 +133,9 @@ impl Measures<'_> {
             .find(|r| r.role == role && r.store.as_deref() == Some(self.store))
     }
 
-    /// The direct run of the same scenario as `redial`.
+    /// The direct run of the same scenario and upstream API as `redial`.
     fn direct(&self, redial: &RunRecord) -> Option<&RunRecord> {
-        self.runs
-            .iter()
-            .find(|r| r.kind == TargetKind::Direct && r.scenario == redial.scenario)
+        direct_run(self.runs, redial)
     }
 
     /// `measure(redial) − measure(direct)` for the scenario with `role`.
@@ -182,6 +181,16 @@ impl Measures<'_> {
     }
 }
 
+/// The direct run `redial` is compared with: the same scenario, straight to the mock's endpoint
+/// of the API redial spoke upstream.
+pub(super) fn direct_run<'a>(runs: &'a [RunRecord], redial: &RunRecord) -> Option<&'a RunRecord> {
+    runs.iter().find(|r| {
+        r.kind == TargetKind::Direct
+            && r.scenario == redial.scenario
+            && r.provider == redial.provider
+    })
+}
+
 /// Evaluates every target for every store that has runs.
 pub fn evaluate(runs: &[RunRecord], stores: &[String]) -> Vec<TargetResult> {
     stores
@@ -221,6 +230,7 @@ fn concurrency(report: &LoadReport) -> f64 {
 mod tests {
     use super::*;
     use crate::load::{Counts, Percentiles, WorkloadSpec};
+    use crate::suite::ProviderKind;
 
     fn report(mode: LoadMode, ttft_p50: f64, gap_p99: f64, stalls: u64) -> LoadReport {
         let latency = |p50: f64| Percentiles {
@@ -265,6 +275,7 @@ mod tests {
             } else {
                 TargetKind::Direct
             },
+            provider: ProviderKind::Openai,
             store: store.map(str::to_owned),
             rss_peak_bytes: store.map(|_| 80_000_000),
             cpu: crate::suite::CpuUse::default(),
@@ -329,5 +340,58 @@ mod tests {
         assert_eq!((clean.measured, clean.met), (Some(500.0), Some(false)));
         assert_eq!(get("rss_paced").measured, Some(80.0));
         assert_eq!(get("rss_paced").met, Some(true));
+    }
+
+    #[test]
+    fn an_anthropic_run_is_compared_with_the_direct_run_against_the_messages_endpoint() {
+        let c1 = LoadMode::Closed { concurrency: 1 };
+        let anthropic = |mut run: RunRecord| {
+            run.provider = ProviderKind::Anthropic;
+            run
+        };
+        let direct = report(c1.clone(), 0.2, 0.0, 0);
+        let runs = vec![
+            run("ttft-c1", Role::TtftSingle, None, direct),
+            anthropic(run(
+                "ttft-c1",
+                Role::TtftSingle,
+                None,
+                report(c1.clone(), 0.5, 0.0, 0),
+            )),
+            run(
+                "ttft-c1",
+                Role::TtftSingle,
+                Some("pg"),
+                report(c1.clone(), 0.6, 0.0, 0),
+            ),
+            anthropic(run(
+                "ttft-c1",
+                Role::TtftSingle,
+                Some("pg+anthropic"),
+                report(c1, 0.9, 0.0, 0),
+            )),
+        ];
+        let stores = ["pg".to_owned(), "pg+anthropic".to_owned()];
+        let targets = evaluate(&runs, &stores);
+        let added = |store: &str| {
+            targets
+                .iter()
+                .find(|t| t.id == "added_ttft_p50_c1" && t.store == store)
+                .and_then(|t| t.measured)
+                .expect(store)
+        };
+        assert!((added("pg") - 0.4).abs() < 1e-9, "{targets:?}");
+        assert!((added("pg+anthropic") - 0.4).abs() < 1e-9, "{targets:?}");
+        // Without its own baseline an Anthropic run is not measured against OpenAI's.
+        let without: Vec<RunRecord> = runs
+            .into_iter()
+            .filter(|r| !(r.kind == TargetKind::Direct && r.provider == ProviderKind::Anthropic))
+            .collect();
+        let targets = evaluate(&without, &stores);
+        let unmeasured = targets
+            .iter()
+            .find(|t| t.id == "added_ttft_p50_c1" && t.store == "pg+anthropic")
+            .expect("judged");
+        assert_eq!(unmeasured.measured, None);
     }
 }

@@ -25,6 +25,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::config::Settings;
+use crate::engine::has_configured_model;
 use crate::error::ApiError;
 use crate::http::auth;
 use crate::state::AppState;
@@ -129,17 +130,15 @@ fn validate_call_id(call_id: &str, max_id_bytes: usize) -> Result<(), ApiError> 
 }
 
 /// Retell sends no model, so one must be configured (`upstream.model` or its fallbacks, or an
-/// assistant's own).
+/// assistant's own). This refuses every call when none is; a call whose own agent has none is
+/// refused once `call_details` name the agent (`session.rs`).
 fn require_model(settings: &Settings) -> Result<(), ApiError> {
     let upstream = &settings.upstream;
     let assistants = settings
         .assistants
         .iter()
-        .any(|a| !a.model.is_empty() || a.fallback_models.iter().any(|m| !m.is_empty()));
-    if upstream.model.is_empty()
-        && upstream.fallback_models.iter().all(String::is_empty)
-        && !assistants
-    {
+        .any(|a| has_configured_model(upstream, a));
+    if !has_configured_model(upstream, settings.assistant("")) && !assistants {
         return Err(ApiError::Unavailable(
             "Retell sends no model: set `upstream.model` (or the assistant's `model`) to serve \
              Retell calls"

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
 use tokio::sync::mpsc;
 
@@ -25,7 +25,16 @@ pub(super) struct Closed;
 #[derive(Debug)]
 pub(super) struct Outbound {
     epoch: Option<u64>,
-    event: ServerEvent,
+    frame: Frame,
+}
+
+/// What the writer sends.
+#[derive(Debug)]
+enum Frame {
+    /// A JSON event.
+    Event(ServerEvent),
+    /// A close frame; the writer stops after it.
+    Close { code: u16, reason: &'static str },
 }
 
 /// The sending side, cheap to clone into every producer.
@@ -68,14 +77,26 @@ impl Outbox {
     pub(super) fn try_send_for(&self, epoch: u64, event: ServerEvent) -> Result<(), Closed> {
         let outbound = Outbound {
             epoch: Some(epoch),
-            event,
+            frame: Frame::Event(event),
         };
         self.tx.try_send(outbound).map_err(|_| Closed)
     }
 
     async fn send_tagged(&self, epoch: Option<u64>, event: ServerEvent) -> Result<(), Closed> {
+        let frame = Frame::Event(event);
         self.tx
-            .send(Outbound { epoch, event })
+            .send(Outbound { epoch, frame })
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Queues a close frame with `code` and `reason` (at most 123 bytes, the protocol's
+    /// limit); nothing is sent after it.
+    pub(super) async fn close(&self, code: u16, reason: &'static str) -> Result<(), Closed> {
+        debug_assert!(reason.len() <= 123, "a close reason is at most 123 bytes");
+        let frame = Frame::Close { code, reason };
+        self.tx
+            .send(Outbound { epoch: None, frame })
             .await
             .map_err(|_| Closed)
     }
@@ -96,8 +117,10 @@ impl Queue {
     #[cfg(test)]
     pub(super) fn into_queued(mut self) -> Vec<(Option<u64>, ServerEvent)> {
         let mut queued = Vec::new();
-        while let Ok(Outbound { epoch, event }) = self.rx.try_recv() {
-            queued.push((epoch, event));
+        while let Ok(Outbound { epoch, frame }) = self.rx.try_recv() {
+            if let Frame::Event(event) = frame {
+                queued.push((epoch, event));
+            }
         }
         queued
     }
@@ -110,10 +133,23 @@ where
     S: Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
-    while let Some(Outbound { epoch, event }) = queue.rx.recv().await {
+    while let Some(Outbound { epoch, frame }) = queue.rx.recv().await {
         if epoch.is_some_and(|e| e != queue.current.load(Ordering::Acquire)) {
             continue;
         }
+        let event = match frame {
+            Frame::Event(event) => event,
+            Frame::Close { code, reason } => {
+                let close = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                if let Err(e) = sink.send(Message::Close(Some(close))).await {
+                    tracing::debug!(error = %e, "the Retell socket is closed; the close frame dropped");
+                }
+                return;
+            }
+        };
         let text = match serde_json::to_string(&event) {
             Ok(text) => text,
             Err(e) => {

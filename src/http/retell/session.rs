@@ -26,7 +26,7 @@ use super::greeting;
 use super::outbox::{self, Outbox};
 use super::protocol::{self, CallInfo, Incoming, ResponseRequest, ServerEvent};
 use super::respond::{self, Ask, ResponseGuard};
-use crate::engine::{Engine, Hold, LiveGuard};
+use crate::engine::{Engine, Hold, LiveGuard, has_configured_model};
 use crate::platforms::{Identity, Platform};
 use crate::state::AppState;
 use crate::storage::{CloseSession, SessionStatus};
@@ -34,6 +34,10 @@ use crate::storage::{CloseSession, SessionStatus};
 /// How long the begin message waits for `call_details` (which names the caller) before it is
 /// sent without them.
 pub(super) const CALL_DETAILS_WAIT: Duration = Duration::from_millis(1500);
+
+/// The close reason sent to a call whose agent has no model (at most 123 bytes).
+const NO_MODEL_REASON: &str =
+    "redial has no model for this agent: set the assistant's model or upstream.model";
 
 /// How long the writer may take to flush the last frames once the connection ends.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
@@ -86,6 +90,8 @@ struct Session {
     live: Option<LiveGuard>,
     /// Set once a response ended the call (`end_call`).
     hung_up: Arc<AtomicBool>,
+    /// Set when the call's agent turned out to have no model: the call is refused.
+    refused: bool,
 }
 
 impl Session {
@@ -103,6 +109,7 @@ impl Session {
             generation: None,
             live: Some(live),
             hung_up: Arc::new(AtomicBool::new(false)),
+            refused: false,
         }
     }
 
@@ -115,6 +122,9 @@ impl Session {
         let details_deadline = Instant::now() + CALL_DETAILS_WAIT;
         let shutdown = self.state.shutdown.clone();
         loop {
+            if self.refused {
+                return self.refuse().await;
+            }
             let waiting = self.begin.is_none();
             let message = tokio::select! {
                 () = shutdown.cancelled() => return End::Shutdown,
@@ -134,6 +144,33 @@ impl Session {
                 Some(Ok(message)) => self.on_message(message).await,
             }
         }
+    }
+
+    /// Whether the call's agent has a model: Retell names none, so it must be configured (the
+    /// agent's assistant's `model` or fallbacks, else `upstream`'s).
+    fn has_model(&mut self) -> bool {
+        let settings = &self.state.settings;
+        let assistant = settings.assistant(&self.identity.assistant_id);
+        let found = has_configured_model(&settings.upstream, assistant);
+        self.refused |= !found;
+        found
+    }
+
+    /// Closes the socket of a call whose agent has no model, as a chat request naming no model
+    /// is refused: nothing is stored or sent upstream, and Retell ends the call (a close with
+    /// 1011 is reported as `error_llm_websocket_runtime`; a reconnect is refused alike).
+    async fn refuse(&mut self) -> End {
+        metrics::counter!("redial_retell_refused_total", "reason" => "no_model").increment(1);
+        tracing::warn!(
+            assistant_id = %self.identity.assistant_id,
+            "Retell names no model and this agent has none configured: the call is refused; set \
+             the assistant's `model` or `upstream.model`"
+        );
+        self.begin = None;
+        self.generation = None;
+        self.outbox.supersede();
+        let _ = self.outbox.close(1011, NO_MODEL_REASON).await;
+        End::Closed
     }
 
     async fn on_message(&mut self, message: Message) {
@@ -185,13 +222,14 @@ impl Session {
         );
         if self.begin.is_some() {
             tracing::info!("call_details arrived after the begin message; used from now on");
+            self.has_model();
         }
         self.start_begin();
     }
 
-    /// Starts the begin message (once per connection).
+    /// Starts the begin message (once per connection), unless the call has no model.
     fn start_begin(&mut self) {
-        if self.begin.is_some() {
+        if self.begin.is_some() || !self.has_model() {
             return;
         }
         let task = greeting::send_begin(
@@ -206,6 +244,9 @@ impl Session {
     fn respond(&mut self, request: &ResponseRequest, ask: Ask) {
         // Retell asked before call_details (or the wait) ended: greet with what is known.
         self.start_begin();
+        if self.refused {
+            return;
+        }
         let epoch = self.outbox.supersede();
         if let Some(previous) = self.generation.take()
             && !previous.is_finished()
