@@ -107,6 +107,10 @@ pub struct LoadReport {
     /// servers that do not send it.
     #[serde(default)]
     pub gateway: Percentiles,
+    /// redial's memory read (`mem`) of the requests it served from its call cache (a call's
+    /// later turns); `count` is how many were.
+    #[serde(default)]
+    pub memory_cached: Percentiles,
 }
 
 impl LoadReport {
@@ -194,6 +198,7 @@ impl Run {
             done: summary.done,
             gap: summary.gaps,
             gateway: summary.gateway,
+            memory_cached: summary.cached_memory,
         }
     }
 }

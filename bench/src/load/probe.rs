@@ -77,6 +77,10 @@ pub struct Outcome {
     /// redial's own memory read plus prompt build, from its `Server-Timing` header (`mem` +
     /// `prompt`); `None` when the server sent no such header (the mock).
     pub gateway: Option<Duration>,
+    /// redial's memory read (`mem`) when its `Server-Timing` says the memory came from the
+    /// call cache (`desc="memory read: call cache"`): a later turn that read nothing from the
+    /// database.
+    pub cached_memory: Option<Duration>,
 }
 
 impl Outcome {
@@ -117,11 +121,12 @@ pub(crate) async fn send(
         Ok(response) => response,
         Err(error) => return Outcome::failed(transport_failure(&error, Failure::Connect)),
     };
-    let gateway = response
+    let timing = response
         .headers()
         .get("server-timing")
-        .and_then(|v| v.to_str().ok())
-        .and_then(gateway_time);
+        .and_then(|v| v.to_str().ok());
+    let gateway = timing.and_then(gateway_time);
+    let cached_memory = timing.and_then(cached_memory_time);
     let status = response.status().as_u16();
     if status != 200 {
         // Drain the error body so the connection can be reused.
@@ -134,6 +139,7 @@ pub(crate) async fn send(
         Api::Anthropic => read_messages(response, timer).await,
     };
     outcome.gateway = gateway;
+    outcome.cached_memory = cached_memory;
     outcome
 }
 
@@ -155,6 +161,28 @@ pub fn gateway_time(header: &str) -> Option<Duration> {
     total_ms
         .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0)
         .map(|ms| Duration::from_secs_f64(ms / 1_000.0))
+}
+
+/// The `mem` duration of a `Server-Timing` header whose memory came from redial's call cache
+/// (`mem;dur=0.004;desc="memory read: call cache"`); `None` for any other read.
+pub fn cached_memory_time(header: &str) -> Option<Duration> {
+    header.split(',').find_map(|metric| {
+        let mut parts = metric.trim().split(';');
+        if parts.next()?.trim() != "mem" {
+            return None;
+        }
+        let (mut ms, mut cached) = (None, false);
+        for part in parts {
+            let part = part.trim();
+            if let Some(value) = part.strip_prefix("dur=") {
+                ms = value.parse::<f64>().ok();
+            } else if let Some(desc) = part.strip_prefix("desc=") {
+                cached = desc.contains("call cache");
+            }
+        }
+        let ms = ms.filter(|ms| cached && ms.is_finite() && *ms >= 0.0)?;
+        Some(Duration::from_secs_f64(ms / 1_000.0))
+    })
 }
 
 async fn read_stream(response: reqwest::Response, mut timer: StreamTimer) -> Outcome {
@@ -302,6 +330,20 @@ mod tests {
         no_content.on_event(ROLE, start);
         no_content.on_event("[DONE]", start);
         assert_eq!(no_content.finish().failure, Some(Failure::NoContent));
+    }
+
+    #[test]
+    fn the_cached_memory_time_is_the_mem_of_a_call_cache_read_only() {
+        let cached =
+            "mem;dur=0.004;desc=\"memory read: call cache\", prompt;dur=0.031, total;dur=1";
+        let read = cached_memory_time(cached).expect("parsed");
+        assert!(
+            (read.as_secs_f64() * 1_000.0 - 0.004).abs() < 1e-9,
+            "{read:?}"
+        );
+        let database = "mem;dur=0.412;desc=\"memory read\", prompt;dur=0.031, total;dur=1";
+        assert_eq!(cached_memory_time(database), None);
+        assert_eq!(cached_memory_time("total;dur=3"), None);
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub(crate) struct Recorder {
     done: Histogram<u64>,
     gaps: Histogram<u64>,
     gateway: Histogram<u64>,
+    cached_memory: Histogram<u64>,
     counts: Counts,
 }
 
@@ -108,6 +109,7 @@ pub(crate) struct Summary {
     pub done: Percentiles,
     pub gaps: Percentiles,
     pub gateway: Percentiles,
+    pub cached_memory: Percentiles,
 }
 
 impl Recorder {
@@ -118,6 +120,7 @@ impl Recorder {
             done: histogram()?,
             gaps: histogram()?,
             gateway: histogram()?,
+            cached_memory: histogram()?,
             counts: Counts::default(),
         })
     }
@@ -144,6 +147,7 @@ impl Recorder {
             done: Percentiles::of(&self.done),
             gaps: Percentiles::of(&self.gaps),
             gateway: Percentiles::of(&self.gateway),
+            cached_memory: Percentiles::of(&self.cached_memory),
         }
     }
 
@@ -157,6 +161,9 @@ impl Recorder {
         }
         if let Some(gateway) = outcome.gateway {
             self.gateway.saturating_record(as_us(gateway));
+        }
+        if let Some(read) = outcome.cached_memory {
+            self.cached_memory.saturating_record(as_us(read));
         }
     }
 
@@ -199,6 +206,7 @@ mod tests {
                 stalls: u32::from(ms == 100),
                 failure: None,
                 gateway: Some(Duration::from_micros(300)),
+                cached_memory: (ms > 25).then(|| Duration::from_micros(5)),
             });
         }
         recorder.record(&Outcome::failed(Failure::Status(503)));
@@ -230,5 +238,10 @@ mod tests {
             summary.done
         );
         assert_eq!(summary.gaps.count, 100);
+        assert_eq!(
+            summary.cached_memory.count, 75,
+            "only the cache-served requests"
+        );
+        assert!((summary.cached_memory.p50_ms - 0.005).abs() < 0.001);
     }
 }

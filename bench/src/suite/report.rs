@@ -83,8 +83,8 @@ fn targets_table(targets: &[TargetResult]) -> String {
 
 fn added_table(runs: &[RunRecord]) -> String {
     let mut table = String::from(
-        "| scenario | store | TTFT p50 | TTFT p99 | gap p99 | stalls | RSS peak MB | mem+prompt p50 | mem+prompt p99 |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| scenario | store | TTFT p50 | TTFT p99 | gap p99 | stalls | RSS peak MB | mem+prompt p50 | mem+prompt p99 | cached mem p50 | cache hits |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for redial in runs.iter().filter(|r| r.kind == TargetKind::Redial) {
         let Some(direct) = direct_run(runs, redial) else {
@@ -107,9 +107,16 @@ fn added_table(runs: &[RunRecord]) -> String {
                 dash()
             }
         };
+        let cached = &r.memory_cached;
+        let (cached_p50, hits) = if cached.count > 0 {
+            let share = cached.count as f64 * 100.0 / r.counts.ok.max(1) as f64;
+            (format!("{:.3}", cached.p50_ms), format!("{share:.0} %"))
+        } else {
+            (dash(), dash())
+        };
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {cached_p50} | {hits} |",
             redial.scenario,
             redial.store.as_deref().unwrap_or_default(),
             delta(has_ttft, r.ttft.p50_ms, d.ttft.p50_ms),

@@ -263,6 +263,7 @@ mod tests {
                 ..Percentiles::default()
             },
             gateway: Percentiles::default(),
+            memory_cached: Percentiles::default(),
         }
     }
 
