@@ -113,8 +113,8 @@ pub(crate) async fn persist(
     finished: Finished,
     slot: Option<Slot>,
 ) {
-    let ctx = match prepare(engine, identity, context, finished.model.as_deref()).await {
-        Ok(ctx) => ctx,
+    let (ctx, start) = match prepare(engine, identity, context, finished.model.as_deref()).await {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(error = %e, "persisting the turn failed; the turn is not stored");
             metrics::counter!("redial_persist_failures_total").increment(1);
@@ -124,12 +124,7 @@ pub(crate) async fn persist(
     // The call's next turn here reads this context instead of the database (a first turn's
     // with its start, until the writer has stored it).
     memory::remember(engine, identity, &ctx, finished.next_assistant);
-    let write = turn_write(
-        identity,
-        &ctx,
-        finished,
-        memory::deferred_start(engine, &ctx),
-    );
+    let write = turn_write(identity, &ctx, finished, start);
     match slot {
         Some(slot) => slot.write(write),
         None => {
@@ -142,22 +137,24 @@ pub(crate) async fn persist(
 
 /// The call's context — read again when the turn ran without memory, or built offline while the
 /// database is away. A first turn's start goes to the writer with the turn
-/// ([`memory::deferred_start`]); when it cannot (offline, or the journal in use), it is written
-/// (or journaled) here, first.
+/// ([`memory::deferred_start`], returned with the context: decided once, so the write carries
+/// the start exactly when it was not written here); when it cannot (offline, or the journal in
+/// use), it is written (or journaled) here, first.
 async fn prepare(
     engine: &Engine,
     identity: &Identity,
     context: Option<CallContext>,
     model: Option<&str>,
-) -> Result<CallContext, WriteError> {
+) -> Result<(CallContext, Option<CallStart>), WriteError> {
     let mut ctx = match context {
         Some(ctx) => ctx,
         None => reload(engine, identity, model).await?,
     };
-    if memory::deferred_start(engine, &ctx).is_none() {
+    let start = memory::deferred_start(engine, &ctx);
+    if start.is_none() {
         memory::ensure_stored(engine, &mut ctx).await?;
     }
-    Ok(ctx)
+    Ok((ctx, start))
 }
 
 /// Reads the context of a turn that ran without memory, within the write budget; while the
