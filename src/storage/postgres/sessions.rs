@@ -47,7 +47,7 @@ pub(super) async fn create_session_in(
          status, attempt, resumes_session_id, answers, prior_calls, prior_call_at, model, \
          started_at, last_activity_at, updated_at) \
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13) \
-         on conflict (platform, call_key) do nothing returning ",
+         on conflict do nothing returning ",
         session_columns!()
     ))
     .bind(new.session_id)
@@ -211,7 +211,7 @@ pub(super) async fn start_calls_in(
                     .push_bind(new.started_at);
             });
             insert.push(concat!(
-                " on conflict (platform, call_key) do nothing returning ",
+                " on conflict do nothing returning ",
                 session_columns!()
             ));
             let rows: Vec<SessionRow> = insert

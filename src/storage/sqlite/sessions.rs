@@ -39,7 +39,7 @@ pub(super) async fn create_session_in(
          status, attempt, resumes_session_id, answers, prior_calls, prior_call_at, model, \
          started_at, last_activity_at, updated_at) \
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13) \
-         on conflict (platform, call_key) do nothing returning ",
+         on conflict do nothing returning ",
         session_columns!()
     ))
     .bind(id(new.session_id))

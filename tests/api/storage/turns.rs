@@ -20,6 +20,7 @@ on_both_backends!(
     a_batch_starts_its_calls_with_their_turns_in_one_transaction,
     starts_of_one_call_in_a_batch_are_applied_once_and_its_items_share_the_stored_session,
     a_start_for_a_call_already_stored_adopts_its_session_and_audits_a_read,
+    a_start_already_stored_under_the_same_session_id_is_adopted,
     two_new_calls_of_one_caller_in_a_batch_are_counted_in_turn,
     a_start_in_a_batch_closes_the_abandoned_call_it_resumes,
 );
@@ -796,4 +797,32 @@ async fn a_start_in_a_batch_closes_the_abandoned_call_it_resumes(store: Arc<dyn 
     assert_eq!(new.resumes_session_id, Some(abandoned.session_id));
     assert_eq!(new.caller_id, Some(caller_id));
     assert_eq!(new.prior_calls, 1);
+}
+
+async fn a_start_already_stored_under_the_same_session_id_is_adopted(store: Arc<dyn Store>) {
+    // Arrange: the call's next turn, served from the cache with the first turn's start, ran a
+    // tool that stored the start (same session id) before the writer's batch did.
+    let first = first_turn("call-1", Some(PHONE), &["t1"], at(1));
+    let start = first.start.clone().unwrap();
+    let stored = store.start_call(&start).await.expect("the tool's start");
+
+    // Act: the batch brings the same start, and the tool's path runs it once more too.
+    let saved = store
+        .save_batch(std::slice::from_ref(&first))
+        .await
+        .expect("save");
+    let again = store.start_call(&start).await.expect("start again");
+
+    // Assert
+    assert_eq!(stored.session.session_id, first.session_id);
+    assert!(!started_of(&saved[0]).created);
+    assert_eq!(started_of(&saved[0]).session.session_id, first.session_id);
+    assert!(!again.created);
+    assert_eq!(saved[0].inserted, Some(1));
+    let caller = store
+        .get_caller_by_phone(PHONE)
+        .await
+        .expect("get")
+        .expect("caller");
+    assert_eq!(caller.call_count, 1);
 }
