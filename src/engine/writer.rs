@@ -38,7 +38,8 @@ use tokio_util::task::TaskTracker;
 use super::cache::CallCache;
 use super::memory;
 use crate::journal::{Journal, Op, WriteError, Written};
-use crate::storage::{AuditAction, CallStart, Store, StoreError, TurnWrite};
+
+use crate::storage::{CallStart, Store, StoreError, TurnWrite, complete_audit};
 
 /// First and longest wait before trying again a batch that neither the database nor the journal
 /// could take.
@@ -365,12 +366,7 @@ async fn store_apart(
             rest.session_id = started.session.session_id;
             for entry in &mut rest.audit {
                 entry.session_id = Some(started.session.session_id);
-                if entry.caller_id.is_none() {
-                    entry.caller_id = started.caller.as_ref().map(|c| c.caller_id);
-                }
-                if !started.created && entry.action == AuditAction::Create {
-                    entry.action = AuditAction::Read;
-                }
+                complete_audit(entry, &started);
             }
         }
         Ok(Written::Journaled) => {

@@ -204,22 +204,7 @@ impl<'a> Started<'a> {
             });
             per_item.push(started);
         }
-        let needs_audit = |(write, started): (&TurnWrite, &Option<StartedCall>)| {
-            started.as_ref().is_some_and(|s| {
-                write.audit.iter().any(|e| {
-                    (e.caller_id.is_none() && s.caller.is_some())
-                        || (e.action == AuditAction::Create && !s.created)
-                })
-            })
-        };
-        let touched = |write: &TurnWrite| {
-            moved.contains_key(&write.session_id)
-                || write
-                    .audit
-                    .iter()
-                    .any(|e| e.session_id.is_some_and(|id| moved.contains_key(&id)))
-        };
-        if !writes.iter().any(touched) && !writes.iter().zip(&per_item).any(needs_audit) {
+        if per_item.iter().all(Option::is_none) {
             return (Cow::Borrowed(writes), per_item);
         }
         let fixed = writes
@@ -227,25 +212,30 @@ impl<'a> Started<'a> {
             .zip(&per_item)
             .map(|(write, started)| {
                 let mut write = write.clone();
-                let to = |id: Uuid| moved.get(&id).copied().unwrap_or(id);
-                write.session_id = moved
-                    .get(&write.session_id)
-                    .copied()
-                    .unwrap_or(write.session_id);
+                let to = |id: &mut Uuid| *id = moved.get(id).copied().unwrap_or(*id);
+                to(&mut write.session_id);
                 for entry in &mut write.audit {
-                    entry.session_id = entry.session_id.map(to);
+                    if let Some(id) = entry.session_id.as_mut() {
+                        to(id);
+                    }
                     if let Some(started) = started {
-                        if entry.caller_id.is_none() {
-                            entry.caller_id = started.caller.as_ref().map(|c| c.caller_id);
-                        }
-                        if entry.action == AuditAction::Create && !started.created {
-                            entry.action = AuditAction::Read;
-                        }
+                        complete_audit(entry, started);
                     }
                 }
                 write
             })
             .collect();
         (Cow::Owned(fixed), per_item)
+    }
+}
+
+/// An audit entry of an item that started its call, as the start turned out: the started
+/// caller when the entry names none, and a read, not a create, when the session was adopted.
+pub(crate) fn complete_audit(entry: &mut NewAudit, started: &StartedCall) {
+    if entry.caller_id.is_none() {
+        entry.caller_id = started.caller.as_ref().map(|c| c.caller_id);
+    }
+    if entry.action == AuditAction::Create && !started.created {
+        entry.action = AuditAction::Read;
     }
 }

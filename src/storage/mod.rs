@@ -40,6 +40,7 @@ pub mod admin;
 mod analyses;
 mod audit;
 mod batch;
+pub(crate) use batch::complete_audit;
 mod callers;
 pub mod changes;
 mod jobs;

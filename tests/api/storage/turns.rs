@@ -745,11 +745,7 @@ async fn two_new_calls_of_one_caller_in_a_batch_are_counted_in_turn(store: Arc<d
     assert_eq!(caller.last_call_at, Some(at(2)));
     let mut prior: Vec<i64> = Vec::new();
     for item in &batch {
-        let session = store
-            .get_session(item.session_id)
-            .await
-            .expect("get")
-            .expect("stored");
+        let session = stored_session(store.as_ref(), item.session_id).await;
         assert_eq!(session.caller_id, Some(caller.caller_id));
         prior.push(session.prior_calls);
     }
@@ -766,12 +762,7 @@ async fn a_start_in_a_batch_closes_the_abandoned_call_it_resumes(store: Arc<dyn 
     start.session.resumes_session_id = Some(abandoned.session_id);
     start.close_previous = Some((
         abandoned.session_id,
-        CloseSession {
-            status: SessionStatus::Dropped,
-            ended_reason: Some("went silent; resumed by a new call".to_owned()),
-            ended_at: at(5),
-            details: json!({}),
-        },
+        close_as(SessionStatus::Dropped, at(5)),
     ));
 
     // Act
@@ -782,18 +773,10 @@ async fn a_start_in_a_batch_closes_the_abandoned_call_it_resumes(store: Arc<dyn 
 
     // Assert
     assert!(started_of(&saved[0]).created);
-    let closed = store
-        .get_session(abandoned.session_id)
-        .await
-        .expect("get")
-        .expect("kept");
+    let closed = stored_session(store.as_ref(), abandoned.session_id).await;
     assert_eq!(closed.status, SessionStatus::Dropped);
     assert_eq!(closed.ended_at, Some(at(5)));
-    let new = store
-        .get_session(resuming.session_id)
-        .await
-        .expect("get")
-        .expect("stored");
+    let new = stored_session(store.as_ref(), resuming.session_id).await;
     assert_eq!(new.resumes_session_id, Some(abandoned.session_id));
     assert_eq!(new.caller_id, Some(caller_id));
     assert_eq!(new.prior_calls, 1);
