@@ -2,7 +2,9 @@
 //! any other caller id (an app's user id, a SIP address, a WebRTC participant) is kept as given
 //! under [`ID_PREFIX`], so it never collides with a number.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 
 use phonenumber::Mode;
 use phonenumber::country::Id;
@@ -29,6 +31,53 @@ const ANONYMOUS: &[&str] = &[
 /// not become a separate caller.
 pub fn caller_key(raw: &str, default_region: &str) -> Option<String> {
     let raw = raw.trim();
+    if let Some(key) = MEMO.get(raw, default_region) {
+        return key;
+    }
+    let key = parse_caller_key(raw, default_region);
+    MEMO.put(raw, default_region, &key);
+    key
+}
+
+/// Caller ids read lately and their keys. Every turn of a call carries the same caller id, and
+/// parsing a number (the `phonenumber` crate's metadata regexes) was the largest single piece
+/// of reading a turn's request; a call's later turns find their key here.
+static MEMO: Memo = Memo::new();
+
+/// Most caller ids [`MEMO`] holds; when full it starts over (keys are cheap to recompute, and
+/// the ids of live calls come back within a turn).
+const MEMO_MAX: usize = 4_096;
+
+/// Raw caller ids of one region and their keys.
+type Keys = HashMap<String, Option<String>>;
+
+/// A bounded map of region → raw caller id → key.
+struct Memo(Mutex<Option<HashMap<String, Keys>>>);
+
+impl Memo {
+    const fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    fn get(&self, raw: &str, region: &str) -> Option<Option<String>> {
+        let memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        memo.as_ref()?.get(region)?.get(raw).cloned()
+    }
+
+    fn put(&self, raw: &str, region: &str, key: &Option<String>) {
+        let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let regions = memo.get_or_insert_with(HashMap::new);
+        if regions.values().map(HashMap::len).sum::<usize>() >= MEMO_MAX {
+            regions.clear();
+        }
+        regions
+            .entry(region.to_owned())
+            .or_default()
+            .insert(raw.to_owned(), key.clone());
+    }
+}
+
+fn parse_caller_key(raw: &str, default_region: &str) -> Option<String> {
     if raw.is_empty() || ANONYMOUS.iter().any(|a| raw.eq_ignore_ascii_case(a)) {
         return None;
     }
@@ -110,6 +159,44 @@ mod tests {
             normalize("020 7946 0958", "GB").as_deref(),
             Some("+442079460958")
         );
+    }
+
+    #[test]
+    fn a_remembered_key_is_the_parsed_key_of_that_id_in_that_region() {
+        for (raw, region) in [
+            ("020 7946 0958", "GB"),
+            ("020 7946 0958", "US"),
+            ("(415) 555-0123", "US"),
+            ("(415) 555-0123", "GB"),
+            ("+1 415 555 01", "US"),
+            ("user-42", "US"),
+            ("anonymous", "US"),
+        ] {
+            let parsed = parse_caller_key(raw, region);
+            assert_eq!(caller_key(raw, region), parsed, "{raw} in {region}, first");
+            assert_eq!(caller_key(raw, region), parsed, "{raw} in {region}, again");
+        }
+        assert_ne!(
+            caller_key("020 7946 0958", "GB"),
+            caller_key("020 7946 0958", "US")
+        );
+    }
+
+    #[test]
+    fn the_memo_stays_within_its_bound() {
+        let memo = Memo::new();
+        for i in 0..MEMO_MAX + 10 {
+            memo.put(&format!("user-{i}"), "US", &None);
+        }
+        let held = {
+            let regions = memo.0.lock().unwrap_or_else(PoisonError::into_inner);
+            regions
+                .as_ref()
+                .map_or(0, |r| r.values().map(HashMap::len).sum::<usize>())
+        };
+        assert!(held <= MEMO_MAX, "{held}");
+        assert!(held > 0);
+        assert_eq!(memo.get("user-4100", "US"), Some(None));
     }
 
     #[test]
