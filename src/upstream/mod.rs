@@ -139,6 +139,10 @@ pub struct UpstreamStream {
     events: EventStream,
     decoder: Decoder,
     idle_timeout: Duration,
+    /// Fires `idle_timeout` after the last event. Armed once and pushed back only when it fires
+    /// early (to `last_event + idle_timeout`), so an event costs a clock read, not a timer.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    last_event: tokio::time::Instant,
     finished: bool,
 }
 
@@ -218,6 +222,7 @@ impl LlmClient {
             .bytes_stream()
             .eventsource()
             .map(|event| event.map_err(|e| e.to_string()));
+        let now = tokio::time::Instant::now();
         Ok(UpstreamStream {
             events: Box::pin(events),
             decoder: match provider.wire {
@@ -225,6 +230,8 @@ impl LlmClient {
                 Wire::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
             },
             idle_timeout: self.idle_timeout,
+            idle: Box::pin(tokio::time::sleep_until(now + self.idle_timeout)),
+            last_event: now,
             finished: false,
         })
     }
@@ -366,16 +373,29 @@ impl UpstreamStream {
     /// either is an error, as is a silence longer than the idle timeout.
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, UpstreamError>> {
         loop {
-            let event = match tokio::time::timeout(self.idle_timeout, self.events.next()).await {
-                Err(_) => return Some(Err(UpstreamError::Timeout("between chunks"))),
-                Ok(None) if self.finished => return None,
-                Ok(None) => {
+            let next = loop {
+                tokio::select! {
+                    biased;
+                    next = self.events.next() => break next,
+                    () = &mut self.idle => {
+                        let due = self.last_event + self.idle_timeout;
+                        if tokio::time::Instant::now() >= due {
+                            return Some(Err(UpstreamError::Timeout("between chunks")));
+                        }
+                        self.idle.as_mut().reset(due);
+                    }
+                }
+            };
+            self.last_event = tokio::time::Instant::now();
+            let event = match next {
+                None if self.finished => return None,
+                None => {
                     return Some(Err(UpstreamError::Transport(
                         "stream ended before its end event".into(),
                     )));
                 }
-                Ok(Some(Err(e))) => return Some(Err(UpstreamError::Transport(e))),
-                Ok(Some(Ok(event))) => event,
+                Some(Err(e)) => return Some(Err(UpstreamError::Transport(e))),
+                Some(Ok(event)) => event,
             };
             let data = event.data.trim();
             if data.is_empty() {

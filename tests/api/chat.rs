@@ -18,6 +18,8 @@ app_tests!(
     a_failing_model_falls_back_to_the_next,
     when_every_model_fails_the_caller_hears_the_apology,
     a_stream_cut_mid_reply_ends_cleanly_with_the_apology,
+    a_stream_that_goes_quiet_mid_reply_ends_with_the_apology,
+    a_reply_longer_than_the_idle_timeout_is_not_cut_while_chunks_keep_coming,
     a_resent_request_does_not_duplicate_turns,
     bad_input_gets_an_openai_error_and_changes_nothing,
     requests_need_a_valid_api_key,
@@ -279,6 +281,58 @@ async fn a_stream_cut_mid_reply_ends_cleanly_with_the_apology(backend: Backend) 
     assert!(sse.text().ends_with(&app.settings.upstream.apology));
     assert_eq!(sse.finish_reason().as_deref(), Some("stop"));
     assert!(sse.done);
+    app.teardown().await;
+}
+
+async fn a_stream_that_goes_quiet_mid_reply_ends_with_the_apology(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.upstream.stream_idle_timeout_ms = 300).await;
+    app.upstream.push(
+        "gpt-test",
+        Behavior::StallAfter {
+            chunks: vec!["Let me check".into()],
+        },
+    );
+
+    let sse = read_sse(
+        app.chat(&vapi_body("call-quiet", "+14155550123", "hi"))
+            .await,
+    )
+    .await;
+
+    assert!(sse.text().starts_with("Let me check "), "{}", sse.text());
+    assert!(sse.text().ends_with(&app.settings.upstream.apology));
+    assert!(sse.done);
+    app.settle().await;
+    let (session, _) = app.stored_call(Platform::Vapi, "call-quiet").await;
+    let turns = app.db.store.list_turns(session.session_id).await.unwrap();
+    assert!(turns.last().unwrap().partial, "the cut reply is partial");
+    app.teardown().await;
+}
+
+/// The idle timeout is the longest silence between chunks, not a limit on the whole reply: a
+/// reply whose chunks keep coming is never cut, however long it runs.
+async fn a_reply_longer_than_the_idle_timeout_is_not_cut_while_chunks_keep_coming(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_with(backend, |s| s.upstream.stream_idle_timeout_ms = 300).await;
+    let chunks: Vec<String> = (0..10).map(|i| format!("w{i} ")).collect();
+    app.upstream.push(
+        "gpt-test",
+        Behavior::Text {
+            chunks: chunks.clone(),
+            ttft: Duration::from_millis(150),
+            gap: Duration::from_millis(150),
+        },
+    );
+
+    let sse = read_sse(
+        app.chat(&vapi_body("call-long", "+14155550123", "hi"))
+            .await,
+    )
+    .await;
+
+    assert_eq!(sse.text(), chunks.concat(), "the whole reply, no apology");
+    assert_eq!(sse.finish_reason().as_deref(), Some("stop"));
     app.teardown().await;
 }
 
