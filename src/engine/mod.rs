@@ -56,8 +56,9 @@ pub struct TurnRequest {
     pub tools: Vec<Tool>,
     /// The model the platform asked for.
     pub model: Option<String>,
-    /// Request parameters; each provider forwards those it understands.
-    pub params: Params,
+    /// Request parameters; each provider forwards those it understands. Boxed: most requests
+    /// set few, and the turn's future carries the request for its whole life.
+    pub params: Box<Params>,
     /// Platform tools the platform runs only once the reply has been spoken (Retell's
     /// `end_call`): the filler is not spoken before them.
     pub deferred_tools: Vec<String>,
@@ -70,30 +71,19 @@ pub struct TurnRequest {
 }
 
 /// What a turn produces, in order.
+///
+/// Text is what nearly every event is, so the rarer kinds are boxed: an event is 32 bytes, and
+/// the channel of every live turn holds a block of them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
     /// Text to speak.
     Text(String),
     /// A fragment of a platform tool call (indices renumbered 0, 1, … over platform calls).
-    ToolCall(ToolCallDelta),
+    ToolCall(Box<ToolCallDelta>),
     /// redial is running one of its own tools (transports may show it; HTTP does not).
-    InternalToolCall {
-        /// Call id.
-        id: String,
-        /// Tool name.
-        name: String,
-        /// Arguments JSON.
-        arguments: String,
-    },
+    InternalToolCall(Box<InternalToolCall>),
     /// The result of one of redial's own tools.
-    InternalToolResult {
-        /// Call id.
-        id: String,
-        /// Result JSON given to the model.
-        content: String,
-        /// Whether the tool succeeded.
-        ok: bool,
-    },
+    InternalToolResult(Box<InternalToolResult>),
     /// Tokens the turn's upstream passes used, over every model that answered; sent just before
     /// `Finish` when any upstream reported usage.
     Usage(Usage),
@@ -101,7 +91,29 @@ pub enum TurnEvent {
     Finish(FinishReason),
     /// The upstream failed and the client is not a voice platform: it is told so, with the
     /// upstream's status, instead of hearing the apology. Nothing follows.
-    UpstreamFailed(UpstreamFailure),
+    UpstreamFailed(Box<UpstreamFailure>),
+}
+
+/// One of redial's own tools, as the model called it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalToolCall {
+    /// Call id.
+    pub id: String,
+    /// Tool name.
+    pub name: String,
+    /// Arguments JSON.
+    pub arguments: String,
+}
+
+/// What one of redial's own tools returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalToolResult {
+    /// Call id.
+    pub id: String,
+    /// Result JSON given to the model.
+    pub content: String,
+    /// Whether the tool succeeded.
+    pub ok: bool,
 }
 
 /// How the upstream failed, for a client that is told rather than apologised to.
@@ -376,10 +388,11 @@ impl Engine {
             self.live
                 .hold(identity.platform, &identity.call_key, Hold::Turn)
         });
-        let turn: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            turn::run(engine, request, tx, task_timings, started).await;
-            drop(live);
-        });
+        // The turn's future is the one allocation every stream holds for its whole life: its
+        // rarely taken paths (redial's own tools, the bound line, persisting) are boxed where
+        // they run, so a plain streaming turn carries only what streaming needs.
+        let turn: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(turn::run(engine, request, tx, task_timings, started, live));
         TurnHandle {
             events,
             turn: Some(self.tasks.track_future(turn)),

@@ -1,6 +1,8 @@
 //! redial's own tools: `record_answer` and `remember_caller`. The engine runs them and feeds the
 //! result back to the model; the platform never sees them.
 
+use std::sync::{Arc, LazyLock};
+
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,19 +45,24 @@ pub fn definitions(
         tools.push(record_answer_definition(script));
     }
     if caller_known && !taken(REMEMBER_CALLER) {
-        tools.push(Tool {
-            name: REMEMBER_CALLER.into(),
-            description: Some("Remember something about the caller for future calls: their name, preferred language, or a short note. Call it when the caller tells you; then keep talking.".into()),
-            parameters: Some(json!({"type": "object", "properties": {
-                "name": {"type": "string", "description": "The caller's name as they gave it."},
-                "language": {"type": "string", "description": "The caller's preferred language."},
-                "note": {"type": "string", "description": "A short fact worth remembering."}
-            }})),
-            strict: None,
-        });
+        tools.push(REMEMBER_CALLER_TOOL.clone());
     }
     tools
 }
+
+/// `remember_caller`, the same for every call: built once.
+static REMEMBER_CALLER_TOOL: LazyLock<Tool> = LazyLock::new(|| {
+    Tool {
+    name: REMEMBER_CALLER.into(),
+    description: Some("Remember something about the caller for future calls: their name, preferred language, or a short note. Call it when the caller tells you; then keep talking.".into()),
+    parameters: Some(Arc::new(json!({"type": "object", "properties": {
+        "name": {"type": "string", "description": "The caller's name as they gave it."},
+        "language": {"type": "string", "description": "The caller's preferred language."},
+        "note": {"type": "string", "description": "A short fact worth remembering."}
+    }}))),
+    strict: None,
+}
+});
 
 fn record_answer_definition(script: &AssistantSettings) -> Tool {
     let fields: Vec<String> = script
@@ -78,10 +85,10 @@ fn record_answer_definition(script: &AssistantSettings) -> Tool {
             "Record the caller's answer to a scripted question as soon as they have clearly given it, then continue the conversation. Fields:\n{}",
             fields.join("\n")
         )),
-        parameters: Some(json!({"type": "object", "properties": {
+        parameters: Some(Arc::new(json!({"type": "object", "properties": {
             "field": {"type": "string", "enum": names},
             "value": {"type": "string", "description": "The answer, as the caller confirmed it."}
-        }, "required": ["field", "value"]})),
+        }, "required": ["field", "value"]}))),
         strict: None,
     }
 }

@@ -1,6 +1,7 @@
 //! Running one turn: memory under budget, prompt, upstream passes with fallbacks and redial's
 //! own tools, events, persistence.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,12 +9,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
 use tokio::time::timeout;
 
+use super::live::LiveGuard;
 use super::memory::{self, CallContext};
 use super::persist::{self, Outcome};
 use super::summary::{self, SummaryInput};
 use super::tool_calls::ToolCalls;
 use super::tools;
-use super::{Engine, TurnEvent, TurnRequest, TurnTimings, UpstreamFailure, prompt, script};
+use super::{
+    Engine, InternalToolCall, InternalToolResult, TurnEvent, TurnRequest, TurnTimings,
+    UpstreamFailure, prompt, script,
+};
 use crate::config::AssistantSettings;
 use crate::openai::{ChatMessage, Content, FinishReason, Role, ToolCall};
 use crate::platforms::Identity;
@@ -35,12 +40,14 @@ struct TurnCtx<'a> {
     started: Instant,
 }
 
+/// A whole turn; `live` marks the call live until the turn is persisted.
 pub(super) async fn run(
     engine: Engine,
     request: TurnRequest,
     tx: Sender<TurnEvent>,
     timings: Arc<TurnTimings>,
     started: Instant,
+    live: Option<LiveGuard>,
 ) {
     // A place in the write queue first: when the database has fallen far behind, new turns
     // wait here rather than piling up unwritten work.
@@ -49,7 +56,12 @@ pub(super) async fn run(
     metrics::histogram!("redial_turn_seconds").record(started.elapsed().as_secs_f64());
     // Only what the write needs is still held here: the request's history, the prompt and the
     // reply were freed with the conversation, so turns that wait for the database cost little.
-    persist::persist(&engine, &identity, context, finished, slot).await;
+    // Boxed: a turn waiting on the database holds this, not a streaming turn.
+    Box::pin(persist::persist(
+        &engine, &identity, context, finished, slot,
+    ))
+    .await;
+    drop(live);
 }
 
 /// The conversation part of a turn: memory, prompt, upstream passes and events. Returns what
@@ -71,7 +83,8 @@ async fn converse(
     let prompt_started = Instant::now();
     let script = engine.settings.assistant(&request.identity.assistant_id);
     let (summary, offered) = build_prompt(engine, &request, context.as_ref(), script);
-    let mut messages = request.messages.clone();
+    // The platform's conversation as it came; copied only when redial's own tools add to it.
+    let mut messages = Cow::Borrowed(request.messages.as_slice());
     let _ = timings.prompt.set(prompt_started.elapsed());
 
     let resumed = context.as_ref().is_some_and(|c| c.session.attempt >= 2);
@@ -196,7 +209,7 @@ async fn read_memory(engine: &Engine, request: &TurnRequest) -> Option<CallConte
 /// run between passes, at most `upstream.max_tool_rounds` times.
 async fn respond(
     ctx: &TurnCtx<'_>,
-    messages: &mut Vec<ChatMessage>,
+    messages: &mut Cow<'_, [ChatMessage]>,
     offered: &[Tool],
     context: &mut Option<CallContext>,
     outcome: &mut Outcome,
@@ -208,6 +221,7 @@ async fn respond(
             return Ok(());
         }
         let said = outcome.text[text_before..].to_owned();
+        let messages = messages.to_mut();
         messages.push(ChatMessage {
             role: Role::Assistant,
             content: (!said.is_empty()).then_some(Content::Text(said)),
@@ -217,7 +231,7 @@ async fn respond(
             function_call: None,
         });
         for call in internal {
-            run_internal_tool(ctx, messages, context, outcome, call).await?;
+            Box::pin(run_internal_tool(ctx, messages, context, outcome, call)).await?;
         }
     }
     // The bound: the model keeps calling tools. The caller still hears something useful.
@@ -230,7 +244,7 @@ async fn respond(
         || ctx.engine.settings.upstream.apology.clone(),
         str::to_owned,
     );
-    speak(ctx, outcome, &line).await
+    Box::pin(speak(ctx, outcome, &line)).await
 }
 
 async fn run_internal_tool(
@@ -240,11 +254,11 @@ async fn run_internal_tool(
     outcome: &mut Outcome,
     call: ToolCall,
 ) -> Result<(), ClientGone> {
-    let event = TurnEvent::InternalToolCall {
+    let event = TurnEvent::InternalToolCall(Box::new(InternalToolCall {
         id: call.id.clone(),
         name: call.function.name.clone(),
         arguments: call.function.arguments.clone(),
-    };
+    }));
     ctx.tx.send(event).await.map_err(|_| ClientGone)?;
     let result = tools::execute(
         ctx.engine,
@@ -255,11 +269,11 @@ async fn run_internal_tool(
     )
     .await;
     metrics::counter!("redial_internal_tool_calls_total", "tool" => call.function.name.clone(), "ok" => result.ok.to_string()).increment(1);
-    let event = TurnEvent::InternalToolResult {
+    let event = TurnEvent::InternalToolResult(Box::new(InternalToolResult {
         id: call.id.clone(),
         content: result.content.clone(),
         ok: result.ok,
-    };
+    }));
     ctx.tx.send(event).await.map_err(|_| ClientGone)?;
     let mut message = ChatMessage::text(Role::Tool, result.content.clone());
     message.tool_call_id = Some(call.id.clone());
@@ -276,9 +290,11 @@ async fn pass(
     offered: &[Tool],
     outcome: &mut Outcome,
 ) -> Result<Vec<ToolCall>, ClientGone> {
-    let (model, mut stream, first) = match open(ctx, messages, offered).await? {
+    // Boxed: opening (candidates, fallbacks, the first-token timeout) is over before the
+    // stream is read, so the streaming turn does not carry its state.
+    let (model, mut stream, first) = match Box::pin(open(ctx, messages, offered)).await? {
         Ok(opened) => opened,
-        Err(e) => return fail(ctx, outcome, e).await.map(|()| Vec::new()),
+        Err(e) => return Box::pin(fail(ctx, outcome, e)).await.map(|()| Vec::new()),
     };
     let _ = ctx.timings.upstream_first.set(ctx.started.elapsed());
     metrics::histogram!("redial_upstream_first_token_seconds")
@@ -287,10 +303,13 @@ async fn pass(
     outcome.model = Some(model.clone());
     let mut router = ToolRouter::default();
     router.forward(ctx, first, outcome).await?;
+    // Made once: it registers with the channel on its first poll and is only checked after, so
+    // a chunk costs no registration.
+    let mut gone = std::pin::pin!(ctx.tx.closed());
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            () = ctx.tx.closed() => {
+            () = &mut gone => {
                 router.record_usage(ctx, &model, outcome);
                 return Err(ClientGone);
             }
@@ -302,7 +321,9 @@ async fn pass(
                 tracing::warn!(error = %e, "upstream stream broke mid-reply");
                 metrics::counter!("redial_upstream_failures_total", "kind" => e.kind(), "phase" => "stream").increment(1);
                 router.record_usage(ctx, &model, outcome);
-                return fail(ctx, outcome, Some(e)).await.map(|()| Vec::new());
+                return Box::pin(fail(ctx, outcome, Some(e)))
+                    .await
+                    .map(|()| Vec::new());
             }
         }
     }
@@ -313,7 +334,7 @@ async fn pass(
     let internal = router.internal.into_calls();
     if internal.is_empty() && outcome.text.trim().is_empty() {
         tracing::warn!("upstream finished without a word; the caller hears the apology");
-        apologise(ctx, outcome).await?;
+        Box::pin(apologise(ctx, outcome)).await?;
     }
     Ok(internal)
 }
@@ -470,7 +491,7 @@ impl ToolRouter {
         fragment.index = platform_index;
         outcome.tool_calls.push(&fragment);
         ctx.tx
-            .send(TurnEvent::ToolCall(fragment))
+            .send(TurnEvent::ToolCall(Box::new(fragment)))
             .await
             .map_err(|_| ClientGone)
     }
@@ -527,7 +548,7 @@ async fn fail(
     );
     metrics::counter!("redial_upstream_errors_relayed_total", "kind" => failure.kind).increment(1);
     ctx.tx
-        .send(TurnEvent::UpstreamFailed(failure))
+        .send(TurnEvent::UpstreamFailed(Box::new(failure)))
         .await
         .map_err(|_| ClientGone)
 }

@@ -108,7 +108,7 @@ async fn chat(
         messages: request.messages,
         tools,
         model: request.model,
-        params,
+        params: Box::new(params),
         deferred_tools: Vec::new(),
         announced_tools,
         hold_before_internal_tools: false,
@@ -301,7 +301,7 @@ fn sse_events(
                     }
                     break;
                 }
-                Some(TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. }) => {}
+                Some(TurnEvent::InternalToolCall(_) | TurnEvent::InternalToolResult(_)) => {}
                 // Past the headers, the error goes in the stream, as OpenAI sends one (its SDKs
                 // raise it).
                 Some(TurnEvent::UpstreamFailed(failure)) => {
@@ -338,7 +338,7 @@ async fn json_response(mut handle: TurnHandle, requested_model: &str) -> Respons
                 finish = reason;
                 break;
             }
-            TurnEvent::InternalToolCall { .. } | TurnEvent::InternalToolResult { .. } => {}
+            TurnEvent::InternalToolCall(_) | TurnEvent::InternalToolResult(_) => {}
             TurnEvent::UpstreamFailed(failure) => return upstream_error(&failure),
         }
     }

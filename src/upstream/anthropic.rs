@@ -191,8 +191,8 @@ fn tool(tool: &Tool) -> Value {
     }
     let schema = tool
         .parameters
-        .clone()
-        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        .as_deref()
+        .map_or_else(|| json!({"type": "object", "properties": {}}), Value::clone);
     out.insert("input_schema".into(), schema);
     Value::Object(out)
 }

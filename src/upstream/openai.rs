@@ -89,7 +89,7 @@ fn tool(tool: &Tool) -> Value {
         function.insert("description".into(), json!(description));
     }
     if let Some(parameters) = &tool.parameters {
-        function.insert("parameters".into(), parameters.clone());
+        function.insert("parameters".into(), Value::clone(parameters));
     }
     if let Some(strict) = tool.strict {
         function.insert("strict".into(), json!(strict));
@@ -430,7 +430,7 @@ mod tests {
         let tools = vec![Tool {
             name: "f".into(),
             description: None,
-            parameters: Some(json!({"type": "object"})),
+            parameters: Some(std::sync::Arc::new(json!({"type": "object"}))),
             strict: None,
         }];
         let params = Params {

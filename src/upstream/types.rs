@@ -3,7 +3,7 @@
 //! lives here; each provider module maps these to and from its own.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -34,8 +34,9 @@ pub struct Tool {
     pub name: String,
     /// What it does, for the model.
     pub description: Option<String>,
-    /// JSON Schema of the arguments.
-    pub parameters: Option<Value>,
+    /// JSON Schema of the arguments. Shared: the same tools go with every turn of a call, and
+    /// redial's own are built once per process.
+    pub parameters: Option<Arc<Value>>,
     /// OpenAI's strict schema adherence.
     pub strict: Option<bool>,
 }
@@ -67,7 +68,7 @@ impl Tool {
             parameters: function
                 .get("parameters")
                 .filter(|p| p.is_object())
-                .cloned(),
+                .map(|p| Arc::new(p.clone())),
             strict: function.get("strict").and_then(Value::as_bool),
         })
     }
@@ -397,7 +398,7 @@ mod tests {
             vec![Tool {
                 name: "lookup".into(),
                 description: Some("Find".into()),
-                parameters: Some(json!({"type": "object"})),
+                parameters: Some(Arc::new(json!({"type": "object"}))),
                 strict: Some(true),
             }]
         );

@@ -2,18 +2,20 @@
 //! and tool frames under the request's `response_id`, and a guard makes sure the response is
 //! always closed with `content_complete: true` unless a newer request superseded it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use serde_json::json;
 
 use super::outbox::{Closed, Outbox};
 use super::protocol::{ResponseFrame, ResponseRequest, ServerEvent, Utterance};
 use crate::config::Settings;
-use crate::engine::{Engine, ToolCalls, TurnEvent, TurnRequest};
+use crate::engine::{
+    Engine, InternalToolCall, InternalToolResult, ToolCalls, TurnEvent, TurnRequest,
+};
 use crate::openai::{ChatMessage, Role};
 use crate::platforms::Identity;
-use crate::upstream::{Params, Tool};
+use crate::upstream::Tool;
 
 /// The tool that hangs up: offered to the model on Retell calls, mapped to `end_call: true`.
 pub(super) const END_CALL: &str = "end_call";
@@ -57,7 +59,7 @@ pub(super) fn turn_request(
         messages,
         tools: vec![end_call_tool()],
         model: None,
-        params: Params::default(),
+        params: Box::default(),
         deferred_tools: vec![END_CALL.to_owned()],
         announced_tools: Vec::new(),
         hold_before_internal_tools: true,
@@ -65,12 +67,15 @@ pub(super) fn turn_request(
 }
 
 fn end_call_tool() -> Tool {
-    Tool {
+    static END_CALL_TOOL: LazyLock<Tool> = LazyLock::new(|| {
+        Tool {
         name: END_CALL.into(),
         description: Some("Hang up the phone call. Use it only when the conversation is over (the caller said goodbye or asked to end the call), after saying a short goodbye in the same reply.".into()),
-        parameters: Some(json!({"type": "object", "properties": {}})),
+        parameters: Some(Arc::new(json!({"type": "object", "properties": {}}))),
         strict: None,
     }
+    });
+    END_CALL_TOOL.clone()
 }
 
 /// Runs the turn and streams it as frames of the guarded response; closes the response at the
@@ -93,11 +98,12 @@ pub(super) async fn run(
                 platform_calls.push(&delta);
                 Ok(())
             }
-            TurnEvent::InternalToolCall {
-                id,
-                name,
-                arguments,
-            } => {
+            TurnEvent::InternalToolCall(call) => {
+                let InternalToolCall {
+                    id,
+                    name,
+                    arguments,
+                } = *call;
                 let event = ServerEvent::ToolCallInvocation {
                     tool_call_id: id,
                     name,
@@ -105,7 +111,8 @@ pub(super) async fn run(
                 };
                 guard.event(event).await
             }
-            TurnEvent::InternalToolResult { id, content, ok } => {
+            TurnEvent::InternalToolResult(result) => {
+                let InternalToolResult { id, content, ok } = *result;
                 let event = ServerEvent::ToolCallResult {
                     tool_call_id: id,
                     content,
