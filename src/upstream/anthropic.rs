@@ -370,6 +370,13 @@ pub(super) enum Parsed {
     Done,
 }
 
+/// Whether an event, by its SSE `event:` name, carries nothing the decoder reads (`ping`,
+/// `content_block_stop`), so its JSON need not be parsed: a stream sends a `ping` before the
+/// first text, and a `content_block_stop` after every block.
+pub(super) fn carries_nothing(event: &str) -> bool {
+    matches!(event, "ping" | "content_block_stop")
+}
+
 impl Decoder {
     /// Parses the `data:` of one SSE event. An `error` event is an upstream failure with the
     /// status the same error would have had before the stream (`overloaded_error` 529, …).
@@ -531,6 +538,23 @@ mod tests {
         match decoder.parse(data).unwrap() {
             Parsed::Events(events) => events,
             Parsed::Done => panic!("unexpected end"),
+        }
+    }
+
+    #[test]
+    fn only_events_the_decoder_ignores_are_skipped_unparsed() {
+        assert!(carries_nothing("ping"));
+        assert!(carries_nothing("content_block_stop"));
+        for event in [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "message_delta",
+            "message_stop",
+            "error",
+            "message",
+        ] {
+            assert!(!carries_nothing(event), "{event}");
         }
     }
 

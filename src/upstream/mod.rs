@@ -401,6 +401,11 @@ impl UpstreamStream {
             if data.is_empty() {
                 continue;
             }
+            if let Decoder::Anthropic(_) = self.decoder
+                && anthropic::carries_nothing(&event.event)
+            {
+                continue;
+            }
             let parsed = match &mut self.decoder {
                 Decoder::OpenAi => openai::parse_event(data).map(|p| match p {
                     openai::Parsed::Events(events) => Some(events),
