@@ -286,7 +286,7 @@ fn default_filler() -> String {
 }
 
 /// `[[assistants.fields]]`: one question of a script.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSettings {
     /// Field name, as the model passes it to `record_answer`.

@@ -1,7 +1,7 @@
 //! redial's own tools: `record_answer` and `remember_caller`. The engine runs them and feeds the
 //! result back to the model; the platform never sees them.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::Engine;
 use super::memory::{self, CallContext};
 use super::script;
-use crate::config::AssistantSettings;
+use crate::config::{AssistantSettings, FieldSettings};
 use crate::journal::{AnswerWrite, Op, ProfileWrite, Written};
 use crate::platforms::Identity;
 use crate::storage::{Answer, AuditAction, AuditActor, CallerPatch, NewAudit, TurnWrite};
@@ -42,7 +42,7 @@ pub fn definitions(
     let taken = |name: &str| platform_tools.iter().any(|t| t.name == name);
     let mut tools = Vec::new();
     if !script.fields.is_empty() && !taken(RECORD_ANSWER) {
-        tools.push(record_answer_definition(script));
+        tools.push(record_answer_tool(&script.fields));
     }
     if caller_known && !taken(REMEMBER_CALLER) {
         tools.push(REMEMBER_CALLER_TOOL.clone());
@@ -64,9 +64,26 @@ static REMEMBER_CALLER_TOOL: LazyLock<Tool> = LazyLock::new(|| {
 }
 });
 
-fn record_answer_definition(script: &AssistantSettings) -> Tool {
+/// `record_answer` for a script's fields, built once per distinct script: every turn of every
+/// call of an assistant offers the same definition.
+fn record_answer_tool(fields: &[FieldSettings]) -> Tool {
+    /// Most distinct scripts remembered; past it the memo starts over.
+    const MAX: usize = 64;
+    static BUILT: Mutex<Vec<(Vec<FieldSettings>, Tool)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, tool)) = built.iter().find(|(script, _)| script == fields) {
+        return tool.clone();
+    }
+    let tool = record_answer_definition(fields);
+    if built.len() >= MAX {
+        built.clear();
+    }
+    built.push((fields.to_vec(), tool.clone()));
+    tool
+}
+
+fn record_answer_definition(script: &[FieldSettings]) -> Tool {
     let fields: Vec<String> = script
-        .fields
         .iter()
         .map(|f| {
             let required = if f.required { "required" } else { "optional" };
@@ -78,7 +95,7 @@ fn record_answer_definition(script: &AssistantSettings) -> Tool {
             format!("- {}: {:?}{detail}, {required}", f.name, f.question)
         })
         .collect();
-    let names: Vec<&str> = script.fields.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<&str> = script.iter().map(|f| f.name.as_str()).collect();
     Tool {
         name: RECORD_ANSWER.into(),
         description: Some(format!(
@@ -360,4 +377,34 @@ async fn audit(
         start: None,
     };
     engine.writer.submit(engine.store.as_ref(), write).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, question: &str) -> FieldSettings {
+        FieldSettings {
+            name: name.into(),
+            question: question.into(),
+            required: true,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_script_gets_its_own_record_answer_however_often_it_is_asked() {
+        let loan = [field("amount", "How much?"), field("term", "For how long?")];
+        let visit = [field("day", "Which day suits you?")];
+        for _ in 0..2 {
+            for script in [&loan[..], &visit[..]] {
+                assert_eq!(record_answer_tool(script), record_answer_definition(script));
+            }
+        }
+        assert_ne!(record_answer_tool(&loan), record_answer_tool(&visit));
+        let enumerated = record_answer_tool(&visit)
+            .parameters
+            .and_then(|p| p.pointer("/properties/field/enum").cloned());
+        assert_eq!(enumerated, Some(json!(["day"])));
+    }
 }
