@@ -51,18 +51,20 @@ pub fn definitions(
 }
 
 /// `remember_caller`, the same for every call: built once.
-static REMEMBER_CALLER_TOOL: LazyLock<Tool> = LazyLock::new(|| {
-    Tool {
+static REMEMBER_CALLER_TOOL: LazyLock<Tool> = LazyLock::new(|| Tool {
     name: REMEMBER_CALLER.into(),
-    description: Some("Remember something about the caller for future calls: their name, preferred language, or a short note. Call it when the caller tells you; then keep talking.".into()),
+    description: Some(REMEMBER_CALLER_DESCRIPTION.into()),
     parameters: Some(Arc::new(json!({"type": "object", "properties": {
         "name": {"type": "string", "description": "The caller's name as they gave it."},
         "language": {"type": "string", "description": "The caller's preferred language."},
         "note": {"type": "string", "description": "A short fact worth remembering."}
     }}))),
     strict: None,
-}
 });
+
+const REMEMBER_CALLER_DESCRIPTION: &str = "Remember something about the caller for future calls: \
+    their name, preferred language, or a short note. Call it when the caller tells you; then keep \
+    talking.";
 
 /// `record_answer` for a script's fields, built once per distinct script: every turn of every
 /// call of an assistant offers the same definition.

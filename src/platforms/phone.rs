@@ -40,8 +40,8 @@ pub fn caller_key(raw: &str, default_region: &str) -> Option<String> {
 }
 
 /// Caller ids read lately and their keys. Every turn of a call carries the same caller id, and
-/// parsing a number (the `phonenumber` crate's metadata regexes) was the largest single piece
-/// of reading a turn's request; a call's later turns find their key here.
+/// parsing a number runs the `phonenumber` crate's metadata regexes; a call's later turns find
+/// their key here.
 static MEMO: Memo = Memo::new();
 
 /// Most caller ids [`MEMO`] holds; when full it starts over (keys are cheap to recompute, and

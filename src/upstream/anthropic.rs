@@ -373,11 +373,20 @@ pub(super) enum Parsed {
 /// Whether an event, by its SSE `event:` name, carries nothing the decoder reads (`ping`,
 /// `content_block_stop`), so its JSON need not be parsed: a stream sends a `ping` before the
 /// first text, and a `content_block_stop` after every block.
-pub(super) fn carries_nothing(event: &str) -> bool {
+fn carries_nothing(event: &str) -> bool {
     matches!(event, "ping" | "content_block_stop")
 }
 
 impl Decoder {
+    /// Reads one SSE event by its name and `data:`; events the decoder ignores are skipped
+    /// unparsed.
+    pub(super) fn parse_event(&mut self, name: &str, data: &str) -> Result<Parsed, UpstreamError> {
+        if carries_nothing(name) {
+            return Ok(Parsed::Events(Vec::new()));
+        }
+        self.parse(data)
+    }
+
     /// Parses the `data:` of one SSE event. An `error` event is an upstream failure with the
     /// status the same error would have had before the stream (`overloaded_error` 529, …).
     pub(super) fn parse(&mut self, data: &str) -> Result<Parsed, UpstreamError> {

@@ -401,20 +401,17 @@ impl UpstreamStream {
             if data.is_empty() {
                 continue;
             }
-            if let Decoder::Anthropic(_) = self.decoder
-                && anthropic::carries_nothing(&event.event)
-            {
-                continue;
-            }
             let parsed = match &mut self.decoder {
                 Decoder::OpenAi => openai::parse_event(data).map(|p| match p {
                     openai::Parsed::Events(events) => Some(events),
                     openai::Parsed::Done => None,
                 }),
-                Decoder::Anthropic(decoder) => decoder.parse(data).map(|p| match p {
-                    anthropic::Parsed::Events(events) => Some(events),
-                    anthropic::Parsed::Done => None,
-                }),
+                Decoder::Anthropic(decoder) => {
+                    decoder.parse_event(&event.event, data).map(|p| match p {
+                        anthropic::Parsed::Events(events) => Some(events),
+                        anthropic::Parsed::Done => None,
+                    })
+                }
             };
             let events = match parsed {
                 Ok(Some(events)) => events,

@@ -67,16 +67,18 @@ pub(super) fn turn_request(
 }
 
 fn end_call_tool() -> Tool {
-    static END_CALL_TOOL: LazyLock<Tool> = LazyLock::new(|| {
-        Tool {
+    static END_CALL_TOOL: LazyLock<Tool> = LazyLock::new(|| Tool {
         name: END_CALL.into(),
-        description: Some("Hang up the phone call. Use it only when the conversation is over (the caller said goodbye or asked to end the call), after saying a short goodbye in the same reply.".into()),
+        description: Some(END_CALL_DESCRIPTION.into()),
         parameters: Some(Arc::new(json!({"type": "object", "properties": {}}))),
         strict: None,
-    }
     });
     END_CALL_TOOL.clone()
 }
+
+const END_CALL_DESCRIPTION: &str = "Hang up the phone call. Use it only when the conversation is \
+    over (the caller said goodbye or asked to end the call), after saying a short goodbye in the \
+    same reply.";
 
 /// Runs the turn and streams it as frames of the guarded response; closes the response at the
 /// end, whatever the end. Dropping this future (supersession, hang-up) drops the turn's
