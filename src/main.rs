@@ -19,11 +19,11 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig(_) => check_config(&settings),
         Command::Migrate(_) => {
-            telemetry::init(settings.server.log_format);
+            let _logs = telemetry::init(settings.server.log_format);
             startup::migrate(&settings).await
         }
         Command::Serve(_) => {
-            telemetry::init(settings.server.log_format);
+            let _logs = telemetry::init(settings.server.log_format);
             serve(settings).await
         }
         command @ (Command::Calls(_) | Command::Callers(_)) => {

@@ -1,19 +1,56 @@
 //! Logging and tracing setup.
+//!
+//! Log lines are written by a thread of their own, not by the runtime's workers: a request's
+//! line ("finished processing request") is written as its response starts, and a slow or full
+//! stderr (a pipe to a log collector) must not hold up a reply. When that thread falls
+//! 128,000 lines behind, new lines are dropped and counted (`redial_log_lines_dropped_total`)
+//! rather than waited for.
 
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), output as configured.
-/// Calling it twice is harmless (the second call does nothing).
-pub fn init(format: LogFormat) {
+/// The writer thread's count of dropped lines, once logging is installed.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the log writer thread running; dropping it writes out what is queued (at the end of
+/// `main`).
+#[must_use = "logs queued when the guard drops unheld are lost"]
+pub struct LogGuard {
+    _writer: WorkerGuard,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), output as configured,
+/// written to stderr by a thread of its own. Returns `None` when a subscriber was already
+/// installed (calling it twice is harmless).
+pub fn init(format: LogFormat) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,tower_http=info"));
+    let (writer, guard): (NonBlocking, WorkerGuard) =
+        tracing_appender::non_blocking(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    installed.ok()?;
+    let _ = DROPPED.set(dropped);
+    Some(LogGuard { _writer: guard })
+}
+
+/// Log lines dropped so far because the writer thread was too far behind.
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, ErrorCounter::dropped_lines)
 }

@@ -59,6 +59,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 
 /// Prometheus text format (admin keys only: see [`crate::http::access`]).
 async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::counter!("redial_log_lines_dropped_total")
+        .absolute(crate::telemetry::dropped_lines() as u64);
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

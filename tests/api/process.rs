@@ -63,6 +63,41 @@ async fn serve_starts_with_the_example_config_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A log collector that stops reading leaves redial's stderr full. Log lines are written by a
+/// thread of their own, so requests are still answered; with lines written by the runtime's
+/// workers, the first request after the pipe filled would block its worker for good.
+#[tokio::test]
+async fn requests_are_answered_while_nobody_reads_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["serve", "--listen", "127.0.0.1:0"]).await;
+    server.stall_logs();
+    let client = reqwest::Client::new();
+    // Each request logs a line of about 300 bytes: 2,000 of them are ten times the pipe.
+    for i in 0..2_000 {
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get(server.url("/v1/models")).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} was not answered: the logs held it up"))
+        .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("redial_log_lines_dropped_total 0"),
+        "2,000 lines fit the writer's queue: none dropped yet\n{metrics}"
+    );
+    server.kill().await;
+}
+
 #[tokio::test]
 async fn with_no_configuration_redial_serves_on_an_embedded_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -64,6 +66,8 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     logs: mpsc::UnboundedReceiver<String>,
+    /// Set to leave stderr unread (a stalled log collector): its pipe fills and stays full.
+    stall_logs: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -83,9 +87,15 @@ impl Server {
             .expect("spawn redial");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, mut logs) = mpsc::unbounded_channel();
+        let stall_logs = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::clone(&stall_logs);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if stalled.load(Ordering::Relaxed) {
+                    // Holds the pipe open, never reading it again.
+                    std::future::pending::<()>().await;
+                }
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -106,7 +116,12 @@ impl Server {
         .ok()
         .flatten()
         .expect("redial did not report its address");
-        Self { child, addr, logs }
+        Self {
+            child,
+            addr,
+            logs,
+            stall_logs,
+        }
     }
 
     /// `http://ADDR{path}`.
@@ -124,6 +139,12 @@ impl Server {
             }
         }
         count
+    }
+
+    /// Stops reading the server's stderr from its next line on, keeping the pipe open: what a
+    /// stalled log collector does. The pipe's buffer (64 KiB on Linux) then fills.
+    pub fn stall_logs(&self) {
+        self.stall_logs.store(true, Ordering::Relaxed);
     }
 
     /// SIGKILL: no shutdown, no drain.
