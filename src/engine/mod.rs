@@ -176,16 +176,36 @@ impl TurnHandle {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// While the turn runs here, its events can only appear when it is polled here, so the
+    /// channel is read without registering the reader's waker: with a waker registered, every
+    /// event the turn sent would wake the very task that is polling it, and each chunk would
+    /// cost a second, idle pass through the connection task. The turn itself registers for
+    /// whatever it waits on. Once it has finished, the channel holds everything it sent.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TurnEvent>> {
-        if let Poll::Ready(event) = self.events.poll_recv(cx) {
+        if let Some(event) = self.try_next() {
             return Poll::Ready(event);
         }
-        if let Some(turn) = self.turn.as_mut()
-            && Pin::new(turn).poll(cx).is_ready()
-        {
+        let Some(turn) = self.turn.as_mut() else {
+            return self.events.poll_recv(cx);
+        };
+        if Pin::new(turn).poll(cx).is_ready() {
             self.turn = None;
         }
-        self.events.poll_recv(cx)
+        match self.try_next() {
+            Some(event) => Poll::Ready(event),
+            None if self.turn.is_none() => self.events.poll_recv(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// An event already sent (`Some(Some)`), the end of the turn's events (`Some(None)`), or
+    /// nothing yet (`None`); registers no waker.
+    fn try_next(&mut self) -> Option<Option<TurnEvent>> {
+        match self.events.try_recv() {
+            Ok(event) => Some(Some(event)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+        }
     }
 }
 
@@ -399,5 +419,61 @@ impl Engine {
             timings,
             started,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    /// Counts the wake-ups of the task reading a turn.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn reading_a_turn_wakes_its_task_only_for_what_the_turn_waits_on() {
+        let (tx, events) = mpsc::channel(64);
+        let upstream = Arc::new(tokio::sync::Notify::new());
+        let chunks = Arc::clone(&upstream);
+        let run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            for word in ["one", "two", "three"] {
+                chunks.notified().await;
+                let _ = tx.send(TurnEvent::Text(word.into())).await;
+            }
+        });
+        let mut turn = TurnHandle {
+            events,
+            turn: Some(TaskTracker::new().track_future(run)),
+            timings: Arc::default(),
+            started: Instant::now(),
+        };
+        let waker = Arc::new(CountingWaker::default());
+        let task = Waker::from(Arc::clone(&waker));
+        let mut cx = Context::from_waker(&task);
+
+        let mut read = Vec::new();
+        for _ in 0..3 {
+            assert!(turn.poll_recv(&mut cx).is_pending(), "nothing sent yet");
+            // A chunk arrives: the one wake-up the task needs.
+            upstream.notify_one();
+            match turn.poll_recv(&mut cx) {
+                Poll::Ready(Some(TurnEvent::Text(text))) => read.push(text),
+                other => panic!("expected a text event, got {other:?}"),
+            }
+        }
+        assert_eq!(read, ["one", "two", "three"]);
+        assert!(matches!(turn.poll_recv(&mut cx), Poll::Ready(None)));
+        assert!(turn.turn.is_none(), "the turn has finished");
+        // One wake-up per chunk, for the chunk; none for the turn's own sends.
+        assert_eq!(waker.0.load(Ordering::SeqCst), 3);
     }
 }

@@ -1,13 +1,12 @@
 //! `POST /v1/chat/completions` (and the paths platforms build from a base URL): the
 //! OpenAI-compatible turn for Vapi, ElevenLabs and any OpenAI client.
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
@@ -15,6 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::extract::RawBody;
+use super::sse::{self, SseBody};
 use crate::engine::{
     ToolCalls, TurnEvent, TurnHandle, TurnRequest, TurnTimings, UpstreamFailure,
     has_configured_model,
@@ -256,11 +256,13 @@ async fn stream_response(
         .cloned()
         .unwrap_or(requested_model);
     let chunks = ChunkBuilder::new(completion_id(), now_unix(), model);
-    let body = sse_events(handle, first, chunks, include_usage);
-    let mut response = Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(heartbeat).text("ping"))
-        .into_response();
+    let frames = sse_frames(handle, first, chunks, include_usage);
+    let mut response = Body::new(SseBody::new(frames, heartbeat)).into_response();
     set_common_headers(&mut response, &timing);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -270,14 +272,15 @@ async fn stream_response(
     response
 }
 
-/// The turn's events as SSE. A client that asked for usage (`stream_options.include_usage`) gets
-/// it as OpenAI sends it: one chunk with no choices after the finish chunk.
-fn sse_events(
+/// The turn's events as SSE frames. A client that asked for usage
+/// (`stream_options.include_usage`) gets it as OpenAI sends it: one chunk with no choices after
+/// the finish chunk.
+fn sse_frames(
     mut handle: TurnHandle,
     first: Option<Option<TurnEvent>>,
     mut chunks: ChunkBuilder,
     include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
         let mut pending = first;
         let mut usage = Usage::default();
@@ -291,13 +294,13 @@ fn sse_events(
                     chunks.set_model(model);
                 }
             match event {
-                Some(TurnEvent::Text(text)) => yield Ok(json_event(&chunks.content(&text))),
-                Some(TurnEvent::ToolCall(delta)) => yield Ok(json_event(&chunks.tool_call(&delta))),
+                Some(TurnEvent::Text(text)) => yield sse::data(&chunks.content(&text)),
+                Some(TurnEvent::ToolCall(delta)) => yield sse::data(&chunks.tool_call(&delta)),
                 Some(TurnEvent::Usage(total)) => usage = total,
                 Some(TurnEvent::Finish(reason)) => {
-                    yield Ok(json_event(&chunks.finish(reason)));
+                    yield sse::data(&chunks.finish(reason));
                     if include_usage {
-                        yield Ok(json_event(&chunks.usage(&usage)));
+                        yield sse::data(&chunks.usage(&usage));
                     }
                     break;
                 }
@@ -305,21 +308,21 @@ fn sse_events(
                 // Past the headers, the error goes in the stream, as OpenAI sends one (its SDKs
                 // raise it).
                 Some(TurnEvent::UpstreamFailed(failure)) => {
-                    yield Ok(json_event(&upstream_error_body(&failure).to_string()));
+                    yield sse::data(&upstream_error_body(&failure).to_string());
                     break;
                 }
                 None => {
                     // The turn ended without a finish event (it cannot, short of a bug): still
                     // close the stream properly so the platform never hangs.
                     tracing::error!("turn ended without a finish event");
-                    yield Ok(json_event(&chunks.finish(FinishReason::Stop)));
+                    yield sse::data(&chunks.finish(FinishReason::Stop));
                     break;
                 }
             }
         }
         let total = handle.started.elapsed();
-        yield Ok(Event::default().comment(format!("server-timing total;dur={:.3}", ms(total))));
-        yield Ok(Event::default().data("[DONE]"));
+        yield sse::comment(&format!("server-timing total;dur={:.3}", ms(total)));
+        yield sse::data("[DONE]");
     }
 }
 
@@ -423,10 +426,6 @@ fn server_timing(timings: &TurnTimings, started: Instant, total: Option<Duration
     let total = total.unwrap_or_else(|| started.elapsed());
     parts.push(format!("total;dur={:.3}", ms(total)));
     parts.join(", ")
-}
-
-fn json_event(json: &str) -> Event {
-    Event::default().data(json)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -8,6 +8,7 @@ mod chat;
 mod extract;
 mod health;
 pub mod retell;
+mod sse;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, Request};

@@ -16,6 +16,7 @@ app_tests!(
     probes_metrics_and_unknown_routes_answer_in_json,
     dev_mode_serves_loopback_clients_without_a_key,
     heartbeats_keep_the_stream_alive_while_the_upstream_thinks,
+    heartbeats_fill_a_silence_mid_reply_and_stay_out_of_a_steady_one,
     a_client_that_hangs_up_mid_reply_still_gets_its_turn_stored,
     shutdown_lets_an_in_flight_stream_finish_and_drains_its_writes,
 );
@@ -138,6 +139,53 @@ async fn heartbeats_keep_the_stream_alive_while_the_upstream_thinks(backend: Bac
     );
     assert_eq!(sse.text(), "Finally.");
     assert!(sse.done);
+    app.teardown().await;
+}
+
+/// A heartbeat follows `heartbeat_ms` of silence, counted from the last thing sent: a reply
+/// whose chunks keep coming gets none, a pause mid-reply gets them.
+async fn heartbeats_fill_a_silence_mid_reply_and_stay_out_of_a_steady_one(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.upstream.heartbeat_ms = 400).await;
+    let pings = |comments: &[String]| comments.iter().filter(|c| *c == "ping").count();
+    // 1.2 s of chunks 60 ms apart: three heartbeat intervals, no silence near one.
+    let words: Vec<String> = (0..20).map(|i| format!("w{i} ")).collect();
+    app.upstream.push(
+        "gpt-test",
+        Behavior::Text {
+            chunks: words.clone(),
+            ttft: Duration::ZERO,
+            gap: Duration::from_millis(60),
+        },
+    );
+    let steady = read_sse(
+        app.chat(&vapi_body("call-hb-1", "+14155550123", "hi"))
+            .await,
+    )
+    .await;
+    assert_eq!(steady.text(), words.concat());
+    assert_eq!(pings(&steady.comments), 0, "{:?}", steady.comments);
+
+    // Two words 1.3 s apart: heartbeats at about 0.4, 0.8 and 1.2 s into the pause.
+    app.upstream.push(
+        "gpt-test",
+        Behavior::Text {
+            chunks: vec!["Let me ".into(), "see.".into()],
+            ttft: Duration::ZERO,
+            gap: Duration::from_millis(1_300),
+        },
+    );
+    let paused = read_sse(
+        app.chat(&vapi_body("call-hb-2", "+14155550123", "hi"))
+            .await,
+    )
+    .await;
+    assert_eq!(paused.text(), "Let me see.");
+    assert!(
+        (2..=3).contains(&pings(&paused.comments)),
+        "{:?}",
+        paused.comments
+    );
+    assert!(paused.done);
     app.teardown().await;
 }
 
