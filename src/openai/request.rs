@@ -1,31 +1,128 @@
 //! The Chat Completions request as platforms send it, lenient where platforms differ.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// A Chat Completions request. Unknown top-level fields (platform additions such as Vapi's `call`
 /// or ElevenLabs' `elevenlabs_extra_body`, and the request parameters) land in `extra`; only the
 /// parameters of [`crate::upstream::Params`] are read from it, and each provider forwards those it
 /// understands.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// Read in one pass (see [`RequestVisitor`]): `#[serde(flatten)]` would first copy the whole
+/// body, conversation included, into serde's intermediate tree, and every turn of a call sends
+/// the whole conversation and, from Vapi, the call's objects.
+#[derive(Debug, Clone)]
 pub struct ChatRequest {
     /// Requested model.
-    #[serde(default)]
     pub model: Option<String>,
     /// The conversation so far.
     pub messages: Vec<ChatMessage>,
     /// Whether to stream.
-    #[serde(default)]
     pub stream: Option<bool>,
     /// The platform's tools.
-    #[serde(default)]
     pub tools: Option<Vec<Value>>,
     /// OpenAI's end-user id (generic clients may carry the caller in it).
-    #[serde(default)]
     pub user: Option<String>,
     /// Everything else.
-    #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for ChatRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor)
+    }
+}
+
+/// A top-level key of a request.
+enum Field {
+    Model,
+    Messages,
+    Stream,
+    Tools,
+    User,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "model" => Field::Model,
+                    "messages" => Field::Messages,
+                    "stream" => Field::Stream,
+                    "tools" => Field::Tools,
+                    "user" => Field::User,
+                    other => Field::Other(other.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// Reads a request's fields as they come: the known ones into their types, the rest into
+/// `extra`. A known field given twice is an error, as serde's derive makes it.
+struct RequestVisitor;
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = ChatRequest;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Chat Completions request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChatRequest, A::Error> {
+        fn once<T, E: de::Error>(
+            slot: &mut Option<T>,
+            value: T,
+            name: &'static str,
+        ) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            *slot = Some(value);
+            Ok(())
+        }
+        let (mut model, mut messages, mut stream, mut tools, mut user) =
+            (None, None, None, None, None);
+        let mut extra = Map::new();
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Model => once(&mut model, map.next_value::<Option<String>>()?, "model")?,
+                Field::Messages => {
+                    once(
+                        &mut messages,
+                        map.next_value::<Vec<ChatMessage>>()?,
+                        "messages",
+                    )?;
+                }
+                Field::Stream => once(&mut stream, map.next_value::<Option<bool>>()?, "stream")?,
+                Field::Tools => once(&mut tools, map.next_value::<Option<Vec<Value>>>()?, "tools")?,
+                Field::User => once(&mut user, map.next_value::<Option<String>>()?, "user")?,
+                Field::Other(key) => {
+                    let value = map.next_value::<Value>()?;
+                    extra.insert(key, value);
+                }
+            }
+        }
+        Ok(ChatRequest {
+            model: model.flatten(),
+            messages: messages.ok_or_else(|| de::Error::missing_field("messages"))?,
+            stream: stream.flatten(),
+            tools: tools.flatten(),
+            user: user.flatten(),
+            extra,
+        })
+    }
 }
 
 impl ChatRequest {
@@ -205,6 +302,36 @@ mod tests {
         assert_eq!(calls[0].function.arguments, r#"{"a":1}"#);
         assert!(request.extra.contains_key("call"));
         assert!(request.extra.contains_key("temperature"));
+    }
+
+    #[test]
+    fn nulls_are_absent_a_repeated_field_is_refused_and_only_an_object_is_a_request() {
+        let request: ChatRequest = serde_json::from_value(json!({
+            "model": null, "stream": null, "tools": null, "user": null,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"a\"b": [1, null]}, "model_extra": "kept"
+        }))
+        .unwrap();
+        assert_eq!(
+            (request.model, request.stream, request.tools, request.user),
+            (None, None, None, None)
+        );
+        assert_eq!(request.extra["metadata"], json!({"a\"b": [1, null]}));
+        assert_eq!(request.extra["model_extra"], "kept");
+        assert_eq!(request.extra.len(), 2);
+
+        let twice = r#"{"messages": [], "model": "a", "model": "b"}"#;
+        let error = serde_json::from_str::<ChatRequest>(twice).unwrap_err();
+        assert!(
+            error.to_string().contains("duplicate field `model`"),
+            "{error}"
+        );
+        let missing = serde_json::from_str::<ChatRequest>(r#"{"model": "a"}"#).unwrap_err();
+        assert!(
+            missing.to_string().contains("missing field `messages`"),
+            "{missing}"
+        );
+        assert!(serde_json::from_str::<ChatRequest>(r#"[{"messages": []}]"#).is_err());
     }
 
     #[test]
