@@ -21,18 +21,19 @@ const PING: &[u8] = b": ping\n\n";
 
 /// One event whose `data:` is `data` (a single line: JSON never holds a raw line break).
 pub fn data(data: &str) -> Bytes {
-    let mut frame = Vec::with_capacity(data.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(data.as_bytes());
-    frame.extend_from_slice(b"\n\n");
-    frame.into()
+    line(b"data: ", data)
 }
 
 /// A comment line (`: text`), which clients ignore.
 pub fn comment(text: &str) -> Bytes {
-    let mut frame = Vec::with_capacity(text.len() + 4);
-    frame.extend_from_slice(b": ");
-    frame.extend_from_slice(text.as_bytes());
+    line(b": ", text)
+}
+
+/// `field` and `value` as one line that ends the event, in one allocation.
+fn line(field: &[u8], value: &str) -> Bytes {
+    let mut frame = Vec::with_capacity(field.len() + value.len() + 2);
+    frame.extend_from_slice(field);
+    frame.extend_from_slice(value.as_bytes());
     frame.extend_from_slice(b"\n\n");
     frame.into()
 }
