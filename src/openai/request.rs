@@ -69,6 +69,108 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
+/// What redial reads of an object: every field (`All`), or only the named ones, each with what
+/// is read of it in turn.
+enum Keep {
+    All,
+    Only(&'static [(&'static str, Keep)]),
+}
+
+/// An assistant's model, of which redial reads the tools (for the tools Vapi announces itself).
+const MODEL_TOOLS: (&str, Keep) = ("model", Keep::Only(&[("tools", Keep::All)]));
+
+/// What redial reads of Vapi's objects (`platforms::vapi`, and the announced tools of
+/// `http::chat`); the rest of them (the assistant's whole configuration, monitors, transport)
+/// is skipped, not parsed into a tree. Reading another field of them means adding it here.
+fn platform_object(key: &str) -> Option<&'static Keep> {
+    const NUMBER: Keep = Keep::Only(&[("number", Keep::All)]);
+    const CALL: Keep = Keep::Only(&[
+        ("id", Keep::All),
+        ("assistantId", Keep::All),
+        ("customer", NUMBER),
+        ("assistant", Keep::Only(&[MODEL_TOOLS])),
+    ]);
+    const ASSISTANT: Keep = Keep::Only(&[("id", Keep::All), MODEL_TOOLS]);
+    match key {
+        "call" => Some(&CALL),
+        "assistant" => Some(&ASSISTANT),
+        "customer" => Some(&NUMBER),
+        _ => None,
+    }
+}
+
+/// A JSON value with only what [`Keep`] names of its objects; any other value whole.
+struct Pruned(&'static Keep);
+
+impl<'de> de::DeserializeSeed<'de> for Pruned {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Keep::All => Value::deserialize(deserializer),
+            Keep::Only(_) => deserializer.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let Keep::Only(fields) = self.0 else {
+            return Value::deserialize(de::value::MapAccessDeserializer::new(map));
+        };
+        let mut kept = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match fields.iter().find(|(name, _)| *name == key) {
+                Some((_, keep)) => {
+                    kept.insert(key, map.next_value_seed(Pruned(keep))?);
+                }
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
+        Value::deserialize(de::value::SeqAccessDeserializer::new(seq))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
 /// Reads a request's fields as they come: the known ones into their types, the rest into
 /// `extra`. A known field given twice is an error, as serde's derive makes it.
 struct RequestVisitor;
@@ -109,7 +211,10 @@ impl<'de> Visitor<'de> for RequestVisitor {
                 Field::Tools => once(&mut tools, map.next_value::<Option<Vec<Value>>>()?, "tools")?,
                 Field::User => once(&mut user, map.next_value::<Option<String>>()?, "user")?,
                 Field::Other(key) => {
-                    let value = map.next_value::<Value>()?;
+                    let value = match platform_object(&key) {
+                        Some(keep) => map.next_value_seed(Pruned(keep))?,
+                        None => map.next_value::<Value>()?,
+                    };
                     extra.insert(key, value);
                 }
             }
@@ -332,6 +437,68 @@ mod tests {
             "{missing}"
         );
         assert!(serde_json::from_str::<ChatRequest>(r#"[{"messages": []}]"#).is_err());
+    }
+
+    #[test]
+    fn of_vapis_objects_only_what_redial_reads_is_kept() {
+        let tool = json!({"type": "function", "function": {"name": "book"},
+                          "messages": [{"type": "request-start", "content": "One moment."}]});
+        let body = json!({
+            "messages": [],
+            "call": {
+                "id": "call-1", "assistantId": "as-1", "orgId": "org", "monitor": {"listenUrl": "wss://x"},
+                "customer": {"number": "+14155550123", "name": "Ann"},
+                "assistant": {"name": "Ava", "voice": {"provider": "11labs"},
+                              "model": {"provider": "custom-llm", "tools": [tool], "messages": [{"role": "system"}]}}
+            },
+            "assistant": {"id": "as-2", "firstMessage": "Hi", "model": {"tools": [], "url": "https://x"}},
+            "customer": {"number": "+14155550124", "email": "a@b.c"},
+            "phoneNumber": {"number": "+14155550199", "id": "pn"},
+            "metadata": {"practice": "north"}
+        });
+        let request: ChatRequest = serde_json::from_str(&body.to_string()).unwrap();
+        assert_eq!(
+            request.extra["call"],
+            json!({"id": "call-1", "assistantId": "as-1", "customer": {"number": "+14155550123"},
+                   "assistant": {"model": {"tools": [tool]}}})
+        );
+        assert_eq!(
+            request.extra["assistant"],
+            json!({"id": "as-2", "model": {"tools": []}})
+        );
+        assert_eq!(request.extra["customer"], json!({"number": "+14155550124"}));
+        // Everything else whole.
+        assert_eq!(
+            request.extra["phoneNumber"],
+            json!({"number": "+14155550199", "id": "pn"})
+        );
+        assert_eq!(request.extra["metadata"], json!({"practice": "north"}));
+        // Objects that are not objects stay as they are.
+        for odd in [
+            json!(7),
+            json!("c"),
+            json!([1, {"a": 2}]),
+            json!(null),
+            json!(true),
+            json!(1.5),
+        ] {
+            let request: ChatRequest = serde_json::from_value(
+                json!({"messages": [], "call": odd.clone(), "customer": odd.clone()}),
+            )
+            .unwrap();
+            assert_eq!(
+                (&request.extra["call"], &request.extra["customer"]),
+                (&odd, &odd)
+            );
+        }
+        let nested: ChatRequest = serde_json::from_value(
+            json!({"messages": [], "call": {"id": 5, "customer": "x", "assistant": {"model": 3}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            nested.extra["call"],
+            json!({"id": 5, "customer": "x", "assistant": {"model": 3}})
+        );
     }
 
     #[test]
