@@ -17,6 +17,7 @@ pub mod journal;
 pub mod openai;
 pub mod platforms;
 pub mod server;
+pub mod silence;
 pub mod startup;
 pub mod state;
 pub mod storage;

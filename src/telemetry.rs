@@ -23,15 +23,10 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Keeps the log writer thread running; dropping it writes out what is queued (at the end of
 /// `main`).
+#[derive(Debug)]
 #[must_use = "logs queued when the guard drops unheld are lost"]
 pub struct LogGuard {
     _writer: WorkerGuard,
-}
-
-impl std::fmt::Debug for LogGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogGuard")
-    }
 }
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), output as configured,

@@ -3,8 +3,8 @@
 //! connection.
 //!
 //! Every chunk of a reply passes through here, so the body does the least it can per frame: the
-//! frame is written once into one buffer, and the heartbeat is one timer per stream that is moved
-//! only when it fires early (a frame costs a clock read, not a timer reset).
+//! frame is written once into one buffer, and the heartbeat is a [`Silence`] (a frame costs a
+//! clock read, not a timer reset).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body::Frame;
-use tokio::time::{Instant, Sleep};
+
+use crate::silence::Silence;
 
 /// The heartbeat comment.
 const PING: &[u8] = b": ping\n\n";
@@ -42,20 +43,15 @@ fn line(field: &[u8], value: &str) -> Bytes {
 /// one.
 pub struct SseBody {
     frames: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
-    interval: Duration,
-    heartbeat: Pin<Box<Sleep>>,
-    last_frame: Instant,
+    heartbeat: Silence,
 }
 
 impl SseBody {
     /// A body of `frames`, each an encoded event ([`data`], [`comment`]).
     pub fn new(frames: impl Stream<Item = Bytes> + Send + 'static, interval: Duration) -> Self {
-        let now = Instant::now();
         Self {
             frames: Box::pin(frames),
-            interval,
-            heartbeat: Box::pin(tokio::time::sleep_until(now + interval)),
-            last_frame: now,
+            heartbeat: Silence::new(interval),
         }
     }
 }
@@ -70,21 +66,12 @@ impl http_body::Body for SseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if let Poll::Ready(frame) = this.frames.as_mut().poll_next(cx) {
-            this.last_frame = Instant::now();
+            this.heartbeat.heard();
             return Poll::Ready(frame.map(|frame| Ok(Frame::data(frame))));
         }
-        loop {
-            ready!(this.heartbeat.as_mut().poll(cx));
-            let due = this.last_frame + this.interval;
-            let now = Instant::now();
-            if now >= due {
-                this.last_frame = now;
-                this.heartbeat.as_mut().reset(now + this.interval);
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING)))));
-            }
-            // Frames went out since it was set: wait for the rest of the silence.
-            this.heartbeat.as_mut().reset(due);
-        }
+        ready!(this.heartbeat.poll_elapsed(cx));
+        this.heartbeat.heard();
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING)))))
     }
 }
 

@@ -21,6 +21,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::config::{ProviderKind, ProviderSettings, Secret, Settings};
+use crate::silence::Silence;
 
 pub use types::{
     Completion, Event, KNOWN_PARAMS, ParamError, Params, Request, Tool, ToolCallDelta, ToolChoice,
@@ -138,11 +139,8 @@ pub struct LlmClient {
 pub struct UpstreamStream {
     events: EventStream,
     decoder: Decoder,
-    idle_timeout: Duration,
-    /// Fires `idle_timeout` after the last event. Armed once and pushed back only when it fires
-    /// early (to `last_event + idle_timeout`), so an event costs a clock read, not a timer.
-    idle: Pin<Box<tokio::time::Sleep>>,
-    last_event: tokio::time::Instant,
+    /// The idle timeout: the silence since the last event.
+    idle: Silence,
     finished: bool,
 }
 
@@ -222,16 +220,13 @@ impl LlmClient {
             .bytes_stream()
             .eventsource()
             .map(|event| event.map_err(|e| e.to_string()));
-        let now = tokio::time::Instant::now();
         Ok(UpstreamStream {
             events: Box::pin(events),
             decoder: match provider.wire {
                 Wire::OpenAi => Decoder::OpenAi,
                 Wire::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
             },
-            idle_timeout: self.idle_timeout,
-            idle: Box::pin(tokio::time::sleep_until(now + self.idle_timeout)),
-            last_event: now,
+            idle: Silence::new(self.idle_timeout),
             finished: false,
         })
     }
@@ -373,20 +368,15 @@ impl UpstreamStream {
     /// either is an error, as is a silence longer than the idle timeout.
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, UpstreamError>> {
         loop {
-            let next = loop {
-                tokio::select! {
-                    biased;
-                    next = self.events.next() => break next,
-                    () = &mut self.idle => {
-                        let due = self.last_event + self.idle_timeout;
-                        if tokio::time::Instant::now() >= due {
-                            return Some(Err(UpstreamError::Timeout("between chunks")));
-                        }
-                        self.idle.as_mut().reset(due);
-                    }
+            let idle = &mut self.idle;
+            let next = tokio::select! {
+                biased;
+                next = self.events.next() => next,
+                () = std::future::poll_fn(|cx| idle.poll_elapsed(cx)) => {
+                    return Some(Err(UpstreamError::Timeout("between chunks")));
                 }
             };
-            self.last_event = tokio::time::Instant::now();
+            self.idle.heard();
             let event = match next {
                 None if self.finished => return None,
                 None => {
