@@ -108,12 +108,15 @@ impl<'de> de::DeserializeSeed<'de> for Pruned {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         match self.0 {
             Keep::All => Value::deserialize(deserializer),
-            Keep::Only(_) => deserializer.deserialize_any(self),
+            Keep::Only(fields) => deserializer.deserialize_any(Fields(fields)),
         }
     }
 }
 
-impl<'de> Visitor<'de> for Pruned {
+/// An object of which only `fields` are kept; a value that is not an object, whole.
+struct Fields(&'static [(&'static str, Keep)]);
+
+impl<'de> Visitor<'de> for Fields {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,12 +124,9 @@ impl<'de> Visitor<'de> for Pruned {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let Keep::Only(fields) = self.0 else {
-            return Value::deserialize(de::value::MapAccessDeserializer::new(map));
-        };
         let mut kept = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            match fields.iter().find(|(name, _)| *name == key) {
+            match self.0.iter().find(|(name, _)| *name == key) {
                 Some((_, keep)) => {
                     kept.insert(key, map.next_value_seed(Pruned(keep))?);
                 }
