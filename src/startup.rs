@@ -30,6 +30,14 @@ impl Application {
         for warning in config_warnings(&settings) {
             tracing::warn!(key = warning.key.as_str(), "{}", warning.message);
         }
+        // Beside the store's start-up: a blocking thread loads what parsing a caller's number
+        // needs, before the first caller would wait for it on a worker.
+        let region = settings.memory.default_region.clone();
+        let phone = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let read = crate::platforms::phone::warm(&region);
+            (region, read, started.elapsed())
+        });
         let soft = limits::raise_fd_limit().map(|l| l.soft);
         let max_connections = limits::max_connections(&settings, soft);
         limits::warn_if_cap_exceeds_limit(&settings, max_connections, soft);
@@ -39,6 +47,13 @@ impl Application {
             .await
             .context("applying database migrations failed")?;
         release_waiting_jobs(store.as_ref()).await;
+        let (region, examples, took) = phone.await.context("loading phone number metadata")?;
+        tracing::info!(
+            region,
+            examples,
+            took_ms = took.as_secs_f64() * 1e3,
+            "phone number metadata loaded"
+        );
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;

@@ -98,6 +98,30 @@ async fn requests_are_answered_while_nobody_reads_the_logs() {
     server.kill().await;
 }
 
+/// Reading a caller's number needs the phone-number metadata, which loads on first use: about
+/// 90 ms, plus a few for each region's first number. redial loads it, and reads the default
+/// region's example numbers, before it listens, so the first caller after a start neither waits
+/// for it nor blocks a worker (and every stream on it) while it loads.
+#[tokio::test]
+async fn phone_number_metadata_is_loaded_before_redial_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::support::process::command(dir.path());
+    command.env("REDIAL_MEMORY__DEFAULT_REGION", "gb");
+    let server = Server::start_command(command, &["serve", "--listen", "127.0.0.1:0"]).await;
+    let loaded = server
+        .startup
+        .iter()
+        .find(|entry| entry["message"] == "phone number metadata loaded")
+        .unwrap_or_else(|| panic!("not loaded before listening: {:#?}", server.startup));
+    assert_eq!(loaded["region"], "gb");
+    assert_eq!(
+        loaded["examples"], 2,
+        "the region's fixed-line and mobile examples"
+    );
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn with_no_configuration_redial_serves_on_an_embedded_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();

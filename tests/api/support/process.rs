@@ -65,6 +65,8 @@ pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The log entries (JSON) it wrote before it listened.
+    pub startup: Vec<Value>,
     logs: mpsc::UnboundedReceiver<String>,
     /// Set to leave stderr unread (a stalled log collector): its pipe fills and stays full.
     stall_logs: Arc<AtomicBool>,
@@ -101,6 +103,7 @@ impl Server {
                 }
             }
         });
+        let mut startup = Vec::new();
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = logs.recv().await {
                 let Ok(entry) = serde_json::from_str::<Value>(&line) else {
@@ -109,6 +112,7 @@ impl Server {
                 if entry["message"] == "redial listening" {
                     return entry["addr"].as_str().and_then(|a| a.parse().ok());
                 }
+                startup.push(entry);
             }
             None
         })
@@ -119,6 +123,7 @@ impl Server {
         Self {
             child,
             addr,
+            startup,
             logs,
             stall_logs,
         }
