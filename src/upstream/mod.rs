@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
+use eventsource_stream2::Eventsource;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
@@ -145,7 +145,7 @@ pub struct UpstreamStream {
 }
 
 type EventStream =
-    Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send + 'static>>;
+    Pin<Box<dyn Stream<Item = Result<eventsource_stream2::Event, String>> + Send + 'static>>;
 
 /// The per-stream state of a provider's parser.
 enum Decoder {

@@ -1,12 +1,12 @@
 //! Sends one streaming request and times it: first content token, the end of the stream, and the
 //! gaps between content chunks. An OpenAI Chat Completions stream is read with the crate's own
 //! SSE parser (content in `delta.content`, ended by `[DONE]`); an Anthropic Messages stream with
-//! `eventsource-stream` (content in `text_delta`s, ended by `message_stop`).
+//! `eventsource-stream2` (content in `text_delta`s, ended by `message_stop`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource as _};
+use eventsource_stream2::Eventsource as _;
 use futures_util::StreamExt as _;
 use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
@@ -199,16 +199,18 @@ async fn read_stream(response: reqwest::Response, mut timer: StreamTimer) -> Out
     timer.finish()
 }
 
-/// Reads a Messages stream: each event by name, as `eventsource-stream` parses it.
+/// Reads a Messages stream: each event by name, as `eventsource-stream2` parses it.
 async fn read_messages(response: reqwest::Response, mut timer: StreamTimer) -> Outcome {
     let mut events = response.bytes_stream().eventsource();
     while let Some(item) = events.next().await {
         let event = match item {
             Ok(event) => event,
-            Err(EventStreamError::Transport(error)) => {
-                return timer.fail(transport_failure(&error, Failure::Body));
+            Err(error) => {
+                let failure = error
+                    .as_transport()
+                    .map_or(Failure::Body, |e| transport_failure(e, Failure::Body));
+                return timer.fail(failure);
             }
-            Err(_) => return timer.fail(Failure::Body),
         };
         let arrived = Instant::now();
         match classify_messages(&event.event, &event.data) {
