@@ -13,13 +13,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::UpstreamError;
 use super::types::{Completion, Event, Params, Request, Tool, ToolCallDelta, ToolChoice, Usage};
-use crate::openai::{ChatMessage, FinishReason, Role};
+use crate::openai::{ChatMessage, Content, FinishReason, Role};
 
 /// The API version redial speaks.
 pub const API_VERSION: &str = "2023-06-01";
@@ -45,115 +46,205 @@ const CALL_STARTS: &str = "(the call connects)";
 const EPHEMERAL: &str = "ephemeral";
 
 /// The request body. `max_tokens` is required by the API: the request's own bound, else
-/// `default_max_tokens`.
-pub(super) fn body(model: &str, request: &Request<'_>, default_max_tokens: u64) -> Value {
+/// `default_max_tokens`. The tools' schemas are borrowed, not copied, and the body is
+/// serialised from this struct rather than through a `serde_json::Value` tree.
+pub(super) fn body<'a>(model: &'a str, request: &Request<'a>, default_max_tokens: u64) -> Body<'a> {
     let messages = request.messages;
     let split = messages
         .iter()
         .position(|m| !m.is_instruction())
         .unwrap_or(messages.len());
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    let mut system: Vec<Value> = messages[..split]
+    let mut system: Vec<Block<'a>> = messages[..split]
         .iter()
-        .map(ChatMessage::text_content)
-        .filter(|text| !text.trim().is_empty())
-        .map(|text| json!({"type": "text", "text": text}))
+        .filter_map(|message| text_block(text(message)))
         .collect();
-    if let Some(last) = system.last_mut() {
-        last["cache_control"] = json!({"type": EPHEMERAL});
+    if let Some(Block::Text { cache_control, .. }) = system.last_mut() {
+        *cache_control = Some(CacheControl { kind: EPHEMERAL });
     }
     if let Some(summary) = request.summary.filter(|s| !s.trim().is_empty()) {
-        system.push(json!({"type": "text", "text": summary}));
+        system.push(Block::Text {
+            text: Cow::Borrowed(summary),
+            cache_control: None,
+        });
     }
-    if !system.is_empty() {
-        body.insert("system".into(), Value::Array(system));
-    }
-    body.insert(
-        "messages".into(),
-        Value::Array(conversation(&messages[split..])),
-    );
-    if !request.tools.is_empty() {
-        let mut tools: Vec<Value> = request.tools.iter().map(tool).collect();
-        if let Some(last) = tools.last_mut() {
-            last["cache_control"] = json!({"type": EPHEMERAL});
-        }
-        body.insert("tools".into(), Value::Array(tools));
-    }
-    if request.stream {
-        body.insert("stream".into(), json!(true));
-    }
-    params(
-        &mut body,
+    let mut params = Map::new();
+    set_params(
+        &mut params,
         request.params,
         !request.tools.is_empty(),
         default_max_tokens,
     );
-    Value::Object(body)
+    Body {
+        model,
+        system,
+        messages: conversation(&messages[split..]),
+        tools: Tools(request.tools),
+        stream: request.stream,
+        params,
+    }
+}
+
+/// A Messages request body (see [`body`]).
+#[derive(Serialize)]
+pub(super) struct Body<'a> {
+    model: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<Block<'a>>,
+    messages: Vec<Turn<'a>>,
+    #[serde(skip_serializing_if = "Tools::is_empty")]
+    tools: Tools<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    /// `max_tokens` and the mapped parameters, by name.
+    #[serde(flatten)]
+    params: Map<String, Value>,
+}
+
+/// The tools, the last one marked as the end of the cacheable prefix.
+struct Tools<'a>(&'a [Tool]);
+
+impl Tools<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Tools<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let last = self.0.len().saturating_sub(1);
+        serializer.collect_seq(self.0.iter().enumerate().map(|(i, tool)| WireTool {
+            name: &tool.name,
+            description: tool.description.as_deref(),
+            input_schema: tool.parameters.as_deref().unwrap_or(&EMPTY_SCHEMA),
+            cache_control: (i == last).then_some(CacheControl { kind: EPHEMERAL }),
+        }))
+    }
+}
+
+/// The schema of a tool that declares none: no arguments.
+static EMPTY_SCHEMA: LazyLock<Value> =
+    LazyLock::new(|| json!({"type": "object", "properties": {}}));
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl>,
+}
+
+#[derive(Serialize)]
+struct CacheControl {
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 /// The messages after the leading instructions, as alternating user / assistant turns: tool
 /// results become `tool_result` blocks of a user turn, an assistant's tool calls `tool_use`
 /// blocks, later system notes user text; consecutive turns of one role are merged.
-fn conversation(messages: &[ChatMessage]) -> Vec<Value> {
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::with_capacity(messages.len() + 1);
+fn conversation(messages: &[ChatMessage]) -> Vec<Turn<'_>> {
+    let mut turns: Vec<Turn<'_>> = Vec::with_capacity(messages.len() + 1);
     for message in messages {
         let (role, blocks) = match message.role {
             Role::Assistant => ("assistant", assistant_blocks(message)),
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().unwrap_or("");
-                let block = json!({
-                    "type": "tool_result",
-                    "tool_use_id": tool_id(id),
-                    "content": message.text_content(),
-                });
+                let block = Block::ToolResult {
+                    tool_use_id: tool_id(id),
+                    content: text(message),
+                };
                 ("user", vec![block])
             }
-            Role::User | Role::System | Role::Developer => (
-                "user",
-                text_block(&message.text_content()).into_iter().collect(),
-            ),
+            Role::User | Role::System | Role::Developer => {
+                ("user", text_block(text(message)).into_iter().collect())
+            }
         };
         if blocks.is_empty() {
             continue;
         }
         match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
+            Some(last) if last.role == role => last.content.extend(blocks),
+            _ => turns.push(Turn {
+                role,
+                content: blocks,
+            }),
         }
     }
-    if turns.first().is_some_and(|(role, _)| *role == "assistant") {
+    if turns.first().is_some_and(|turn| turn.role == "assistant") {
+        let opening = Block::Text {
+            text: Cow::Borrowed(CALL_STARTS),
+            cache_control: None,
+        };
         turns.insert(
             0,
-            ("user", vec![json!({"type": "text", "text": CALL_STARTS})]),
+            Turn {
+                role: "user",
+                content: vec![opening],
+            },
         );
     }
     turns
-        .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect()
 }
 
-fn assistant_blocks(message: &ChatMessage) -> Vec<Value> {
-    let mut blocks: Vec<Value> = text_block(&message.text_content()).into_iter().collect();
+fn assistant_blocks(message: &ChatMessage) -> Vec<Block<'_>> {
+    let mut blocks: Vec<Block<'_>> = text_block(text(message)).into_iter().collect();
     for call in message.tool_calls.iter().flatten() {
         let input = serde_json::from_str::<Value>(&call.function.arguments)
             .ok()
             .filter(Value::is_object)
-            .unwrap_or_else(|| json!({}));
-        blocks.push(json!({
-            "type": "tool_use",
-            "id": tool_id(&call.id),
-            "name": call.function.name,
-            "input": input,
-        }));
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        blocks.push(Block::ToolUse {
+            id: tool_id(&call.id),
+            name: &call.function.name,
+            input,
+        });
     }
     blocks
 }
 
+/// A message's text, borrowed when it is a plain string.
+fn text(message: &ChatMessage) -> Cow<'_, str> {
+    match &message.content {
+        Some(Content::Text(text)) => Cow::Borrowed(text),
+        _ => Cow::Owned(message.text_content()),
+    }
+}
+
 /// A text block; the API refuses empty ones.
-fn text_block(text: &str) -> Option<Value> {
-    (!text.trim().is_empty()).then(|| json!({"type": "text", "text": text}))
+fn text_block(text: Cow<'_, str>) -> Option<Block<'_>> {
+    (!text.trim().is_empty()).then_some(Block::Text {
+        text,
+        cache_control: None,
+    })
+}
+
+/// One turn of the conversation.
+#[derive(Serialize)]
+struct Turn<'a> {
+    role: &'static str,
+    content: Vec<Block<'a>>,
+}
+
+/// A content block (of a turn, or of `system`).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    ToolUse {
+        id: Cow<'a, str>,
+        name: &'a str,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: Cow<'a, str>,
+        content: Cow<'a, str>,
+    },
 }
 
 /// Tool-use ids may hold only letters, digits, `_` and `-`; other characters become `_` (the
@@ -183,26 +274,12 @@ fn tool_id(id: &str) -> Cow<'_, str> {
     })
 }
 
-fn tool(tool: &Tool) -> Value {
-    let mut out = Map::new();
-    out.insert("name".into(), json!(tool.name));
-    if let Some(description) = &tool.description {
-        out.insert("description".into(), json!(description));
-    }
-    let schema = tool
-        .parameters
-        .as_deref()
-        .map_or_else(|| json!({"type": "object", "properties": {}}), Value::clone);
-    out.insert("input_schema".into(), schema);
-    Value::Object(out)
-}
-
 /// The parameters the Messages API has an equivalent for: `temperature` (clamped to its 0–1
 /// range), `top_p`, `max_completion_tokens` / `max_tokens` → `max_tokens`, `stop` →
 /// `stop_sequences`, `tool_choice` (`required` → `any`, a function → `tool`),
 /// `parallel_tool_calls: false` → `disable_parallel_tool_use`, `user` → `metadata.user_id`,
 /// `service_tier` (`auto`, and `default` → `standard_only`). The rest is dropped.
-fn params(body: &mut Map<String, Value>, params: &Params, with_tools: bool, default_max: u64) {
+fn set_params(body: &mut Map<String, Value>, params: &Params, with_tools: bool, default_max: u64) {
     let max_tokens = params
         .max_completion_tokens
         .or(params.max_tokens)
@@ -682,7 +759,7 @@ mod tests {
             params: &params,
             stream: true,
         };
-        let body = body("claude", &request, 1024);
+        let body = serde_json::to_value(body("claude", &request, 1024)).unwrap();
         assert_eq!(
             body["system"],
             json!([

@@ -18,7 +18,6 @@ use std::time::Duration;
 use eventsource_stream2::Eventsource;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
 
 use crate::config::{ProviderKind, ProviderSettings, Secret, Settings};
 use crate::silence::Silence;
@@ -262,24 +261,21 @@ impl LlmClient {
         model: &str,
         request: &Request<'_>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let body: Value = match provider.wire {
-            Wire::OpenAi => openai::body(model, request, provider.stream_usage),
-            Wire::Anthropic => anthropic::body(model, request, provider.max_tokens),
-        };
-        let response = self
+        let builder = self
             .http
             .post(provider.url.clone())
-            .headers(provider.headers.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    UpstreamError::Timeout("connect")
-                } else {
-                    UpstreamError::Transport(error_chain(&e))
-                }
-            })?;
+            .headers(provider.headers.clone());
+        let builder = match provider.wire {
+            Wire::OpenAi => builder.json(&openai::body(model, request, provider.stream_usage)),
+            Wire::Anthropic => builder.json(&anthropic::body(model, request, provider.max_tokens)),
+        };
+        let response = builder.send().await.map_err(|e| {
+            if e.is_timeout() {
+                UpstreamError::Timeout("connect")
+            } else {
+                UpstreamError::Transport(error_chain(&e))
+            }
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -7,8 +7,9 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::UpstreamError;
@@ -39,68 +40,132 @@ pub const FORWARDED: &[&str] = &[
     "verbosity",
 ];
 
-/// The request body. `stream_usage` asks for the usage chunk at the end of a stream
-/// (`stream_options.include_usage`).
-pub(super) fn body(model: &str, request: &Request<'_>, stream_usage: bool) -> Value {
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert(
-        "messages".into(),
-        Value::Array(messages(request.messages, request.summary)),
-    );
-    body.insert("stream".into(), json!(request.stream));
-    if request.stream && stream_usage {
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+/// The request body, serialised straight from the request: the conversation and the tools'
+/// schemas are borrowed, not copied into a `serde_json::Value` tree first (deep-cloning every
+/// schema was a quarter of building a turn's upstream request). `stream_usage` asks for the
+/// usage chunk at the end of a stream (`stream_options.include_usage`).
+pub(super) fn body<'a>(model: &'a str, request: &Request<'a>, stream_usage: bool) -> Body<'a> {
+    let mut params = Map::new();
+    set_params(&mut params, request.params, !request.tools.is_empty());
+    Body {
+        model,
+        messages: Messages {
+            messages: request.messages,
+            summary: request.summary,
+        },
+        stream: request.stream,
+        stream_options: (request.stream && stream_usage).then_some(StreamOptions {
+            include_usage: true,
+        }),
+        tools: Tools(request.tools),
+        params,
     }
-    if !request.tools.is_empty() {
-        body.insert(
-            "tools".into(),
-            request.tools.iter().map(tool).collect::<Vec<_>>().into(),
-        );
-    }
-    params(&mut body, request.params, !request.tools.is_empty());
-    Value::Object(body)
+}
+
+/// A Chat Completions request body (see [`body`]).
+#[derive(Serialize)]
+pub(super) struct Body<'a> {
+    model: &'a str,
+    messages: Messages<'a>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Tools::is_empty")]
+    tools: Tools<'a>,
+    /// The forwarded parameters, by name.
+    #[serde(flatten)]
+    params: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 /// The platform's messages with the summary as one system message right after the leading
 /// system/developer instructions (so the instructions stay a stable prefix for prompt caching).
-fn messages(messages: &[ChatMessage], summary: Option<&str>) -> Vec<Value> {
-    let split = messages
-        .iter()
-        .position(|m| !m.is_instruction())
-        .unwrap_or(messages.len());
-    let mut out = Vec::with_capacity(messages.len() + 1);
-    out.extend(messages[..split].iter().map(message));
-    if let Some(summary) = summary {
-        out.push(json!({"role": "system", "content": summary}));
-    }
-    out.extend(messages[split..].iter().map(message));
-    out
+struct Messages<'a> {
+    messages: &'a [ChatMessage],
+    summary: Option<&'a str>,
 }
 
-fn message(message: &ChatMessage) -> Value {
-    serde_json::to_value(message).unwrap_or(Value::Null)
+impl Serialize for Messages<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let split = self
+            .messages
+            .iter()
+            .position(|m| !m.is_instruction())
+            .unwrap_or(self.messages.len());
+        let (instructions, conversation) = self.messages.split_at(split);
+        let len = self.messages.len() + usize::from(self.summary.is_some());
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for message in instructions {
+            seq.serialize_element(message)?;
+        }
+        if let Some(summary) = self.summary {
+            seq.serialize_element(&SystemNote {
+                role: "system",
+                content: summary,
+            })?;
+        }
+        for message in conversation {
+            seq.serialize_element(message)?;
+        }
+        seq.end()
+    }
 }
 
-fn tool(tool: &Tool) -> Value {
-    let mut function = Map::new();
-    function.insert("name".into(), json!(tool.name));
-    if let Some(description) = &tool.description {
-        function.insert("description".into(), json!(description));
+#[derive(Serialize)]
+struct SystemNote<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+/// The tools as function tools.
+struct Tools<'a>(&'a [Tool]);
+
+impl Tools<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
-    if let Some(parameters) = &tool.parameters {
-        function.insert("parameters".into(), Value::clone(parameters));
+}
+
+impl Serialize for Tools<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|tool| FunctionTool {
+            kind: "function",
+            function: FunctionDef {
+                name: &tool.name,
+                description: tool.description.as_deref(),
+                parameters: tool.parameters.as_deref(),
+                strict: tool.strict,
+            },
+        }))
     }
-    if let Some(strict) = tool.strict {
-        function.insert("strict".into(), json!(strict));
-    }
-    json!({"type": "function", "function": function})
+}
+
+#[derive(Serialize)]
+struct FunctionTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionDef<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDef<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
 }
 
 /// Every set parameter, under its own name. `tool_choice` and `parallel_tool_calls` only with
 /// tools (OpenAI rejects them without); `metadata` only with `store: true` (OpenAI accepts it
 /// only for stored completions — and a voice platform's `metadata` is its own call data).
-fn params(body: &mut Map<String, Value>, params: &Params, with_tools: bool) {
+fn set_params(body: &mut Map<String, Value>, params: &Params, with_tools: bool) {
     let mut set = |key: &str, value: Value| {
         body.insert(key.to_owned(), value);
     };
@@ -449,7 +514,7 @@ mod tests {
             params: &params,
             stream: true,
         };
-        let body = body("m", &request, true);
+        let body = serde_json::to_value(body("m", &request, true)).unwrap();
         let texts: Vec<_> = body["messages"]
             .as_array()
             .unwrap()
@@ -471,10 +536,12 @@ mod tests {
             tools: &[],
             ..request
         };
+        let no_tools = serde_json::to_value(super::body("m", &no_tools, false)).unwrap();
+        assert!(no_tools.get("tool_choice").is_none());
+        assert!(no_tools.get("tools").is_none());
         assert!(
-            super::body("m", &no_tools, false)
-                .get("tool_choice")
-                .is_none()
+            no_tools.get("stream_options").is_none(),
+            "usage asked only when configured"
         );
     }
 }
