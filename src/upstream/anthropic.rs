@@ -78,7 +78,7 @@ pub(super) fn body<'a>(model: &'a str, request: &Request<'a>, default_max_tokens
         model,
         system,
         messages: conversation(&messages[split..]),
-        tools: Tools(request.tools),
+        tools: request.tools,
         stream: request.stream,
         params,
     }
@@ -91,8 +91,8 @@ pub(super) struct Body<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     system: Vec<Block<'a>>,
     messages: Vec<Turn<'a>>,
-    #[serde(skip_serializing_if = "Tools::is_empty")]
-    tools: Tools<'a>,
+    #[serde(skip_serializing_if = "<[Tool]>::is_empty", serialize_with = "tools")]
+    tools: &'a [Tool],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
     /// `max_tokens` and the mapped parameters, by name.
@@ -101,24 +101,14 @@ pub(super) struct Body<'a> {
 }
 
 /// The tools, the last one marked as the end of the cacheable prefix.
-struct Tools<'a>(&'a [Tool]);
-
-impl Tools<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for Tools<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let last = self.0.len().saturating_sub(1);
-        serializer.collect_seq(self.0.iter().enumerate().map(|(i, tool)| WireTool {
-            name: &tool.name,
-            description: tool.description.as_deref(),
-            input_schema: tool.parameters.as_deref().unwrap_or(&EMPTY_SCHEMA),
-            cache_control: (i == last).then_some(CacheControl { kind: EPHEMERAL }),
-        }))
-    }
+fn tools<S: Serializer>(tools: &&[Tool], serializer: S) -> Result<S::Ok, S::Error> {
+    let last = tools.len().saturating_sub(1);
+    serializer.collect_seq(tools.iter().enumerate().map(|(i, tool)| WireTool {
+        name: &tool.name,
+        description: tool.description.as_deref(),
+        input_schema: tool.parameters.as_deref().unwrap_or(&EMPTY_SCHEMA),
+        cache_control: (i == last).then_some(CacheControl { kind: EPHEMERAL }),
+    }))
 }
 
 /// The schema of a tool that declares none: no arguments.

@@ -57,7 +57,7 @@ pub(super) fn body<'a>(model: &'a str, request: &Request<'a>, stream_usage: bool
         stream_options: (request.stream && stream_usage).then_some(StreamOptions {
             include_usage: true,
         }),
-        tools: Tools(request.tools),
+        tools: request.tools,
         params,
     }
 }
@@ -70,8 +70,8 @@ pub(super) struct Body<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
-    #[serde(skip_serializing_if = "Tools::is_empty")]
-    tools: Tools<'a>,
+    #[serde(skip_serializing_if = "<[Tool]>::is_empty", serialize_with = "tools")]
+    tools: &'a [Tool],
     /// The forwarded parameters, by name.
     #[serde(flatten)]
     params: Map<String, Value>,
@@ -122,26 +122,16 @@ struct SystemNote<'a> {
 }
 
 /// The tools as function tools.
-struct Tools<'a>(&'a [Tool]);
-
-impl Tools<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for Tools<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|tool| FunctionTool {
-            kind: "function",
-            function: FunctionDef {
-                name: &tool.name,
-                description: tool.description.as_deref(),
-                parameters: tool.parameters.as_deref(),
-                strict: tool.strict,
-            },
-        }))
-    }
+fn tools<S: Serializer>(tools: &&[Tool], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(tools.iter().map(|tool| FunctionTool {
+        kind: "function",
+        function: FunctionDef {
+            name: &tool.name,
+            description: tool.description.as_deref(),
+            parameters: tool.parameters.as_deref(),
+            strict: tool.strict,
+        },
+    }))
 }
 
 #[derive(Serialize)]
