@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum as _};
+use redial_bench::load::Api;
 use redial_bench::suite::StoreKind;
 
 /// Benchmarks for redial: a mock OpenAI-compatible upstream, a streaming load generator and the
@@ -27,6 +28,9 @@ pub enum Command {
     Mock(MockArgs),
     /// Run one load test against a chat-completions URL; prints JSON and a markdown table.
     Load(LoadArgs),
+    /// Compare targets at concurrency 1, one request to each in turn, with bootstrap confidence
+    /// intervals for what each adds over its baseline and for the difference of those additions.
+    Compare(CompareArgs),
     /// Run the standard suite: direct vs through redial, on SQLite and Postgres.
     Suite(SuiteArgs),
     /// Run the fault benchmark: Postgres outages of several lengths under load; counts what
@@ -63,7 +67,7 @@ pub struct LoadArgs {
     /// The API of `--url`: `openai` (Chat Completions, what redial serves) or `anthropic`
     /// (Messages: e.g. the mock's endpoint, for a direct baseline).
     #[arg(long, value_enum, default_value = "openai")]
-    pub api: redial_bench::load::Api,
+    pub api: Api,
     /// Bearer token (`x-api-key` with `--api anthropic`).
     #[arg(long, env = "REDIAL_BENCH_API_KEY")]
     pub api_key: Option<String>,
@@ -103,6 +107,65 @@ pub struct LoadArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+}
+
+/// `redial-bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// A target, `LABEL=API,URL` (API `openai` or `anthropic`), e.g.
+    /// `direct=openai,http://127.0.0.1:9000/v1/chat/completions`. Repeat for each target.
+    #[arg(long = "target", required = true, value_parser = parse_arm)]
+    pub targets: Vec<(String, Api, String)>,
+    /// What a target adds over another, `SUBJECT:BASELINE` (labels). Repeat; each one after the
+    /// first is also compared with the first.
+    #[arg(long = "added", value_parser = parse_addition)]
+    pub additions: Vec<(String, String)>,
+    /// Sent to every target as `Authorization: Bearer` (`x-api-key` for `anthropic`).
+    #[arg(long, env = "REDIAL_BENCH_API_KEY")]
+    pub api_key: Option<String>,
+    /// Measurement window, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration_secs: f64,
+    /// Unrecorded warm-up, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup_secs: f64,
+    /// Distinct caller numbers.
+    #[arg(long, default_value_t = 1_000)]
+    pub callers: u64,
+    /// Turns per call.
+    #[arg(long, default_value_t = 4)]
+    pub turns: u32,
+    /// `model` sent in every request.
+    #[arg(long, default_value = "bench-model")]
+    pub model: String,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout_secs: f64,
+    /// Name of the run in the report.
+    #[arg(long, default_value = "compare")]
+    pub label: String,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+fn parse_arm(value: &str) -> Result<(String, Api, String), String> {
+    let (label, rest) = value.split_once('=').ok_or("expected LABEL=API,URL")?;
+    let (api, url) = rest.split_once(',').ok_or("expected LABEL=API,URL")?;
+    let api = Api::from_str(api, true).map_err(|_| format!("unknown API {api:?}"))?;
+    if label.is_empty() || url.is_empty() {
+        return Err("expected LABEL=API,URL".to_owned());
+    }
+    Ok((label.to_owned(), api, url.to_owned()))
+}
+
+fn parse_addition(value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((subject, baseline)) if !subject.is_empty() && !baseline.is_empty() => {
+            Ok((subject.to_owned(), baseline.to_owned()))
+        }
+        _ => Err("expected SUBJECT:BASELINE".to_owned()),
+    }
 }
 
 /// `redial-bench suite`.

@@ -8,12 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser as _;
 use redial_bench::fault::{self, FaultOptions};
+use redial_bench::load::interleave::{self, Addition, Arm, InterleaveConfig};
 use redial_bench::load::{self, LoadConfig, LoadMode, LoadReport, Target, WorkloadSpec};
 use redial_bench::mock::{MockConfig, MockUpstream};
 use redial_bench::report::{Row, runs_table};
 use redial_bench::suite::{self, SuiteOptions};
 
-use cli::{Cli, Command, FaultArgs, LoadArgs, MockArgs, SuiteArgs};
+use cli::{Cli, Command, CompareArgs, FaultArgs, LoadArgs, MockArgs, SuiteArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Mock(args) => serve_mock(&args).await,
                 Command::Load(args) => run_load(args).await,
+                Command::Compare(args) => run_compare(args).await,
                 Command::Suite(args) => run_suite(args).await,
                 Command::Fault(args) => run_fault(args).await,
             }
@@ -93,6 +95,48 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     };
     let report = load::run(config).await?;
     print_load_report(&report, args.json_out.as_deref())?;
+    Ok(exit_code(&report.hard_failures()))
+}
+
+async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let timeout = seconds(args.timeout_secs)?;
+    let arms = args
+        .targets
+        .into_iter()
+        .map(|(label, api, url)| Arm {
+            label,
+            target: Target {
+                url,
+                api_key: args.api_key.clone(),
+                timeout,
+                api,
+            },
+        })
+        .collect();
+    let additions = args
+        .additions
+        .into_iter()
+        .map(|(subject, baseline)| Addition { subject, baseline })
+        .collect();
+    let config = InterleaveConfig {
+        label: args.label,
+        arms,
+        additions,
+        duration: seconds(args.duration_secs)?,
+        warmup: seconds(args.warmup_secs)?,
+        workload: WorkloadSpec {
+            model: args.model,
+            callers: args.callers,
+            turns: args.turns,
+        },
+    };
+    let report = interleave::run(config).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{json}\n");
+    println!("{}", interleave::markdown(&report));
     Ok(exit_code(&report.hard_failures()))
 }
 

@@ -7,6 +7,7 @@
 //! schedule (no coordinated omission). Only requests started inside the measurement window
 //! (after the warm-up) are recorded; the run waits for them to finish.
 
+pub mod interleave;
 mod probe;
 mod stats;
 mod workload;

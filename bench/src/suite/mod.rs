@@ -24,7 +24,7 @@ use serde::Serialize;
 pub use machine::{Machine, ProcessMemory, process_memory};
 pub use redial::{ADMIN_KEY, API_KEY, RedialProcess, RedialSettings, resolve_binary};
 pub use report::markdown;
-pub use scenarios::{Role, Scenario, smoke, standard};
+pub use scenarios::{ProviderComparison, Role, Scenario, provider_comparisons, smoke, standard};
 pub use store::{PreparedStore, StoreKind, redact};
 
 /// The upstream API redial speaks to the mock in a run (and the direct baseline speaks to it).
@@ -82,7 +82,8 @@ impl ProviderKind {
 }
 pub use targets::{Comparison, TargetResult};
 
-use crate::load::{self, Api, LoadConfig, LoadReport, Target};
+use crate::load::interleave::{self, Addition, Arm, InterleaveConfig, InterleaveReport};
+use crate::load::{self, Api, LoadConfig, LoadReport, Target, WorkloadSpec};
 use crate::mock::{MockConfig, MockUpstream};
 
 /// Per-request timeout during the suite.
@@ -177,6 +178,19 @@ pub struct RedialRecord {
     pub exit: String,
 }
 
+/// One interleaved comparison of the upstream APIs on one store.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ComparisonRecord {
+    /// The comparison's name, e.g. `providers-c1`.
+    pub name: String,
+    /// The store both redial processes ran on (each on a database of its own).
+    pub store: String,
+    /// The mock's time to first token while it ran, milliseconds.
+    pub mock_ttft_ms: f64,
+    /// What was measured.
+    pub report: InterleaveReport,
+}
+
 /// Everything a suite run produced; serialized as `results.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct SuiteResults {
@@ -194,6 +208,8 @@ pub struct SuiteResults {
     pub redial: Vec<RedialRecord>,
     /// Targets per store.
     pub targets: Vec<TargetResult>,
+    /// The interleaved comparisons of the two upstream APIs, per store (run when both are).
+    pub provider_comparisons: Vec<ComparisonRecord>,
     /// Problems that invalidate the run (errors, no successful request); non-empty → exit 1.
     pub hard_failures: Vec<String>,
 }
@@ -235,6 +251,7 @@ impl SuiteResults {
             runs: Vec::new(),
             redial: Vec::new(),
             targets: Vec::new(),
+            provider_comparisons: Vec::new(),
             hard_failures: Vec::new(),
         }
     }
@@ -287,12 +304,33 @@ async fn run_stores(
             }
         }
     }
+    let both = [ProviderKind::Openai, ProviderKind::Anthropic];
+    if both.iter().all(|p| options.providers.contains(p)) {
+        for &store in &options.stores {
+            if let Err(error) = context.compare_providers(store, results).await {
+                eprintln!("error: comparing the APIs on {}: {error:#}", store.name());
+                results
+                    .hard_failures
+                    .push(format!("comparing the APIs on {}: {error:#}", store.name()));
+            }
+        }
+    }
 }
 
 /// Judges targets and collects hard failures.
 fn finish(results: &mut SuiteResults) {
     let stores: Vec<String> = results.redial.iter().map(|r| r.store.clone()).collect();
     results.targets = targets::evaluate(&results.runs, &stores);
+    let comparisons: Vec<String> = results
+        .provider_comparisons
+        .iter()
+        .flat_map(|c| {
+            let name = format!("{} on {}", c.name, c.store);
+            let failures = c.report.hard_failures();
+            failures.into_iter().map(move |f| format!("{name}: {f}"))
+        })
+        .collect();
+    results.hard_failures.extend(comparisons);
     let failures: Vec<String> = results
         .runs
         .iter()
@@ -370,6 +408,131 @@ impl StoreRun<'_> {
         outcome
     }
 
+    /// Two redial processes on `store` (a database each), one per upstream API, compared with
+    /// each other and with the mock's two endpoints, request by request.
+    async fn compare_providers(
+        &self,
+        store: StoreKind,
+        results: &mut SuiteResults,
+    ) -> anyhow::Result<()> {
+        eprintln!("== the two APIs interleaved on {}", store.name());
+        let mut prepared = Vec::new();
+        let mut outcome = Ok(());
+        for _ in [ProviderKind::Openai, ProviderKind::Anthropic] {
+            match PreparedStore::create(store, &self.options.postgres_url, &self.options.out).await
+            {
+                Ok(created) => prepared.push(created),
+                Err(error) => {
+                    outcome = Err(error.context(format!("preparing the {} store", store.name())));
+                    break;
+                }
+            }
+        }
+        if let [openai, anthropic] = &prepared[..] {
+            outcome = self
+                .compare_on(store, [openai.url(), anthropic.url()], results)
+                .await;
+        }
+        for created in prepared {
+            let cleanup = created.cleanup().await;
+            if outcome.is_ok() {
+                outcome =
+                    cleanup.with_context(|| format!("cleaning up the {} store", store.name()));
+            }
+        }
+        outcome
+    }
+
+    async fn compare_on(
+        &self,
+        store: StoreKind,
+        database_urls: [&str; 2],
+        results: &mut SuiteResults,
+    ) -> anyhow::Result<()> {
+        let mut processes = Vec::new();
+        let providers = [ProviderKind::Openai, ProviderKind::Anthropic];
+        for (provider, database_url) in providers.into_iter().zip(database_urls) {
+            let extra_config = [
+                provider.config(&self.mock.base_url()),
+                self.options.extra_config.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+            let settings = RedialSettings {
+                binary: self.binary.to_path_buf(),
+                database_url: database_url.to_owned(),
+                upstream_base_url: self.mock.base_url(),
+                workdir: self.options.out.clone(),
+                name: format!("compare-{}", provider.label(store).replace('+', "-")),
+                extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
+            };
+            match RedialProcess::start(&settings, self.client).await {
+                Ok(process) => processes.push((provider, process)),
+                Err(error) => {
+                    stop_all(processes).await;
+                    return Err(error);
+                }
+            }
+        }
+        let mut arms: Vec<Arm> = providers
+            .iter()
+            .map(|p| Arm {
+                label: p.direct_label(),
+                target: p.direct_target(&self.mock.base_url()),
+            })
+            .collect();
+        arms.extend(processes.iter().map(|(provider, process)| Arm {
+            label: format!("redial/{}", provider.label(store)),
+            target: Target {
+                url: process.chat_url(),
+                api_key: Some(API_KEY.to_owned()),
+                timeout: REQUEST_TIMEOUT,
+                api: Api::Openai,
+            },
+        }));
+        let additions = providers
+            .iter()
+            .map(|p| Addition {
+                subject: format!("redial/{}", p.label(store)),
+                baseline: p.direct_label(),
+            })
+            .collect::<Vec<_>>();
+        let mut outcome = Ok(());
+        for comparison in provider_comparisons(self.options.smoke) {
+            eprintln!("-- {} on {}", comparison.name, store.name());
+            self.mock.set_config(comparison.mock.clone());
+            let config = InterleaveConfig {
+                label: format!(
+                    "{} on {}, mock first token after {} ms",
+                    comparison.name,
+                    store.name(),
+                    comparison.mock.ttft.as_millis()
+                ),
+                arms: arms.clone(),
+                additions: additions.clone(),
+                duration: comparison.duration,
+                warmup: comparison.warmup,
+                workload: WorkloadSpec::default(),
+            };
+            match interleave::run(config).await {
+                Ok(report) => results.provider_comparisons.push(ComparisonRecord {
+                    name: comparison.name,
+                    store: store.name().to_owned(),
+                    mock_ttft_ms: comparison.mock.ttft.as_secs_f64() * 1_000.0,
+                    report,
+                }),
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+        stop_all(processes).await;
+        outcome
+    }
+
     async fn run_scenarios(
         &self,
         redial: &RedialProcess,
@@ -393,6 +556,15 @@ impl StoreRun<'_> {
             results.runs.push(run);
         }
         Ok(())
+    }
+}
+
+/// Stops redial processes, reporting (not failing on) one that does not stop cleanly.
+async fn stop_all(processes: Vec<(ProviderKind, RedialProcess)>) {
+    for (_, process) in processes {
+        if let Err(error) = process.stop().await {
+            eprintln!("warning: stopping redial: {error:#}");
+        }
     }
 }
 

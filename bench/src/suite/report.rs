@@ -23,6 +23,16 @@ pub fn markdown(results: &SuiteResults) -> String {
         "\n## Added by redial (redial percentile − direct percentile of the same upstream API)\n\n",
     );
     doc.push_str(&added_table(&results.runs));
+    if !results.provider_comparisons.is_empty() {
+        doc.push_str(
+            "\n## The two upstream APIs interleaved (concurrency 1, one request to each target in \
+             turn)\n\n",
+        );
+        for comparison in &results.provider_comparisons {
+            doc.push_str(&crate::load::interleave::markdown(&comparison.report));
+            doc.push('\n');
+        }
+    }
     doc.push_str("\n## All runs\n\n");
     doc.push_str(&all_runs(&results.runs));
     doc.push_str("\n## redial processes\n\n");

@@ -145,6 +145,48 @@ pub fn smoke() -> Vec<Scenario> {
     ]
 }
 
+/// The interleaved comparison of the two upstream APIs (`redial-bench suite` with both
+/// providers): one request to each of the direct OpenAI and Messages endpoints and to a redial
+/// on each API in turn, at concurrency 1, once per mock setting.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProviderComparison {
+    /// Name, e.g. `providers-c1`.
+    pub name: String,
+    /// Measurement window.
+    #[serde(serialize_with = "as_secs")]
+    pub duration: Duration,
+    /// Unrecorded warm-up.
+    #[serde(serialize_with = "as_secs")]
+    pub warmup: Duration,
+    /// The mock's stream while it runs.
+    #[serde(serialize_with = "mock_summary")]
+    pub mock: MockConfig,
+}
+
+/// The comparisons of the standard suite (`smoke`: a second each):
+/// - `providers-c1`: the instant stream of `ttft-c1`. The Messages stream's `message_start`
+///   and `ping` then arrive together with the first text, so redial reads three more events
+///   before it has anything to forward.
+/// - `providers-c1-ttft2`: the first token 2 ms after the response starts, as a real model's
+///   comes after `message_start` (which the API sends at once): the extra events are read
+///   while the model would still be thinking.
+pub fn provider_comparisons(smoke: bool) -> Vec<ProviderComparison> {
+    let (duration, warmup) = if smoke { (1.0, 0.2) } else { (30.0, 3.0) };
+    let comparison = |name: &str, ttft_ms: u64| ProviderComparison {
+        name: name.to_owned(),
+        duration: Duration::from_secs_f64(duration),
+        warmup: Duration::from_secs_f64(warmup),
+        mock: MockConfig {
+            ttft: Duration::from_millis(ttft_ms),
+            ..instant_stream()
+        },
+    };
+    vec![
+        comparison("providers-c1", 0),
+        comparison("providers-c1-ttft2", 2),
+    ]
+}
+
 fn as_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(duration.as_secs_f64())
 }
