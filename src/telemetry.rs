@@ -1,8 +1,9 @@
 //! Logging and tracing setup.
 //!
 //! Log lines are written by a thread of their own, not by the runtime's workers: a request's
-//! line ("finished processing request") is written as its response starts, and a slow or full
-//! stderr (a pipe to a log collector) must not hold up a reply. When that thread falls
+//! line ("finished processing request", `http::request_log`) is written as its response ends,
+//! and a slow or full stderr (a pipe to a log collector) must not hold up a reply or the next
+//! one on the same worker. When that thread falls
 //! 16,384 lines behind, new lines are dropped and counted (`redial_log_lines_dropped_total`)
 //! rather than waited for.
 

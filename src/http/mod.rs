@@ -7,6 +7,7 @@ pub mod auth;
 mod chat;
 mod extract;
 mod health;
+mod request_log;
 pub mod retell;
 mod sse;
 mod webhooks;
@@ -18,8 +19,7 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -46,10 +46,13 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the trace layer, so the line belongs to the request's span; written when the
+        // response is done, not as its headers (and a stream's first token) go out.
+        .layer(middleware::from_fn(request_log::log_requests))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(()),
         );
     // Probes are not traced per request (they would drown the log); they still get request ids.
     let probes = health::router();

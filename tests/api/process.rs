@@ -123,6 +123,58 @@ async fn phone_number_metadata_is_loaded_before_redial_listens() {
 }
 
 #[tokio::test]
+async fn a_request_is_logged_once_its_response_has_been_sent_not_when_it_starts() {
+    // Five tokens 60 ms apart: the headers go out with the first, the stream ends ~240 ms later.
+    let upstream = MockUpstream::start(MockConfig {
+        ttft: Duration::ZERO,
+        inter_token: Duration::from_millis(60),
+        tokens: 5,
+        token: "word ".into(),
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let config = write_config(dir.path(), &db, &upstream, "");
+    let mut server = Server::start(dir.path(), &["--config", &config, "serve"]).await;
+
+    let body = chat(&server, &vapi_body("call-log-1", "+14155550123", "Hello")).await;
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let line = server
+        .next_log("finished processing request", Duration::from_secs(5))
+        .await
+        .expect("a request line");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["complete"], true, "{line}");
+    assert_eq!(line["span"]["route"], "/v1/chat/completions", "{line}");
+    let headers = line["latency_ms"].as_f64().expect("latency_ms");
+    let whole = line["duration_ms"].as_f64().expect("duration_ms");
+    assert!(whole >= 200.0, "written after the last token: {line}");
+    assert!(
+        headers < whole - 150.0,
+        "the headers went out with the first token: {line}"
+    );
+
+    // A caller that hangs up after the first token: the line says the reply was cut short.
+    let mut response = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(API_KEY)
+        .json(&vapi_body("call-log-2", "+14155550123", "Hello"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.chunk().await.unwrap().is_some());
+    drop(response);
+    let line = server
+        .next_log("finished processing request", Duration::from_secs(5))
+        .await
+        .expect("a line for the cut request");
+    assert_eq!(line["complete"], false, "{line}");
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
 async fn with_no_configuration_redial_serves_on_an_embedded_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["serve", "--listen", "127.0.0.1:0"]).await;

@@ -146,6 +146,22 @@ impl Server {
         count
     }
 
+    /// The next log entry whose message is `message`, waiting up to `wait` for it; the entries
+    /// before it are passed over. `None` when none came in time.
+    pub async fn next_log(&mut self, message: &str, wait: Duration) -> Option<Value> {
+        let logs = &mut self.logs;
+        let found = tokio::time::timeout(wait, async {
+            while let Some(line) = logs.recv().await {
+                let entry = serde_json::from_str::<Value>(&line).unwrap_or_default();
+                if entry["message"] == message {
+                    return Some(entry);
+                }
+            }
+            None
+        });
+        found.await.ok().flatten()
+    }
+
     /// Stops reading the server's stderr from its next line on, keeping the pipe open: what a
     /// stalled log collector does. The pipe's buffer (64 KiB on Linux) then fills.
     pub fn stall_logs(&self) {
