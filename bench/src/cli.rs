@@ -141,6 +141,11 @@ pub struct CompareArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 60.0)]
     pub timeout_secs: f64,
+    /// Before each request, a pause drawn uniformly below this many milliseconds (not counted):
+    /// use about 1 with a mock whose time to first token is not zero, so its 1 ms timer ticks
+    /// fall alike on every target.
+    #[arg(long, default_value_t = 0.0)]
+    pub phase_jitter_ms: f64,
     /// Name of the run in the report.
     #[arg(long, default_value = "compare")]
     pub label: String,

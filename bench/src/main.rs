@@ -129,6 +129,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             callers: args.callers,
             turns: args.turns,
         },
+        phase_jitter: millis(args.phase_jitter_ms)?,
     };
     let report = interleave::run(config).await?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -64,6 +64,13 @@ pub struct InterleaveConfig {
     pub warmup: Duration,
     /// The request bodies (each arm has its own calls, of this shape).
     pub workload: WorkloadSpec,
+    /// Before each request, a pause drawn uniformly below this (precise: a blocking thread's
+    /// sleep, not a timer tick), not counted in its latency. For a mock with a time to first
+    /// token: its timer fires on 1 ms ticks, and in a closed loop each request starts at a
+    /// fixed offset from the tick the last one ended on, so a target that is a few
+    /// microseconds slower to reach the mock can cross a tick and seem a whole tick slower.
+    /// A random phase gives every target the same overshoot. Zero: no pause.
+    pub phase_jitter: Duration,
 }
 
 /// A statistic with its 95 % bootstrap confidence interval, in milliseconds.
@@ -200,6 +207,13 @@ pub async fn run(config: InterleaveConfig) -> anyhow::Result<InterleaveReport> {
             let conversation = workload.checkout();
             let target = &config.arms[arm].target;
             let body = workload.body(target.api, &conversation);
+            if !config.phase_jitter.is_zero() {
+                let max = u64::try_from(config.phase_jitter.as_nanos()).unwrap_or(u64::MAX);
+                let pause = Duration::from_nanos(rng.u64(..max));
+                tokio::task::spawn_blocking(move || std::thread::sleep(pause))
+                    .await
+                    .context("pausing before a request")?;
+            }
             let sent = Instant::now();
             outcomes[arm] = probe::send(&client, target, body, sent, None).await;
             workload.checkin(conversation);
@@ -525,6 +539,7 @@ mod tests {
             duration: Duration::from_millis(400),
             warmup: Duration::from_millis(100),
             workload: WorkloadSpec::default(),
+            phase_jitter: Duration::from_micros(200),
         };
         let report = run(config).await.expect("run");
         mock.shutdown();
@@ -563,6 +578,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             workload: WorkloadSpec::default(),
+            phase_jitter: Duration::ZERO,
         };
         let named = |s: &str, b: &str| Addition {
             subject: s.to_owned(),

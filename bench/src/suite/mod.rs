@@ -514,6 +514,7 @@ impl StoreRun<'_> {
                 duration: comparison.duration,
                 warmup: comparison.warmup,
                 workload: WorkloadSpec::default(),
+                phase_jitter: comparison.phase_jitter,
             };
             match interleave::run(config).await {
                 Ok(report) => results.provider_comparisons.push(ComparisonRecord {

@@ -161,6 +161,9 @@ pub struct ProviderComparison {
     /// The mock's stream while it runs.
     #[serde(serialize_with = "mock_summary")]
     pub mock: MockConfig,
+    /// The random pause before each request (see `InterleaveConfig::phase_jitter`).
+    #[serde(serialize_with = "as_secs")]
+    pub phase_jitter: Duration,
 }
 
 /// The comparisons of the standard suite (`smoke`: a second each):
@@ -169,7 +172,8 @@ pub struct ProviderComparison {
 ///   before it has anything to forward.
 /// - `providers-c1-ttft2`: the first token 2 ms after the response starts, as a real model's
 ///   comes after `message_start` (which the API sends at once): the extra events are read
-///   while the model would still be thinking.
+///   while the model would still be thinking. Each request starts after a random pause of up
+///   to 1 ms, so the mock's 1 ms timer ticks fall alike on every target.
 pub fn provider_comparisons(smoke: bool) -> Vec<ProviderComparison> {
     let (duration, warmup) = if smoke { (1.0, 0.2) } else { (30.0, 3.0) };
     let comparison = |name: &str, ttft_ms: u64| ProviderComparison {
@@ -180,6 +184,9 @@ pub fn provider_comparisons(smoke: bool) -> Vec<ProviderComparison> {
             ttft: Duration::from_millis(ttft_ms),
             ..instant_stream()
         },
+        // The mock's timer ticks every millisecond: a random phase in front of each request
+        // makes its overshoot the same for every target.
+        phase_jitter: Duration::from_millis(ttft_ms.min(1)),
     };
     vec![
         comparison("providers-c1", 0),
@@ -212,6 +219,21 @@ fn mock_summary<S: serde::Serializer>(mock: &MockConfig, serializer: S) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_comparison_with_a_delayed_first_token_starts_requests_at_a_random_phase() {
+        for smoke in [false, true] {
+            let comparisons = provider_comparisons(smoke);
+            assert_eq!(comparisons.len(), 2);
+            for comparison in comparisons {
+                let expected = match comparison.mock.ttft.is_zero() {
+                    true => Duration::ZERO,
+                    false => Duration::from_millis(1),
+                };
+                assert_eq!(comparison.phase_jitter, expected, "{}", comparison.name);
+            }
+        }
+    }
 
     #[test]
     fn both_suites_cover_every_role_once_except_paced_steps() {
