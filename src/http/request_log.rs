@@ -26,14 +26,19 @@ use tokio::time::Instant;
 pub async fn log_requests(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
-    let line = Line {
-        span: tracing::Span::current(),
-        status: response.status(),
-        started,
-        headers_after: started.elapsed(),
-        complete: false,
-    };
-    response.map(|inner| Body::new(LoggedBody { inner, line }))
+    let span = tracing::Span::current();
+    let status = response.status();
+    let headers_after = started.elapsed();
+    response.map(|inner| {
+        let line = Line {
+            span,
+            status,
+            started,
+            headers_after,
+            complete: false,
+        };
+        Body::new(LoggedBody::new(inner, line))
+    })
 }
 
 /// What the line says, written when it drops.
@@ -66,6 +71,14 @@ struct LoggedBody {
     line: Line,
 }
 
+impl LoggedBody {
+    fn new(inner: Body, mut line: Line) -> Self {
+        // An empty body (a 204, say) is never polled: it is complete as it stands.
+        line.complete = http_body::Body::is_end_stream(&inner);
+        Self { inner, line }
+    }
+}
+
 impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = axum::Error;
@@ -76,9 +89,7 @@ impl http_body::Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.line.complete = true;
-        } else if this.inner.is_end_stream() {
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
             this.line.complete = true;
         }
         polled
@@ -113,10 +124,7 @@ mod tests {
             headers_after: Duration::ZERO,
             complete: false,
         };
-        let mut read = LoggedBody {
-            inner: Body::from("hello"),
-            line: line(),
-        };
+        let mut read = LoggedBody::new(Body::from("hello"), line());
         let frame = next_frame(&mut read).await.expect("a frame").expect("data");
         assert_eq!(frame.into_data().ok(), Some(Bytes::from("hello")));
         assert!(
@@ -126,13 +134,23 @@ mod tests {
 
         let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("a"))])
             .chain(futures_util::stream::pending());
-        let mut cut = LoggedBody {
-            inner: Body::from_stream(stream),
-            line: line(),
-        };
+        let mut cut = LoggedBody::new(Body::from_stream(stream), line());
         let first = next_frame(&mut cut).await.expect("a frame").expect("data");
         assert_eq!(first.into_data().ok(), Some(Bytes::from("a")));
         assert!(!cut.is_end_stream());
         assert!(!cut.line.complete, "a stream cut short is not complete");
+    }
+
+    #[test]
+    fn an_empty_body_is_complete_without_being_read_and_a_full_one_is_not() {
+        let line = || Line {
+            span: tracing::Span::none(),
+            status: StatusCode::NO_CONTENT,
+            started: Instant::now(),
+            headers_after: Duration::ZERO,
+            complete: false,
+        };
+        assert!(LoggedBody::new(Body::empty(), line()).line.complete);
+        assert!(!LoggedBody::new(Body::from("hello"), line()).line.complete);
     }
 }
