@@ -378,21 +378,7 @@ impl StoreRun<'_> {
         database_url: &str,
         results: &mut SuiteResults,
     ) -> anyhow::Result<()> {
-        let extra_config = [
-            provider.config(&self.mock.base_url()),
-            self.options.extra_config.clone(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>();
-        let settings = RedialSettings {
-            binary: self.binary.to_path_buf(),
-            database_url: database_url.to_owned(),
-            upstream_base_url: self.mock.base_url(),
-            workdir: self.options.out.clone(),
-            name: label.replace('+', "-"),
-            extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
-        };
+        let settings = self.settings(provider, database_url, label.replace('+', "-"));
         let redial = RedialProcess::start(&settings, self.client).await?;
         let outcome = self.run_scenarios(&redial, label, provider, results).await;
         let memory_after = redial.memory().ok();
@@ -406,6 +392,26 @@ impl StoreRun<'_> {
             exit,
         });
         outcome
+    }
+
+    /// How to start redial on `database_url` speaking `provider`'s API to the mock, with the
+    /// suite's extra configuration; `name` names its config and log files.
+    fn settings(&self, provider: ProviderKind, database_url: &str, name: String) -> RedialSettings {
+        let extra_config = [
+            provider.config(&self.mock.base_url()),
+            self.options.extra_config.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+        RedialSettings {
+            binary: self.binary.to_path_buf(),
+            database_url: database_url.to_owned(),
+            upstream_base_url: self.mock.base_url(),
+            workdir: self.options.out.clone(),
+            name,
+            extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
+        }
     }
 
     /// Two redial processes on `store` (a database each), one per upstream API, compared with
@@ -452,21 +458,8 @@ impl StoreRun<'_> {
         let mut processes = Vec::new();
         let providers = [ProviderKind::Openai, ProviderKind::Anthropic];
         for (provider, database_url) in providers.into_iter().zip(database_urls) {
-            let extra_config = [
-                provider.config(&self.mock.base_url()),
-                self.options.extra_config.clone(),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
-            let settings = RedialSettings {
-                binary: self.binary.to_path_buf(),
-                database_url: database_url.to_owned(),
-                upstream_base_url: self.mock.base_url(),
-                workdir: self.options.out.clone(),
-                name: format!("compare-{}", provider.label(store).replace('+', "-")),
-                extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
-            };
+            let name = format!("compare-{}", provider.label(store).replace('+', "-"));
+            let settings = self.settings(provider, database_url, name);
             match RedialProcess::start(&settings, self.client).await {
                 Ok(process) => processes.push((provider, process)),
                 Err(error) => {
