@@ -134,24 +134,40 @@ async fn analysis_job(backend: Backend, url: &str) -> (String, i32) {
     }
 }
 
-/// Blocks every write to the analysis job for `hold`, as a database that stops answering would:
-/// Postgres locks the job's row, SQLite takes the database's write lock.
-async fn block_job_writes(backend: Backend, url: &str, hold: Duration) {
-    match backend {
-        Backend::Postgres => {
-            let mut conn = PgConnection::connect(url).await.unwrap();
-            conn.execute("begin").await.unwrap();
-            conn.execute("select 1 from job where kind = 'analyze_call' for update")
-                .await
-                .unwrap();
-            tokio::time::sleep(hold).await;
-            conn.execute("commit").await.unwrap();
+/// A connection opened ahead that can block every write to the analysis job, as a database that
+/// stops answering would: Postgres locks the job's row, SQLite takes the database's write lock.
+/// It connects before the job is claimed, so that taking the lock once the job runs costs one
+/// round trip, not a connection set up on a loaded machine, and the hold starts where the test
+/// means it to within the lease.
+enum JobWriteBlocker {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl JobWriteBlocker {
+    async fn connect(backend: Backend, url: &str) -> Self {
+        match backend {
+            Backend::Postgres => Self::Postgres(PgConnection::connect(url).await.unwrap()),
+            Backend::Sqlite => Self::Sqlite(SqliteConnection::connect(url).await.unwrap()),
         }
-        Backend::Sqlite => {
-            let mut conn = SqliteConnection::connect(url).await.unwrap();
-            conn.execute("begin immediate").await.unwrap();
-            tokio::time::sleep(hold).await;
-            conn.execute("commit").await.unwrap();
+    }
+
+    /// Blocks the job's writes for `hold`, then lets them through.
+    async fn hold(self, hold: Duration) {
+        match self {
+            Self::Postgres(mut conn) => {
+                conn.execute("begin").await.unwrap();
+                conn.execute("select 1 from job where kind = 'analyze_call' for update")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(hold).await;
+                conn.execute("commit").await.unwrap();
+            }
+            Self::Sqlite(mut conn) => {
+                conn.execute("begin immediate").await.unwrap();
+                tokio::time::sleep(hold).await;
+                conn.execute("commit").await.unwrap();
+            }
         }
     }
 }
@@ -234,10 +250,12 @@ async fn a_worker_whose_renewals_cannot_land_gives_the_job_up(backend: Backend) 
     upstream.push(MODEL, slow_reply("next holder", Duration::from_secs(3)));
     let server = Server::start(dir.path(), &["--config", &config, "serve"]).await;
 
+    let blocker = JobWriteBlocker::connect(backend, &db.url).await;
+
     end_the_call(&server).await;
     wait_for_requests(&upstream, 1, Duration::from_secs(10)).await;
     // No renewal lands for twice the lease.
-    block_job_writes(backend, &db.url, Duration::from_secs(6)).await;
+    blocker.hold(Duration::from_secs(6)).await;
     let summaries = wait_for_analyses(db.store.as_ref(), Duration::from_secs(20)).await;
 
     assert_eq!(
@@ -273,9 +291,11 @@ async fn a_renewal_held_up_for_less_than_the_lease_keeps_the_job(backend: Backen
     );
     let server = Server::start(dir.path(), &["--config", &config, "serve"]).await;
 
+    let blocker = JobWriteBlocker::connect(backend, &db.url).await;
+
     end_the_call(&server).await;
     wait_for_requests(&upstream, 1, Duration::from_secs(10)).await;
-    block_job_writes(backend, &db.url, Duration::from_secs(3)).await;
+    blocker.hold(Duration::from_secs(3)).await;
     let summaries = wait_for_analyses(db.store.as_ref(), Duration::from_secs(20)).await;
 
     assert_eq!(summaries, ["Booked a cleaning."]);
