@@ -101,6 +101,7 @@ fn template_settings() -> Settings {
         headers: BTreeMap::new(),
         max_tokens: 0,
         stream_usage: true,
+        http: super::HttpVersion::Auto,
     });
     settings
         .server

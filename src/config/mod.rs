@@ -112,6 +112,24 @@ pub struct ProviderSettings {
     /// (`stream_options.include_usage`); turn off for a server that rejects it.
     #[serde(default = "yes")]
     pub stream_usage: bool,
+    /// The HTTP version spoken to the provider.
+    #[serde(default)]
+    pub http: HttpVersion,
+}
+
+/// The HTTP version redial speaks to a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    /// HTTP/2 where TLS negotiates it (ALPN: the hosted APIs), else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only: a connection per concurrent stream, however many streams the server
+    /// would take on one HTTP/2 connection.
+    Http1,
+    /// HTTP/2 only, without negotiation ("prior knowledge"): cleartext HTTP/2 (h2c) on an
+    /// `http://` URL, for a server or sidecar that speaks it.
+    Http2,
 }
 
 fn default_max_tokens() -> u64 {
@@ -477,6 +495,8 @@ pub struct UpstreamSettings {
     /// Ask for usage at the end of each stream (`stream_options.include_usage`); turn off for
     /// an OpenAI-compatible server that rejects it.
     pub stream_usage: bool,
+    /// The HTTP version spoken to the upstream.
+    pub http: HttpVersion,
 }
 
 impl Default for UpstreamSettings {
@@ -494,6 +514,7 @@ impl Default for UpstreamSettings {
             stream_idle_timeout_ms: 15_000,
             heartbeat_ms: 2_000,
             stream_usage: true,
+            http: HttpVersion::Auto,
         }
     }
 }

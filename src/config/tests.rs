@@ -294,6 +294,7 @@ fn the_example_config_documents_every_key() {
         "headers =",
         "max_tokens =",
         "stream_usage =",
+        "http =",
         "[prices.",
         "input_per_mtok =",
         "output_per_mtok =",
@@ -484,6 +485,7 @@ kind = "openai"
 base_url = "https://x.openai.azure.com/openai/deployments/gpt4o?api-version=2024-10-21"
 headers = { "api-key" = "azure-secret" }
 stream_usage = false
+http = "http1"
 
 [prices."claude-haiku"]
 input_per_mtok = 1.0
@@ -511,6 +513,12 @@ escalation_model = "claude/claude-sonnet"
         "only anthropic providers take ANTHROPIC_API_KEY"
     );
     assert!(!azure.stream_usage);
+    assert_eq!(azure.http, HttpVersion::Http1);
+    assert_eq!(
+        claude.http,
+        HttpVersion::Auto,
+        "HTTP/2 where TLS negotiates it"
+    );
     assert_eq!(settings.prices["claude-haiku"].output_per_mtok, 5.0);
     assert_eq!(settings.assistant("asst-1").model, "azure/gpt-4o");
     assert_eq!(
@@ -554,6 +562,10 @@ fn bad_providers_and_prices_are_refused_naming_the_key() {
         (
             "[[providers]]\nname = \"a\"\nkind = \"openai\"\nmodels = []\n",
             "providers[0].models",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\nhttp = \"h2\"\n",
+            "providers[0].http",
         ),
         (
             "[prices.m]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0\n",
@@ -678,4 +690,18 @@ fn a_config_with_several_problems_reports_them_section_by_section() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn the_upstream_http_version_is_auto_by_default_and_set_by_name() {
+    assert_eq!(Settings::default().upstream.http, HttpVersion::Auto);
+    let settings = load(None, env(&[("REDIAL_UPSTREAM__HTTP", "http2")]), &[]).unwrap();
+    assert_eq!(settings.upstream.http, HttpVersion::Http2);
+    let err = load(None, env(&[("REDIAL_UPSTREAM__HTTP", "2")]), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("REDIAL_UPSTREAM__HTTP") && err.contains("http1"),
+        "{err}"
+    );
 }

@@ -19,7 +19,7 @@ use eventsource_stream2::Eventsource;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{ProviderKind, ProviderSettings, Secret, Settings};
+use crate::config::{HttpVersion, ProviderKind, ProviderSettings, Secret, Settings};
 use crate::silence::Silence;
 
 pub use types::{
@@ -118,17 +118,19 @@ struct Provider {
     headers: HeaderMap,
     max_tokens: u64,
     stream_usage: bool,
+    /// The pooled client for the provider's HTTP version (shared by every provider that speaks
+    /// the same one).
+    http: reqwest::Client,
 }
 
 /// The provider name of the `[upstream]` section: of models without a configured prefix, and
 /// the prefix that sends a model to it as it is (`upstream/meta-llama/…`). Reserved.
 pub const DEFAULT_PROVIDER: &str = "upstream";
 
-/// Client for every configured provider: one pooled HTTP client (TCP_NODELAY, rustls), the
-/// providers, and how a model name picks one.
+/// Client for every configured provider: a pooled HTTP client per HTTP version in use
+/// (TCP_NODELAY, rustls), the providers, and how a model name picks one.
 #[derive(Debug, Clone)]
 pub struct LlmClient {
-    http: reqwest::Client,
     /// `[upstream]` first, then `[[providers]]` in order.
     providers: Arc<[Provider]>,
     idle_timeout: Duration,
@@ -153,17 +155,9 @@ enum Decoder {
 }
 
 impl LlmClient {
-    /// Builds the pooled client and the providers of `settings`.
+    /// Builds the providers of `settings` and a pooled client for each HTTP version they use.
     pub fn new(settings: &Settings) -> Result<Self, UpstreamError> {
         let upstream = &settings.upstream;
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(upstream.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .user_agent(concat!("redial/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
         let default = ProviderSettings {
             name: DEFAULT_PROVIDER.to_owned(),
             kind: ProviderKind::Openai,
@@ -172,13 +166,22 @@ impl LlmClient {
             headers: Default::default(),
             max_tokens: 1024,
             stream_usage: upstream.stream_usage,
+            http: upstream.http,
+        };
+        let mut clients: Vec<(HttpVersion, reqwest::Client)> = Vec::new();
+        let mut client_for = |version: HttpVersion| {
+            if let Some((_, client)) = clients.iter().find(|(v, _)| *v == version) {
+                return Ok(client.clone());
+            }
+            let client = http_client(version, Duration::from_millis(upstream.connect_timeout_ms))?;
+            clients.push((version, client.clone()));
+            Ok(client)
         };
         let providers = std::iter::once(&default)
             .chain(&settings.providers)
-            .map(Provider::new)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|provider| Provider::new(provider, client_for(provider.http)?))
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
         Ok(Self {
-            http,
             providers: providers.into(),
             idle_timeout: Duration::from_millis(upstream.stream_idle_timeout_ms),
         })
@@ -261,7 +264,7 @@ impl LlmClient {
         model: &str,
         request: &Request<'_>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let builder = self
+        let builder = provider
             .http
             .post(provider.url.clone())
             .headers(provider.headers.clone());
@@ -288,8 +291,30 @@ impl LlmClient {
     }
 }
 
+/// A pooled client speaking `version`. One client per version, so every provider on the same
+/// host and version shares its connections.
+fn http_client(
+    version: HttpVersion,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, UpstreamError> {
+    let builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .user_agent(concat!("redial/", env!("CARGO_PKG_VERSION")));
+    let builder = match version {
+        HttpVersion::Auto => builder,
+        HttpVersion::Http1 => builder.http1_only(),
+        HttpVersion::Http2 => builder.http2_prior_knowledge(),
+    };
+    builder
+        .build()
+        .map_err(|e| UpstreamError::Transport(e.to_string()))
+}
+
 impl Provider {
-    fn new(settings: &ProviderSettings) -> Result<Self, UpstreamError> {
+    fn new(settings: &ProviderSettings, http: reqwest::Client) -> Result<Self, UpstreamError> {
         let invalid = |what: String| {
             UpstreamError::Transport(format!("provider {:?}: {what}", settings.name))
         };
@@ -354,6 +379,7 @@ impl Provider {
             headers,
             max_tokens: settings.max_tokens,
             stream_usage: settings.stream_usage,
+            http,
         })
     }
 }
@@ -451,6 +477,7 @@ mod tests {
             headers: Default::default(),
             max_tokens: 1024,
             stream_usage: true,
+            http: HttpVersion::Auto,
         });
         let client = LlmClient::new(&settings).unwrap();
         let resolved = |model| {

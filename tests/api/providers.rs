@@ -3,10 +3,11 @@
 //! OpenAI-compatible and Anthropic Messages endpoints over real HTTP, on both stores; clean tool
 //! schemas, prompt caching, parameters, usage, `GET /v1/models` and the legacy `function` role.
 
+use axum::http::Version;
 use futures_util::{SinkExt, StreamExt};
 use redial::config::{
-    AdminKey, AssistantSettings, FieldSettings, PriceSettings, ProviderKind, ProviderSettings,
-    Secret, Settings,
+    AdminKey, AssistantSettings, FieldSettings, HttpVersion, PriceSettings, ProviderKind,
+    ProviderSettings, Secret, Settings,
 };
 use redial::platforms::Platform;
 use redial_bench::mock::Behavior;
@@ -79,6 +80,7 @@ fn configure(kind: Kind) -> impl FnOnce(&mut Settings) {
             headers: Default::default(),
             max_tokens: 512,
             stream_usage: true,
+            http: HttpVersion::Auto,
         });
         settings.upstream.model = kind.model().0.into();
         settings.upstream.fallback_models = vec![kind.other().model().0.into()];
@@ -385,6 +387,7 @@ app_tests!(
     client_parameters_reach_an_openai_compatible_upstream,
     models_are_listed_and_the_legacy_function_role_is_read_as_tool,
     usage_is_stored_per_turn_once_and_summed_per_call,
+    each_provider_speaks_the_http_version_it_is_set_to,
 );
 
 /// A Vapi tool as Vapi sends it: its own keys beside the function, plus a transfer tool.
@@ -669,4 +672,48 @@ async fn usage_is_stored_per_turn_once_and_summed_per_call(backend: Backend) {
     let unknown = app.db.store.call_usage(uuid::Uuid::now_v7()).await.unwrap();
     assert!(unknown.is_empty());
     app.teardown().await;
+}
+
+/// `http` per provider: `http2` opens cleartext HTTP/2 by prior knowledge (the mock serves both),
+/// `http1` never does, and `auto` on an `http://` URL is HTTP/1.1 (ALPN needs TLS). A whole
+/// turn streams over each, on both APIs.
+async fn each_provider_speaks_the_http_version_it_is_set_to(backend: Backend) {
+    use HttpVersion::{Auto, Http1, Http2};
+    for (openai, anthropic) in [(Http2, Http1), (Http1, Http2), (Auto, Auto)] {
+        let app = TestApp::spawn_with(backend, move |settings: &mut Settings| {
+            configure(Kind::OpenAi)(settings);
+            settings.upstream.http = openai;
+            settings.providers[0].http = anthropic;
+            let mut claude = settings.assistants[0].clone();
+            claude.id = "asst-claude".into();
+            claude.model = Kind::Anthropic.model().0.into();
+            settings.assistants.push(claude);
+        })
+        .await;
+        for (i, (kind, assistant)) in [(Kind::OpenAi, "asst-1"), (Kind::Anthropic, "asst-claude")]
+            .into_iter()
+            .enumerate()
+        {
+            app.upstream
+                .push(kind.model().1, Behavior::text(["Hello", " there."]));
+            let mut body = vapi_body(&format!("call-h{i}"), "+14155550123", "Hi");
+            body["call"]["assistantId"] = json!(assistant);
+
+            let sse = read_sse(app.chat(&body).await).await;
+
+            assert_eq!(sse.text(), "Hello there.", "{kind:?}");
+            assert!(sse.done);
+            assert!(kind.served(&app, i), "{kind:?}");
+        }
+        let expected = |version| match version {
+            Http2 => Version::HTTP_2,
+            Http1 | Auto => Version::HTTP_11,
+        };
+        assert_eq!(
+            app.upstream.request_versions(),
+            [expected(openai), expected(anthropic)],
+            "openai {openai:?}, anthropic {anthropic:?}"
+        );
+        app.teardown().await;
+    }
 }

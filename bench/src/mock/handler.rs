@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -41,11 +41,12 @@ pub(crate) struct MockState {
     cached_prefixes: Mutex<HashSet<[u8; 32]>>,
 }
 
-/// Bodies and headers of received requests, index-aligned.
+/// Bodies, headers and HTTP versions of received requests, index-aligned.
 #[derive(Debug, Default)]
 struct RequestLog {
     bodies: Vec<Value>,
     headers: Vec<Vec<(String, String)>>,
+    versions: Vec<Version>,
 }
 
 impl MockState {
@@ -87,7 +88,11 @@ impl MockState {
         lock(&self.log).headers.clone()
     }
 
-    fn record(&self, headers: &HeaderMap, body: &Result<Value, String>) {
+    pub(crate) fn request_versions(&self) -> Vec<Version> {
+        lock(&self.log).versions.clone()
+    }
+
+    fn record(&self, version: Version, headers: &HeaderMap, body: &Result<Value, String>) {
         if !self.recording.load(Ordering::Relaxed) {
             return;
         }
@@ -105,6 +110,7 @@ impl MockState {
         let mut log = lock(&self.log);
         log.bodies.push(body);
         log.headers.push(headers);
+        log.versions.push(version);
     }
 
     /// The next scripted behaviour for `model` (its own queue first, then `"*"`), or the
@@ -151,12 +157,13 @@ pub(crate) fn router(state: Arc<MockState>) -> Router {
 
 async fn chat_completions(
     State(state): State<Arc<MockState>>,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body)
         .map_err(|_| String::from_utf8_lossy(&body).into_owned());
-    state.record(&headers, &parsed);
+    state.record(version, &headers, &parsed);
     let Ok(request) = parsed else {
         return error_response(StatusCode::BAD_REQUEST, "request body is not valid JSON");
     };
@@ -181,12 +188,13 @@ async fn chat_completions(
 
 async fn messages(
     State(state): State<Arc<MockState>>,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body)
         .map_err(|_| String::from_utf8_lossy(&body).into_owned());
-    state.record(&headers, &parsed);
+    state.record(version, &headers, &parsed);
     let Ok(request) = parsed else {
         let body = anthropic::error_body("invalid_request_error", "body is not valid JSON");
         return json_body(StatusCode::BAD_REQUEST, body.to_string());

@@ -1,5 +1,6 @@
 //! A scriptable mock upstream: OpenAI-compatible (`POST /v1/chat/completions`) and Anthropic
-//! Messages (`POST /v1/messages`, see the `anthropic` module), on one port.
+//! Messages (`POST /v1/messages`, see the `anthropic` module), on one port, over HTTP/1.1 or
+//! cleartext HTTP/2 (prior knowledge), as the client opens the connection.
 //!
 //! By default every request gets a stream shaped by [`MockConfig`] (time to first token,
 //! inter-token gap, token count). Tests script individual requests with
@@ -36,8 +37,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinSet};
@@ -172,6 +173,13 @@ impl MockUpstream {
         self.inner.state.request_headers()
     }
 
+    /// The HTTP version of each recorded request, aligned with [`MockUpstream::requests`]:
+    /// HTTP/1.1, or HTTP/2 for a client that opened the connection with HTTP/2's preface
+    /// (cleartext HTTP/2 by prior knowledge).
+    pub fn request_versions(&self) -> Vec<axum::http::Version> {
+        self.inner.state.request_versions()
+    }
+
     /// Queues `behavior` for the next request whose `body.model == model` (`"*"` matches any
     /// model). Queues are FIFO per key; a request takes from its model's queue first, then from
     /// `"*"`, and falls back to the default stream of the [`MockConfig`].
@@ -224,7 +232,9 @@ async fn serve_connection(stream: TcpStream, app: Router) {
         return;
     }
     let service = TowerToHyperService::new(app);
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // HTTP/1.1, or cleartext HTTP/2 when the client starts with its preface (prior knowledge).
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     // An error here is a client going away or a deliberate cut; either way the connection is done.
     let _ = connection.await;
 }
