@@ -116,6 +116,10 @@ pub struct CompareArgs {
     /// `direct=openai,http://127.0.0.1:9000/v1/chat/completions`. Repeat for each target.
     #[arg(long = "target", required = true, value_parser = parse_arm)]
     pub targets: Vec<(String, Api, String)>,
+    /// A target (label) to reach over cleartext HTTP/2 by prior knowledge instead of HTTP/1.1,
+    /// e.g. a direct baseline on the mock for a redial set to `http = "http2"`. Repeat.
+    #[arg(long = "h2c")]
+    pub h2c: Vec<String>,
     /// What a target adds over another, `SUBJECT:BASELINE` (labels). Repeat; each one after the
     /// first is also compared with the first.
     #[arg(long = "added", value_parser = parse_addition)]

@@ -100,10 +100,18 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let timeout = seconds(args.timeout_secs)?;
+    if let Some(unknown) = args
+        .h2c
+        .iter()
+        .find(|label| !args.targets.iter().any(|(target, _, _)| target == *label))
+    {
+        anyhow::bail!("--h2c {unknown:?} names no --target");
+    }
     let arms = args
         .targets
         .into_iter()
         .map(|(label, api, url)| Arm {
+            h2c: args.h2c.contains(&label),
             label,
             target: Target {
                 url,

@@ -217,6 +217,7 @@ async fn run_on(
         binary: options.redial_bin.clone(),
         database_url: proxy.try_postgres_url(database_url)?,
         upstream_base_url: mock.base_url(),
+        upstream_http: None,
         workdir: options.out.clone(),
         name: name.clone(),
         extra_config: Some(format!(

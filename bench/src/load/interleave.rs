@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::probe::{self, Outcome, Target};
 use super::stats::{Percentiles, Recorder};
 use super::workload::{Workload, WorkloadSpec};
-use super::{Counts, http_client};
+use super::{Counts, h2c_client, http_client};
 
 /// Bootstrap resamples behind each confidence interval.
 const RESAMPLES: usize = 2_000;
@@ -37,6 +37,9 @@ pub struct Arm {
     pub label: String,
     /// Where its requests go.
     pub target: Target,
+    /// Reach it over cleartext HTTP/2 (prior knowledge) instead of HTTP/1.1: a direct
+    /// baseline for a gateway that speaks HTTP/2 upstream, as to the hosted APIs.
+    pub h2c: bool,
 }
 
 /// "`subject` adds over `baseline`": both are arm labels.
@@ -177,6 +180,7 @@ impl InterleaveReport {
 pub async fn run(config: InterleaveConfig) -> anyhow::Result<InterleaveReport> {
     let positions = check(&config)?;
     let client = http_client()?;
+    let h2c = h2c_client()?;
     let arms = config.arms.len();
     let workloads: Vec<Workload> = (0..arms)
         .map(|_| Workload::new(config.workload.clone()))
@@ -215,7 +219,8 @@ pub async fn run(config: InterleaveConfig) -> anyhow::Result<InterleaveReport> {
                     .context("pausing before a request")?;
             }
             let sent = Instant::now();
-            outcomes[arm] = probe::send(&client, target, body, sent, None).await;
+            let client = if config.arms[arm].h2c { &h2c } else { &client };
+            outcomes[arm] = probe::send(client, target, body, sent, None).await;
             workload.checkin(conversation);
         }
         if round_start < measure_from {
@@ -520,10 +525,13 @@ mod tests {
                 Arm {
                     label: "chat".to_owned(),
                     target: target("chat/completions", probe::Api::Openai),
+                    h2c: false,
                 },
+                // Over cleartext HTTP/2: the mock serves both.
                 Arm {
                     label: "messages".to_owned(),
                     target: target("messages", probe::Api::Anthropic),
+                    h2c: true,
                 },
             ],
             additions: vec![
@@ -544,6 +552,11 @@ mod tests {
         let report = run(config).await.expect("run");
         mock.shutdown();
         assert!(report.hard_failures().is_empty(), "{report:#?}");
+        // Each arm spoke its own HTTP version: chat HTTP/1.1, messages cleartext HTTP/2.
+        let versions = mock.request_versions();
+        let over = |version| versions.iter().filter(|v| **v == version).count();
+        assert_eq!(over(axum::http::Version::HTTP_11), versions.len() / 2);
+        assert_eq!(over(axum::http::Version::HTTP_2), versions.len() / 2);
         assert!(report.complete_rounds > 0);
         assert_eq!(report.incomplete_rounds, 0);
         for arm in &report.arms {
@@ -570,6 +583,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 api: probe::Api::Openai,
             },
+            h2c: false,
         };
         let config = |additions| InterleaveConfig {
             label: "t".to_owned(),

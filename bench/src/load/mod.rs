@@ -215,6 +215,16 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// A client that speaks cleartext HTTP/2 by prior knowledge (`TCP_NODELAY`): one connection
+/// per host, every stream on it.
+pub(crate) fn h2c_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?)
+}
+
 /// Runs one load test and returns its report. Senders are tokio tasks: a multi-threaded
 /// runtime spreads them over its worker threads.
 pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {

@@ -24,7 +24,9 @@ use serde::Serialize;
 pub use machine::{Machine, ProcessMemory, process_memory};
 pub use redial::{ADMIN_KEY, API_KEY, RedialProcess, RedialSettings, resolve_binary};
 pub use report::markdown;
-pub use scenarios::{ProviderComparison, Role, Scenario, provider_comparisons, smoke, standard};
+pub use scenarios::{
+    ProviderComparison, Role, Scenario, UpstreamHttp, provider_comparisons, smoke, standard,
+};
 pub use store::{PreparedStore, StoreKind, redact};
 
 /// The upstream API redial speaks to the mock in a run (and the direct baseline speaks to it).
@@ -69,13 +71,16 @@ impl ProviderKind {
         }
     }
 
-    /// The configuration that routes every turn to this API of the mock at `base_url`.
-    fn config(self, base_url: &str) -> Option<String> {
+    /// The configuration that routes every turn to this API of the mock at `base_url`, over
+    /// `http` (the provider's `http` key) when set.
+    fn config(self, base_url: &str, http: Option<&str>) -> Option<String> {
         match self {
             Self::Openai => None,
             Self::Anthropic => Some(format!(
                 "[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = {base_url:?}\n\
-                 api_key = \"mock\"\n\n[[assistants]]\nid = \"default\"\nmodel = \"anthropic/mock\"\n"
+                 api_key = \"mock\"\n{}\n[[assistants]]\nid = \"default\"\nmodel = \"anthropic/mock\"\n",
+                http.map(|http| format!("http = {http:?}\n"))
+                    .unwrap_or_default()
             )),
         }
     }
@@ -187,6 +192,8 @@ pub struct ComparisonRecord {
     pub store: String,
     /// The mock's time to first token while it ran, milliseconds.
     pub mock_ttft_ms: f64,
+    /// How redial spoke to the mock.
+    pub upstream_http: UpstreamHttp,
     /// What was measured.
     pub report: InterleaveReport,
 }
@@ -378,7 +385,7 @@ impl StoreRun<'_> {
         database_url: &str,
         results: &mut SuiteResults,
     ) -> anyhow::Result<()> {
-        let settings = self.settings(provider, database_url, label.replace('+', "-"));
+        let settings = self.settings(provider, database_url, label.replace('+', "-"), None);
         let redial = RedialProcess::start(&settings, self.client).await?;
         let outcome = self.run_scenarios(&redial, label, provider, results).await;
         let memory_after = redial.memory().ok();
@@ -394,11 +401,18 @@ impl StoreRun<'_> {
         outcome
     }
 
-    /// How to start redial on `database_url` speaking `provider`'s API to the mock, with the
-    /// suite's extra configuration; `name` names its config and log files.
-    fn settings(&self, provider: ProviderKind, database_url: &str, name: String) -> RedialSettings {
+    /// How to start redial on `database_url` speaking `provider`'s API to the mock (over
+    /// `http` when set, else redial's default), with the suite's extra configuration; `name`
+    /// names its config and log files.
+    fn settings(
+        &self,
+        provider: ProviderKind,
+        database_url: &str,
+        name: String,
+        http: Option<&str>,
+    ) -> RedialSettings {
         let extra_config = [
-            provider.config(&self.mock.base_url()),
+            provider.config(&self.mock.base_url(), http),
             self.options.extra_config.clone(),
         ]
         .into_iter()
@@ -408,6 +422,10 @@ impl StoreRun<'_> {
             binary: self.binary.to_path_buf(),
             database_url: database_url.to_owned(),
             upstream_base_url: self.mock.base_url(),
+            upstream_http: match provider {
+                ProviderKind::Openai => http.map(str::to_owned),
+                ProviderKind::Anthropic => None,
+            },
             workdir: self.options.out.clone(),
             name,
             extra_config: (!extra_config.is_empty()).then(|| extra_config.join("\n")),
@@ -449,17 +467,44 @@ impl StoreRun<'_> {
         outcome
     }
 
+    /// The comparisons on `store`, a pair of redial processes per upstream HTTP version.
     async fn compare_on(
         &self,
         store: StoreKind,
         database_urls: [&str; 2],
         results: &mut SuiteResults,
     ) -> anyhow::Result<()> {
+        let comparisons = provider_comparisons(self.options.smoke);
+        for http in [UpstreamHttp::Http1, UpstreamHttp::H2c] {
+            let over: Vec<ProviderComparison> = comparisons
+                .iter()
+                .filter(|c| c.upstream_http == http)
+                .cloned()
+                .collect();
+            self.compare_over(store, database_urls, http, over, results)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `comparisons` with one redial per API on `store`, speaking `http` to the mock.
+    async fn compare_over(
+        &self,
+        store: StoreKind,
+        database_urls: [&str; 2],
+        http: UpstreamHttp,
+        comparisons: Vec<ProviderComparison>,
+        results: &mut SuiteResults,
+    ) -> anyhow::Result<()> {
         let mut processes = Vec::new();
         let providers = [ProviderKind::Openai, ProviderKind::Anthropic];
         for (provider, database_url) in providers.into_iter().zip(database_urls) {
-            let name = format!("compare-{}", provider.label(store).replace('+', "-"));
-            let settings = self.settings(provider, database_url, name);
+            let name = format!(
+                "compare-{}-{http:?}",
+                provider.label(store).replace('+', "-")
+            )
+            .to_lowercase();
+            let settings = self.settings(provider, database_url, name, http.config_value());
             match RedialProcess::start(&settings, self.client).await {
                 Ok(process) => processes.push((provider, process)),
                 Err(error) => {
@@ -468,11 +513,19 @@ impl StoreRun<'_> {
                 }
             }
         }
+        // The baselines reach the mock as redial does: a platform would call a hosted API over
+        // HTTP/2 too. Clients reach redial over HTTP/1.1, as the platforms do.
+        let h2c = http == UpstreamHttp::H2c;
+        let direct = |p: ProviderKind| match http {
+            UpstreamHttp::Http1 => p.direct_label(),
+            UpstreamHttp::H2c => format!("{}-h2c", p.direct_label()),
+        };
         let mut arms: Vec<Arm> = providers
             .iter()
-            .map(|p| Arm {
-                label: p.direct_label(),
+            .map(|&p| Arm {
+                label: direct(p),
                 target: p.direct_target(&self.mock.base_url()),
+                h2c,
             })
             .collect();
         arms.extend(processes.iter().map(|(provider, process)| Arm {
@@ -483,24 +536,29 @@ impl StoreRun<'_> {
                 timeout: REQUEST_TIMEOUT,
                 api: Api::Openai,
             },
+            h2c: false,
         }));
         let additions = providers
             .iter()
-            .map(|p| Addition {
+            .map(|&p| Addition {
                 subject: format!("redial/{}", p.label(store)),
-                baseline: p.direct_label(),
+                baseline: direct(p),
             })
             .collect::<Vec<_>>();
         let mut outcome = Ok(());
-        for comparison in provider_comparisons(self.options.smoke) {
+        for comparison in comparisons {
             eprintln!("-- {} on {}", comparison.name, store.name());
             self.mock.set_config(comparison.mock.clone());
             let config = InterleaveConfig {
                 label: format!(
-                    "{} on {}, mock first token after {} ms",
+                    "{} on {}, mock first token after {} ms, redial to the mock over {}",
                     comparison.name,
                     store.name(),
-                    comparison.mock.ttft.as_millis()
+                    comparison.mock.ttft.as_millis(),
+                    match http {
+                        UpstreamHttp::Http1 => "HTTP/1.1",
+                        UpstreamHttp::H2c => "cleartext HTTP/2",
+                    }
                 ),
                 arms: arms.clone(),
                 additions: additions.clone(),
@@ -514,6 +572,7 @@ impl StoreRun<'_> {
                     name: comparison.name,
                     store: store.name().to_owned(),
                     mock_ttft_ms: comparison.mock.ttft.as_secs_f64() * 1_000.0,
+                    upstream_http: http,
                     report,
                 }),
                 Err(error) => {

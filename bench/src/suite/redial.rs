@@ -66,6 +66,8 @@ pub struct RedialSettings {
     pub database_url: String,
     /// `[upstream] base_url` (the mock).
     pub upstream_base_url: String,
+    /// `[upstream] http` (`auto`, `http1`, `http2`); `None` leaves redial's default.
+    pub upstream_http: Option<String>,
     /// Directory for the config file and the log.
     pub workdir: PathBuf,
     /// Name used for the config and log files (e.g. `sqlite`).
@@ -221,6 +223,9 @@ fn config_toml(settings: &RedialSettings, port: u16) -> String {
         quote(&journal.display().to_string()),
         quote(&settings.upstream_base_url),
     );
+    if let Some(http) = &settings.upstream_http {
+        let _ = writeln!(toml, "http = {}", quote(http));
+    }
     if let Some(extra) = &settings.extra_config {
         toml.push('\n');
         toml.push_str(extra);
@@ -306,6 +311,7 @@ mod tests {
             binary: PathBuf::from("redial"),
             database_url: "sqlite:///tmp/a \"b\"/bench.db".into(),
             upstream_base_url: "http://127.0.0.1:9/v1".into(),
+            upstream_http: Some("http2".into()),
             workdir: PathBuf::from("."),
             name: "sqlite".into(),
             extra_config: Some("[memory]\nread_budget_ms = 50".into()),
@@ -317,7 +323,8 @@ mod tests {
              admin_keys = [\"bench:bench-admin-key\"]\n\n\
              [database]\nurl = \"sqlite:///tmp/a \\\"b\\\"/bench.db\"\n\
              journal_dir = \"./journal-sqlite\"\n\n\
-             [upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"mock\"\n\n\
+             [upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"mock\"\n\
+             http = \"http2\"\n\n\
              [memory]\nread_budget_ms = 50\n"
         );
     }

@@ -164,6 +164,31 @@ pub struct ProviderComparison {
     /// The random pause before each request (see `InterleaveConfig::phase_jitter`).
     #[serde(serialize_with = "as_secs")]
     pub phase_jitter: Duration,
+    /// How redial speaks to the mock.
+    pub upstream_http: UpstreamHttp,
+}
+
+/// The HTTP version redial speaks to the mock in a comparison (the direct baselines always
+/// speak HTTP/1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamHttp {
+    /// redial's default on an `http://` URL (`http = "auto"`): HTTP/1.1, a connection per
+    /// concurrent stream, as to a local model server.
+    Http1,
+    /// Cleartext HTTP/2 (`http = "http2"`): the framing of the hosted APIs, which redial
+    /// reaches over HTTP/2 by ALPN, without their TLS.
+    H2c,
+}
+
+impl UpstreamHttp {
+    /// The `http` key redial is started with; `None` keeps the default.
+    pub fn config_value(self) -> Option<&'static str> {
+        match self {
+            Self::Http1 => None,
+            Self::H2c => Some("http2"),
+        }
+    }
 }
 
 /// The comparisons of the standard suite (`smoke`: a second each):
@@ -174,9 +199,12 @@ pub struct ProviderComparison {
 ///   comes after `message_start` (which the API sends at once): the extra events are read
 ///   while the model would still be thinking. Each request starts after a random pause of up
 ///   to 1 ms, so the mock's 1 ms timer ticks fall alike on every target.
+///
+/// Both over HTTP/1.1 (redial's default on `http://`), then again as `…-h2c` with redial
+/// speaking cleartext HTTP/2 to the mock: the hosted APIs' framing.
 pub fn provider_comparisons(smoke: bool) -> Vec<ProviderComparison> {
     let (duration, warmup) = if smoke { (1.0, 0.2) } else { (30.0, 3.0) };
-    let comparison = |name: &str, ttft_ms: u64| ProviderComparison {
+    let comparison = |name: &str, ttft_ms: u64, upstream_http| ProviderComparison {
         name: name.to_owned(),
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::from_secs_f64(warmup),
@@ -187,10 +215,13 @@ pub fn provider_comparisons(smoke: bool) -> Vec<ProviderComparison> {
         // The mock's timer ticks every millisecond: a random phase in front of each request
         // makes its overshoot the same for every target.
         phase_jitter: Duration::from_millis(ttft_ms.min(1)),
+        upstream_http,
     };
     vec![
-        comparison("providers-c1", 0),
-        comparison("providers-c1-ttft2", 2),
+        comparison("providers-c1", 0, UpstreamHttp::Http1),
+        comparison("providers-c1-ttft2", 2, UpstreamHttp::Http1),
+        comparison("providers-c1-h2c", 0, UpstreamHttp::H2c),
+        comparison("providers-c1-ttft2-h2c", 2, UpstreamHttp::H2c),
     ]
 }
 
@@ -224,7 +255,7 @@ mod tests {
     fn only_a_comparison_with_a_delayed_first_token_starts_requests_at_a_random_phase() {
         for smoke in [false, true] {
             let comparisons = provider_comparisons(smoke);
-            assert_eq!(comparisons.len(), 2);
+            assert_eq!(comparisons.len(), 4);
             for comparison in comparisons {
                 let expected = match comparison.mock.ttft.is_zero() {
                     true => Duration::ZERO,
@@ -233,6 +264,23 @@ mod tests {
                 assert_eq!(comparison.phase_jitter, expected, "{}", comparison.name);
             }
         }
+    }
+
+    #[test]
+    fn each_comparison_runs_over_http1_and_again_over_h2c() {
+        let comparisons = provider_comparisons(false);
+        for (http, suffix) in [(UpstreamHttp::Http1, ""), (UpstreamHttp::H2c, "-h2c")] {
+            let names: Vec<&str> = comparisons
+                .iter()
+                .filter(|c| c.upstream_http == http)
+                .map(|c| c.name.as_str())
+                .collect();
+            let expected =
+                ["providers-c1", "providers-c1-ttft2"].map(|name| format!("{name}{suffix}"));
+            assert_eq!(names, expected, "{http:?}");
+        }
+        assert_eq!(UpstreamHttp::Http1.config_value(), None, "redial's default");
+        assert_eq!(UpstreamHttp::H2c.config_value(), Some("http2"));
     }
 
     #[test]
