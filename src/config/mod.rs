@@ -497,6 +497,9 @@ pub struct UpstreamSettings {
     pub stream_usage: bool,
     /// The HTTP version spoken to the upstream.
     pub http: HttpVersion,
+    /// Most concurrent streams redial puts on one HTTP/2 connection (every provider's) before
+    /// it opens another to the same host.
+    pub http2_streams_per_connection: u64,
 }
 
 impl Default for UpstreamSettings {
@@ -515,6 +518,7 @@ impl Default for UpstreamSettings {
             heartbeat_ms: 2_000,
             stream_usage: true,
             http: HttpVersion::Auto,
+            http2_streams_per_connection: 100,
         }
     }
 }

@@ -295,6 +295,7 @@ fn the_example_config_documents_every_key() {
         "max_tokens =",
         "stream_usage =",
         "http =",
+        "http2_streams_per_connection =",
         "[prices.",
         "input_per_mtok =",
         "output_per_mtok =",
@@ -693,10 +694,22 @@ fn a_config_with_several_problems_reports_them_section_by_section() {
 }
 
 #[test]
-fn the_upstream_http_version_is_auto_by_default_and_set_by_name() {
+fn the_upstream_http_version_and_streams_per_connection_have_defaults_and_are_checked() {
     assert_eq!(Settings::default().upstream.http, HttpVersion::Auto);
     let settings = load(None, env(&[("REDIAL_UPSTREAM__HTTP", "http2")]), &[]).unwrap();
     assert_eq!(settings.upstream.http, HttpVersion::Http2);
+    assert_eq!(settings.upstream.http2_streams_per_connection, 100);
+    let err = load(
+        None,
+        env(&[("REDIAL_UPSTREAM__HTTP2_STREAMS_PER_CONNECTION", "0")]),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("upstream.http2_streams_per_connection") && err.contains("greater than 0"),
+        "{err}"
+    );
     let err = load(None, env(&[("REDIAL_UPSTREAM__HTTP", "2")]), &[])
         .unwrap_err()
         .to_string();

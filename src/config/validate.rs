@@ -352,6 +352,10 @@ fn upstream(upstream: &UpstreamSettings, check: &Check<'_>) -> Checked {
             upstream.stream_idle_timeout_ms,
         ),
         ("upstream.heartbeat_ms", upstream.heartbeat_ms),
+        (
+            "upstream.http2_streams_per_connection",
+            upstream.http2_streams_per_connection,
+        ),
     ])?;
     if upstream.apology.trim().is_empty() {
         return check.fail(

@@ -8,6 +8,7 @@
 //! provider as `model`; any other model goes to `[upstream]` (an OpenAI-compatible API), as it is.
 
 pub mod anthropic;
+mod clients;
 pub mod openai;
 mod types;
 
@@ -21,6 +22,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{HttpVersion, ProviderKind, ProviderSettings, Secret, Settings};
 use crate::silence::Silence;
+
+use clients::{Clients, Lease};
 
 pub use types::{
     Completion, Event, KNOWN_PARAMS, ParamError, Params, Request, Tool, ToolCallDelta, ToolChoice,
@@ -118,9 +121,9 @@ struct Provider {
     headers: HeaderMap,
     max_tokens: u64,
     stream_usage: bool,
-    /// The pooled client for the provider's HTTP version (shared by every provider that speaks
+    /// The pooled clients of the provider's HTTP version (shared by every provider that speaks
     /// the same one).
-    http: reqwest::Client,
+    http: Arc<Clients>,
 }
 
 /// The provider name of the `[upstream]` section: of models without a configured prefix, and
@@ -143,6 +146,8 @@ pub struct UpstreamStream {
     /// The idle timeout: the silence since the last event.
     idle: Silence,
     finished: bool,
+    /// The stream's place on its HTTP client, held until the stream is dropped.
+    _lease: Lease,
 }
 
 type EventStream =
@@ -168,14 +173,18 @@ impl LlmClient {
             stream_usage: upstream.stream_usage,
             http: upstream.http,
         };
-        let mut clients: Vec<(HttpVersion, reqwest::Client)> = Vec::new();
+        let mut sets: Vec<Arc<Clients>> = Vec::new();
         let mut client_for = |version: HttpVersion| {
-            if let Some((_, client)) = clients.iter().find(|(v, _)| *v == version) {
-                return Ok(client.clone());
+            if let Some(set) = sets.iter().find(|set| set.version() == version) {
+                return Ok(Arc::clone(set));
             }
-            let client = http_client(version, Duration::from_millis(upstream.connect_timeout_ms))?;
-            clients.push((version, client.clone()));
-            Ok(client)
+            let set = Arc::new(Clients::new(
+                version,
+                Duration::from_millis(upstream.connect_timeout_ms),
+                upstream.http2_streams_per_connection,
+            )?);
+            sets.push(Arc::clone(&set));
+            Ok(set)
         };
         let providers = std::iter::once(&default)
             .chain(&settings.providers)
@@ -217,7 +226,7 @@ impl LlmClient {
             stream: true,
             ..*request
         };
-        let response = self.send(provider, name, &request).await?;
+        let (response, lease) = self.send(provider, name, &request).await?;
         let events = response
             .bytes_stream()
             .eventsource()
@@ -230,6 +239,7 @@ impl LlmClient {
             },
             idle: Silence::new(self.idle_timeout),
             finished: false,
+            _lease: lease,
         })
     }
 
@@ -245,7 +255,7 @@ impl LlmClient {
             stream: false,
             ..*request
         };
-        let response = tokio::time::timeout(timeout, self.send(provider, name, &request))
+        let (response, _lease) = tokio::time::timeout(timeout, self.send(provider, name, &request))
             .await
             .map_err(|_| UpstreamError::Timeout("completion"))??;
         let bytes = tokio::time::timeout(timeout, response.bytes())
@@ -263,9 +273,10 @@ impl LlmClient {
         provider: &Provider,
         model: &str,
         request: &Request<'_>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let builder = provider
-            .http
+    ) -> Result<(reqwest::Response, Lease), UpstreamError> {
+        let lease = provider.http.lease()?;
+        let builder = lease
+            .client()
             .post(provider.url.clone())
             .headers(provider.headers.clone());
         let builder = match provider.wire {
@@ -281,7 +292,7 @@ impl LlmClient {
         })?;
         let status = response.status();
         if status.is_success() {
-            return Ok(response);
+            return Ok((response, lease));
         }
         let body = response.text().await.unwrap_or_default();
         Err(UpstreamError::Status {
@@ -291,30 +302,8 @@ impl LlmClient {
     }
 }
 
-/// A pooled client speaking `version`. One client per version, so every provider on the same
-/// host and version shares its connections.
-fn http_client(
-    version: HttpVersion,
-    connect_timeout: Duration,
-) -> Result<reqwest::Client, UpstreamError> {
-    let builder = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .user_agent(concat!("redial/", env!("CARGO_PKG_VERSION")));
-    let builder = match version {
-        HttpVersion::Auto => builder,
-        HttpVersion::Http1 => builder.http1_only(),
-        HttpVersion::Http2 => builder.http2_prior_knowledge(),
-    };
-    builder
-        .build()
-        .map_err(|e| UpstreamError::Transport(e.to_string()))
-}
-
 impl Provider {
-    fn new(settings: &ProviderSettings, http: reqwest::Client) -> Result<Self, UpstreamError> {
+    fn new(settings: &ProviderSettings, http: Arc<Clients>) -> Result<Self, UpstreamError> {
         let invalid = |what: String| {
             UpstreamError::Transport(format!("provider {:?}: {what}", settings.name))
         };

@@ -7,10 +7,10 @@ use axum::http::Version;
 use futures_util::{SinkExt, StreamExt};
 use redial::config::{
     AdminKey, AssistantSettings, FieldSettings, HttpVersion, PriceSettings, ProviderKind,
-    ProviderSettings, Secret, Settings,
+    ProviderSettings, Secret, Settings, UpstreamSettings,
 };
 use redial::platforms::Platform;
-use redial_bench::mock::Behavior;
+use redial_bench::mock::{Behavior, HTTP2_MAX_CONCURRENT_STREAMS};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -388,6 +388,7 @@ app_tests!(
     models_are_listed_and_the_legacy_function_role_is_read_as_tool,
     usage_is_stored_per_turn_once_and_summed_per_call,
     each_provider_speaks_the_http_version_it_is_set_to,
+    turns_past_one_http2_connections_stream_limit_do_not_wait_for_a_free_stream,
 );
 
 /// A Vapi tool as Vapi sends it: its own keys beside the function, plus a transfer tool.
@@ -716,4 +717,69 @@ async fn each_provider_speaks_the_http_version_it_is_set_to(backend: Backend) {
         );
         app.teardown().await;
     }
+}
+
+/// A server takes so many streams on one HTTP/2 connection (the mock: 100, as a strict server
+/// would) and hyper's client opens no second connection on its own: with the shipped
+/// `http2_streams_per_connection`, redial spreads 150 concurrent turns over two connections, so
+/// every one reaches the upstream while the first are still thinking, instead of the last 50
+/// waiting seconds, in silence, for a stream to end.
+async fn turns_past_one_http2_connections_stream_limit_do_not_wait_for_a_free_stream(
+    backend: Backend,
+) {
+    const TURNS: usize = 150;
+    const FIRST_TOKEN: std::time::Duration = std::time::Duration::from_secs(5);
+    assert!(TURNS > HTTP2_MAX_CONCURRENT_STREAMS as usize);
+    let owned = TestApp::spawn_with(backend, |settings: &mut Settings| {
+        configure(Kind::OpenAi)(settings);
+        settings.upstream.http = HttpVersion::Http2;
+        // The shipped timeouts: the tests' 2 s would give up on the upstream before its reply.
+        let shipped = UpstreamSettings::default();
+        settings.upstream.first_token_timeout_ms = shipped.first_token_timeout_ms;
+        settings.upstream.stream_idle_timeout_ms = shipped.stream_idle_timeout_ms;
+    })
+    .await;
+    let app = &owned;
+    let (_, queue) = Kind::OpenAi.model();
+    for _ in 0..TURNS {
+        app.upstream.push(
+            queue,
+            Behavior::Text {
+                chunks: vec!["Hello.".to_owned()],
+                ttft: FIRST_TOKEN,
+                gap: std::time::Duration::ZERO,
+            },
+        );
+    }
+    let turns = futures_util::future::join_all((0..TURNS).map(|i| async move {
+        let mut body = vapi_body(&format!("call-s{i}"), &format!("+1415555{i:04}"), "Hi");
+        body["call"]["assistantId"] = json!("asst-1");
+        read_sse(app.chat(&body).await).await
+    }));
+    // Every turn reaches the mock well before the first of them could have finished.
+    let arrived = async {
+        let deadline =
+            tokio::time::Instant::now() + FIRST_TOKEN - std::time::Duration::from_secs(1);
+        while app.upstream.requests().len() < TURNS && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        app.upstream.requests().len()
+    };
+    let (replies, arrived) = tokio::join!(turns, arrived);
+
+    assert_eq!(
+        arrived, TURNS,
+        "turns reached the upstream before any finished"
+    );
+    for reply in &replies {
+        assert_eq!(reply.text(), "Hello.");
+        assert!(reply.done);
+    }
+    assert!(
+        app.upstream
+            .request_versions()
+            .iter()
+            .all(|v| *v == Version::HTTP_2)
+    );
+    owned.teardown().await;
 }

@@ -47,6 +47,10 @@ pub use script::{Behavior, MockConfig};
 
 use handler::MockState;
 
+/// Streams one HTTP/2 connection may carry at once: the floor RFC 9113 recommends, as a strict
+/// server would allow (hyper's own default is higher).
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -233,7 +237,10 @@ async fn serve_connection(stream: TcpStream, app: Router) {
     }
     let service = TowerToHyperService::new(app);
     // HTTP/1.1, or cleartext HTTP/2 when the client starts with its preface (prior knowledge).
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     // An error here is a client going away or a deliberate cut; either way the connection is done.
     let _ = connection.await;
