@@ -56,6 +56,10 @@ pub struct MockArgs {
     /// Content of each token chunk.
     #[arg(long, default_value = "Hello ")]
     pub token: String,
+    /// Do not model Anthropic's prompt cache on `/v1/messages` (no hashing of the blocks a
+    /// request marks `cache_control`, no cached tokens in the usage).
+    #[arg(long)]
+    pub no_prompt_cache: bool,
 }
 
 /// `redial-bench load`.

@@ -58,6 +58,7 @@ async fn serve_mock(args: &MockArgs) -> anyhow::Result<ExitCode> {
     };
     let mock = MockUpstream::start_on(args.listen, config).await?;
     mock.set_recording(false);
+    mock.set_prompt_cache(!args.no_prompt_cache);
     println!("mock upstream listening; base_url = {}", mock.base_url());
     tokio::signal::ctrl_c()
         .await

@@ -417,3 +417,54 @@ async fn an_isolated_mock_serves_from_its_own_thread_until_shut_down() {
         .await;
     assert!(again.is_err(), "the isolated mock must stop accepting");
 }
+
+/// The Messages endpoint models the prompt cache: a marked prefix seen before is read from it;
+/// with the model off nothing is cached (the bench's way to take the mock's own hashing out of
+/// a comparison).
+#[tokio::test]
+async fn the_messages_prompt_cache_model_reads_a_repeated_prefix_and_can_be_turned_off() {
+    let mock = MockUpstream::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let body = json!({
+        "model": "claude-test",
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": "You are Ava. ".repeat(50),
+                    "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    let usage = || async {
+        let reply = client()
+            .post(format!("{}/messages", mock.base_url()))
+            .header("anthropic-version", "2023-06-01")
+            .header("x-api-key", "k")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("send")
+            .bytes()
+            .await
+            .expect("body");
+        let reply: Value = serde_json::from_slice(&reply).expect("json");
+        let usage = &reply["usage"];
+        (
+            usage["cache_creation_input_tokens"].as_u64().unwrap(),
+            usage["cache_read_input_tokens"].as_u64().unwrap(),
+        )
+    };
+    let (written, read) = usage().await;
+    assert!(
+        written > 0 && read == 0,
+        "first: written {written}, read {read}"
+    );
+    let (written, read) = usage().await;
+    assert!(
+        written == 0 && read > 0,
+        "again: written {written}, read {read}"
+    );
+
+    mock.set_prompt_cache(false);
+    assert_eq!(usage().await, (0, 0));
+    mock.shutdown();
+}

@@ -93,13 +93,25 @@ pub(crate) fn invalid(headers: &axum::http::HeaderMap, request: &Value) -> Optio
 /// prefixes cached so far) and the model. The cached prefix is the tools and the system blocks
 /// up to the last one marked `cache_control` (where redial marks them); it is hashed without
 /// the marks. Tokens are estimated at four bytes each, as the OpenAI endpoint does.
+///
+/// `seen` is `None` when the cache model is off (`MockUpstream::set_prompt_cache`): nothing is
+/// hashed and nothing is read from or written to the cache.
 pub(crate) fn context(
     request: &Value,
     body_len: usize,
-    seen: &mut HashSet<[u8; 32]>,
+    seen: Option<&mut HashSet<[u8; 32]>>,
     first_call_id: u64,
 ) -> MessagesContext {
     let total = (body_len as u64).div_ceil(4);
+    let Some(seen) = seen else {
+        return MessagesContext {
+            model: request["model"].as_str().unwrap_or_default().to_owned(),
+            input_tokens: total,
+            cache_read: 0,
+            cache_write: 0,
+            first_call_id,
+        };
+    };
     let mut hasher = Sha256::new();
     let mut prefix_bytes = 0usize;
     let mut marked = false;

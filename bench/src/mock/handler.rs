@@ -36,6 +36,8 @@ pub(crate) struct MockState {
     queues: Mutex<HashMap<String, VecDeque<Behavior>>>,
     log: Mutex<RequestLog>,
     recording: AtomicBool,
+    /// Whether the Messages endpoint models Anthropic's prompt cache.
+    prompt_cache: AtomicBool,
     next_call_id: AtomicU64,
     /// Prompt prefixes the Messages endpoint has cached (hashes).
     cached_prefixes: Mutex<HashSet<[u8; 32]>>,
@@ -56,6 +58,7 @@ impl MockState {
             queues: Mutex::new(HashMap::new()),
             log: Mutex::new(RequestLog::default()),
             recording: AtomicBool::new(true),
+            prompt_cache: AtomicBool::new(true),
             next_call_id: AtomicU64::new(0),
             cached_prefixes: Mutex::new(HashSet::new()),
         }
@@ -67,6 +70,10 @@ impl MockState {
 
     pub(crate) fn set_recording(&self, on: bool) {
         self.recording.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_prompt_cache(&self, on: bool) {
+        self.prompt_cache.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn push(&self, model: &str, behavior: Behavior) {
@@ -217,12 +224,13 @@ async fn messages(
                 _ => 0,
             };
             let first_call_id = state.next_call_id.fetch_add(calls, Ordering::Relaxed);
-            let ctx = anthropic::context(
-                &request,
-                body.len(),
-                &mut lock(&state.cached_prefixes),
-                first_call_id,
-            );
+            let ctx = {
+                let mut cached = state
+                    .prompt_cache
+                    .load(Ordering::Relaxed)
+                    .then(|| lock(&state.cached_prefixes));
+                anthropic::context(&request, body.len(), cached.as_deref_mut(), first_call_id)
+            };
             if request["stream"].as_bool() == Some(true) {
                 sse_response(anthropic::stream_plan(&behavior, &ctx))
             } else {

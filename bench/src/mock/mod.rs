@@ -207,6 +207,13 @@ impl MockUpstream {
         self.inner.state.set_recording(on);
     }
 
+    /// Turns the Messages endpoint's model of Anthropic's prompt cache on (the default) or off.
+    /// Off, nothing is hashed and usage shows no cached tokens: what redial adds is then
+    /// measured without the mock's own work on the blocks redial marks for caching.
+    pub fn set_prompt_cache(&self, on: bool) {
+        self.inner.state.set_prompt_cache(on);
+    }
+
     /// Stops accepting connections and closes every open one, including stalled responses.
     pub fn shutdown(&self) {
         self.inner.server.abort();
