@@ -130,8 +130,8 @@ struct Provider {
 /// the prefix that sends a model to it as it is (`upstream/meta-llama/…`). Reserved.
 pub const DEFAULT_PROVIDER: &str = "upstream";
 
-/// Client for every configured provider: a pooled HTTP client per HTTP version in use
-/// (TCP_NODELAY, rustls), the providers, and how a model name picks one.
+/// Client for every configured provider: a set of pooled HTTP clients per HTTP version in use
+/// (TCP_NODELAY, rustls; see `clients`), the providers, and how a model name picks one.
 #[derive(Debug, Clone)]
 pub struct LlmClient {
     /// `[upstream]` first, then `[[providers]]` in order.
