@@ -100,8 +100,8 @@ impl Clients {
                 tracing::info!(
                     clients = slots.len(),
                     streams_each = self.per_client,
-                    "every upstream HTTP/2 client is at upstream.http2_streams_per_connection; \
-                     opened another"
+                    "every upstream client of this HTTP version has \
+                     upstream.http2_streams_per_connection streams in flight; opened another"
                 );
                 slot
             }

@@ -500,10 +500,10 @@ impl StoreRun<'_> {
         let providers = [ProviderKind::Openai, ProviderKind::Anthropic];
         for (provider, database_url) in providers.into_iter().zip(database_urls) {
             let name = format!(
-                "compare-{}-{http:?}",
-                provider.label(store).replace('+', "-")
-            )
-            .to_lowercase();
+                "compare-{}-{}",
+                provider.label(store).replace('+', "-"),
+                http.name()
+            );
             let settings = self.settings(provider, database_url, name, http.config_value());
             match RedialProcess::start(&settings, self.client).await {
                 Ok(process) => processes.push((provider, process)),
@@ -518,7 +518,7 @@ impl StoreRun<'_> {
         let h2c = http == UpstreamHttp::H2c;
         let direct = |p: ProviderKind| match http {
             UpstreamHttp::Http1 => p.direct_label(),
-            UpstreamHttp::H2c => format!("{}-h2c", p.direct_label()),
+            UpstreamHttp::H2c => format!("{}-{}", p.direct_label(), http.name()),
         };
         let mut arms: Vec<Arm> = providers
             .iter()
@@ -555,10 +555,7 @@ impl StoreRun<'_> {
                     comparison.name,
                     store.name(),
                     comparison.mock.ttft.as_millis(),
-                    match http {
-                        UpstreamHttp::Http1 => "HTTP/1.1",
-                        UpstreamHttp::H2c => "cleartext HTTP/2",
-                    }
+                    http.describe()
                 ),
                 arms: arms.clone(),
                 additions: additions.clone(),

@@ -168,8 +168,8 @@ pub struct ProviderComparison {
     pub upstream_http: UpstreamHttp,
 }
 
-/// The HTTP version redial speaks to the mock in a comparison (the direct baselines always
-/// speak HTTP/1.1).
+/// The HTTP version redial speaks to the mock in a comparison; the direct baselines speak the
+/// same (clients reach redial over HTTP/1.1, as the platforms do).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamHttp {
@@ -182,6 +182,22 @@ pub enum UpstreamHttp {
 }
 
 impl UpstreamHttp {
+    /// Short name, for file names and labels: `http1` or `h2c`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+        }
+    }
+
+    /// How the suite's report says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Http1 => "HTTP/1.1",
+            Self::H2c => "cleartext HTTP/2",
+        }
+    }
+
     /// The `http` key redial is started with; `None` keeps the default.
     pub fn config_value(self) -> Option<&'static str> {
         match self {
